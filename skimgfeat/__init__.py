@@ -1,0 +1,19 @@
+"""skimgfeat: image files to CNN feature vectors, the scikit-learn way."""
+
+__version__ = "0.1.0"
+
+from .aggregation import ItemAggregator, item_id_from_name  # noqa: E402
+from .embedder import CNNImageEmbedder  # noqa: E402
+from .exceptions import ImageLoadError, WeightsMismatchError  # noqa: E402
+from .registry import MODEL_REGISTRY, list_models  # noqa: E402
+
+__all__ = [
+    "CNNImageEmbedder",
+    "ImageLoadError",
+    "ItemAggregator",
+    "MODEL_REGISTRY",
+    "WeightsMismatchError",
+    "item_id_from_name",
+    "list_models",
+    "__version__",
+]

@@ -1,0 +1,263 @@
+"""ItemAggregator: several photos per item -> one feature row per item."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from .output import validate_output_kind, wrap_output
+
+METHODS = ("mean", "max", "first")
+FEATURE_PREFIX = "img_feature_"
+ITEM_ID = "item_id"
+COUNT_COLUMN = "n_images"
+NAME_COLUMNS = ("image_name", "image_path")
+
+
+def item_id_from_name(name: str) -> str:
+    """The item a photo belongs to: its file stem up to the last underscore.
+
+    >>> item_id_from_name("84512_3.webp")
+    '84512'
+    >>> item_id_from_name("lot_2024_7.jpg")
+    'lot_2024'
+    >>> item_id_from_name("84512.webp")
+    '84512'
+    """
+    stem = os.path.splitext(os.path.basename(str(name)))[0]
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def image_number(name: str) -> tuple[int, float | str]:
+    """Sort key of a photo within its item: the number after the last underscore.
+
+    Numbered photos come first in numeric order (``_2`` before ``_10``); others after.
+    """
+    stem = os.path.splitext(os.path.basename(str(name)))[0]
+    suffix = stem.rsplit("_", 1)[1] if "_" in stem else ""
+    return (0, int(suffix)) if suffix.isdigit() else (1, suffix)
+
+
+class ItemAggregator(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+    """Reduce the photos of each item to one feature row: mean, max or first.
+
+    Photos whose features are NaN (images that failed to load) are ignored; an item
+    with no valid photo becomes a NaN row, so rows stay aligned with ``y``
+    (scikit-learn's tree ensembles, e.g. ``RandomForestRegressor``, accept NaN).
+
+    Two input forms:
+
+    * the output of :class:`~skimgfeat.CNNImageEmbedder`: a ``(n_items, max_images,
+      n_features)`` NaN-padded array (or a 2-D array, one photo per item). Returns
+      ``(n_items, n_features)``, row i for item i;
+    * a per-image table (DataFrame) with ``img_feature_*`` columns and an ``item_id``
+      column, or ``image_name``/``image_path`` from which the item id is derived.
+      Returns a DataFrame with ``item_id`` and the feature columns, one row per item,
+      sorted by ``item_id``.
+
+    Parameters
+    ----------
+    method : {"mean", "max", "first"}, default="mean"
+        ``"first"`` takes the first valid photo: in array input, the first along axis 1;
+        in a table, the one with the lowest image number (``_1`` before ``_2``
+        before ``_10``), not file-system order.
+    item_id : None, str or callable, default=None
+        Table input only. None: the ``item_id`` column if there is one, else
+        :func:`item_id_from_name` of ``image_name`` (or ``image_path``). A str naming a
+        column: that column. Another str: a regular expression searched in the image
+        name, whose group ``item`` (or first group, or whole match) is the item id. A
+        callable: called with each image name.
+    count_images : bool, default=False
+        Add a column ``n_images``: how many photos of the item loaded.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Feature width seen in ``fit``.
+    feature_names_in_ : ndarray of str
+        Feature column names, when fit on a table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimgfeat import ItemAggregator
+    >>> photos = np.array([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [np.nan, np.nan]]])
+    >>> ItemAggregator(method="mean").fit_transform(photos)
+    array([[2., 3.],
+           [5., 6.]])
+    """
+
+    def __init__(
+        self,
+        method: str = "mean",
+        *,
+        item_id: str | Callable[[str], str] | None = None,
+        count_images: bool = False,
+    ) -> None:
+        self.method = method
+        self.item_id = item_id
+        self.count_images = count_images
+
+    def fit(self, X, y=None) -> ItemAggregator:
+        """Check the method and record the feature width (and names, for tables)."""
+        self._check_method()
+        if isinstance(X, pd.DataFrame):
+            columns = _feature_columns(X, self._id_column(X))
+            self.feature_names_in_ = np.asarray(columns, dtype=object)
+            self.n_features_in_ = len(columns)
+        else:
+            self.n_features_in_ = _as_photo_array(X).shape[2]
+        return self
+
+    def transform(self, X):
+        """Aggregate; see the class docstring for input and output forms."""
+        self._check_method()
+        if isinstance(X, pd.DataFrame) and self._is_table(X):
+            return self._aggregate_table(X)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        photos = _as_photo_array(X)
+        values, counts = reduce_photos(photos, self.method)
+        if self.count_images:
+            values = np.column_stack([values, counts.astype(values.dtype)])
+        names = self.get_feature_names_out() if hasattr(self, "n_features_in_") else None
+        if names is None or len(names) != values.shape[1]:
+            names = _default_names(photos.shape[2], self.count_images)
+        return wrap_output(values, index, names, self._output_kind())
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The input's feature names (``img_feature_*`` by default), plus ``n_images``."""
+        if input_features is None:
+            input_features = getattr(self, "feature_names_in_", None)
+        if input_features is None:
+            return _default_names(self.n_features_in_, self.count_images)
+        names = list(input_features) + ([COUNT_COLUMN] if self.count_images else [])
+        return np.asarray(names, dtype=object)
+
+    def set_output(self, *, transform: str | None = None) -> ItemAggregator:
+        """"default" (ndarray), "pandas" or "polars" for array input; tables stay DataFrames."""
+        if transform is not None:
+            validate_output_kind(transform)
+            self._sklearn_output_config = {"transform": transform}
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.allow_nan = True
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.target_tags.required = False
+        return tags
+
+    # -- internals -------------------------------------------------------------
+
+    def _check_method(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def _output_kind(self) -> str:
+        config = getattr(self, "_sklearn_output_config", {})
+        return config.get("transform") or sklearn.get_config()["transform_output"]
+
+    def _id_column(self, table: pd.DataFrame) -> str | None:
+        if isinstance(self.item_id, str) and self.item_id in table.columns:
+            return self.item_id
+        if self.item_id is None and ITEM_ID in table.columns:
+            return ITEM_ID
+        return None
+
+    def _name_column(self, table: pd.DataFrame) -> str | None:
+        return next((c for c in NAME_COLUMNS if c in table.columns), None)
+
+    def _is_table(self, table: pd.DataFrame) -> bool:
+        return self._id_column(table) is not None or self._name_column(table) is not None
+
+    def _item_ids(self, table: pd.DataFrame) -> pd.Series:
+        column = self._id_column(table)
+        if column is not None:
+            return table[column].astype(str)
+        names = table[self._name_column(table)].astype(str)
+        if self.item_id is None:
+            return names.map(item_id_from_name)
+        if callable(self.item_id):
+            return names.map(lambda name: str(self.item_id(name)))
+        pattern = re.compile(self.item_id)
+        return names.map(lambda name: _regex_item_id(pattern, name))
+
+    def _aggregate_table(self, table: pd.DataFrame) -> pd.DataFrame:
+        columns = _feature_columns(table, self._id_column(table))
+        ids = self._item_ids(table)
+        name_column = self._name_column(table)
+        order = np.arange(len(table))
+        if self.method == "first" and name_column is not None:
+            keys = [image_number(name) for name in table[name_column].astype(str)]
+            order = np.asarray(sorted(range(len(table)), key=lambda i: keys[i]), dtype=int)
+        features = table[columns].iloc[order].reset_index(drop=True)
+        groups = features.groupby(ids.iloc[order].to_numpy(), sort=True)
+        result = getattr(groups, self.method)()
+        result.index.name = ITEM_ID
+        if self.count_images:
+            valid = features.notna().any(axis=1)
+            result[COUNT_COLUMN] = valid.groupby(ids.iloc[order].to_numpy(), sort=True).sum().astype(int)
+        return result.reset_index()
+
+
+def _regex_item_id(pattern: re.Pattern, name: str) -> str:
+    match = pattern.search(name)
+    if match is None:
+        raise ValueError(f"item_id pattern {pattern.pattern!r} does not match image name {name!r}")
+    if "item" in pattern.groupindex:
+        return match.group("item")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def _feature_columns(table: pd.DataFrame, id_column: str | None) -> list[str]:
+    prefixed = [c for c in table.columns if str(c).startswith(FEATURE_PREFIX)]
+    if prefixed:
+        return prefixed
+    skip = {id_column, *NAME_COLUMNS}
+    return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def _default_names(n_features: int, count_images: bool) -> np.ndarray:
+    names = [f"{FEATURE_PREFIX}{i}" for i in range(n_features)]
+    return np.asarray(names + ([COUNT_COLUMN] if count_images else []), dtype=object)
+
+
+def _as_photo_array(X) -> np.ndarray:
+    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float64 if _is_float64(X) else np.float32)
+    if values.ndim == 2:
+        return values[:, None, :]
+    if values.ndim != 3:
+        raise ValueError(
+            f"expected a (n_items, max_images, n_features) or (n_items, n_features) array, got shape {values.shape}"
+        )
+    return values
+
+
+def _is_float64(X) -> bool:
+    dtype = getattr(X, "dtype", None)
+    return dtype is not None and np.dtype(dtype) == np.float64
+
+
+def reduce_photos(photos: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, k, d)`` NaN-padded -> ``(n, d)`` and the count of valid photos per item."""
+    valid = ~np.isnan(photos).all(axis=2)
+    counts = valid.sum(axis=1)
+    empty = counts == 0
+    if method == "mean":
+        values = np.where(valid[..., None], photos, 0).sum(axis=1) / np.maximum(counts, 1)[:, None]
+    elif method == "max":
+        values = np.where(valid[..., None], photos, -np.inf).max(axis=1)
+    else:
+        first = valid.argmax(axis=1)
+        values = photos[np.arange(len(photos)), first]
+    values = values.astype(photos.dtype, copy=False)
+    values[empty] = np.nan
+    return values, counts

@@ -1,0 +1,410 @@
+"""CNNImageEmbedder: image paths in, one CNN feature vector per image out."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import PIL
+import sklearn
+import torch
+import torchvision
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from . import __version__
+from .backends import BACKENDS, prepare_module
+from .cache import FeatureCache
+from .exceptions import MISSING, ImageLoadError
+from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
+from .inputs import ImageInput, parse_image_input, path_key
+from .output import wrap_output, validate_output_kind
+from .preprocessing import RESIZE_MODES, Preprocessing
+from .registry import build_model, parameters_sha256
+
+ON_ERROR = ("raise", "nan")
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FEATURE_PREFIX = "img_feature_"
+
+
+def feature_names(n_features: int) -> np.ndarray:
+    """``img_feature_0 ... img_feature_{n-1}``: the original module's column names."""
+    return np.asarray([f"{FEATURE_PREFIX}{i}" for i in range(n_features)], dtype=object)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU; anything else must be usable here."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"invalid device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device=None or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available")
+    return resolved
+
+
+class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+    """Embed image files with an ImageNet-pretrained CNN, classifier removed.
+
+    Each image is loaded as RGB (alpha composited onto white, EXIF orientation applied,
+    first frame of animations), resized to 256x256 (or shorter side 256), center
+    cropped to 224, normalised with ImageNet mean/std, and passed through the network
+    up to the global average pool of its last convolutional stage: exactly what the
+    model's own classification head receives.
+
+    Parameters
+    ----------
+    model_name : str, default="mobilenet_v2"
+        A name from :func:`skimgfeat.list_models`: ``"mobilenet_v2"`` (1280 features),
+        ``"shufflenet_v2_x1_0"`` (1024), ``"resnet50"``, ``"efficientnet_b0"``, ...
+    weights : str, os.PathLike or None, default="IMAGENET1K_V1"
+        torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...), downloaded and
+        cached by torchvision under ``$TORCH_HOME``; the path of a local state-dict file
+        (offline use; the classifier's keys may be absent); or None for random weights.
+        ``"IMAGENET1K_V1"`` is what the 256/224 recipe belongs to: torchvision's
+        ``"DEFAULT"`` for mobilenet_v2 is V2, trained with a 232 resize.
+    device : str or None, default=None
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; None picks CUDA when available.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass; "auto" is 32 on CPU and 256 on CUDA. On CUDA a batch
+        that runs out of memory is split in halves instead of failing.
+    resize_mode : {"square", "shorter_side"}, default="square"
+        ``"square"``: resize to 256x256 (the original module's recipe);
+        ``"shorter_side"``: torchvision's ``Resize(256)`` keeping aspect ratio.
+    on_error : {"raise", "nan"}, default="raise"
+        ``"raise"``: an unreadable image raises :class:`~skimgfeat.ImageLoadError`
+        naming the file and the reason. ``"nan"``: its row is NaN, every other row is
+        computed, and the failures are listed in ``errors_``. There is no "zero"
+        policy on purpose: a zero vector is a plausible feature vector and would
+        silently bias a model, while NaN is explicit (and ``ItemAggregator`` skips it).
+    max_pixels : int or None, default=None
+        Images with more pixels are refused from their header, never decoded. None
+        uses Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``.
+    draft : bool, default=False
+        Let JPEG decode at reduced scale before resizing: faster on big photos, not
+        bit-exact (see the docs for the measured deviation).
+    precision : {"float32", "float16", "bfloat16"}, default="float32"
+        Run the network under autocast in a lower precision (opt-in, lossy).
+    backend : {"auto", "eager"}, default="auto"
+        How the network is executed; "auto" picks the fastest exact one for the device.
+    n_workers : int or None, default=None
+        Decode threads; None uses one per available core.
+    cache : str, os.PathLike or None, default=None
+        A folder where per-image features are kept, keyed by the network's parameters,
+        the preprocessing and each file's path, size and modification time. With it a
+        grid search or a re-run embeds every photo once.
+    progress : bool, default=False
+        Show a progress bar (tqdm) on stderr.
+    random_state : int or None, default=None
+        Seeds the random initialisation when ``weights=None``.
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+        The headless network, eval mode, on the CPU (copies run on the device).
+    n_features_out_ : int
+        Feature width (1280 for mobilenet_v2).
+    preprocessing_ : Preprocessing
+        The recipe applied to each image.
+    model_info_ : dict
+        Model name, weights identity and sha256, feature width, preprocessing and
+        library versions: what produced the features.
+    errors_ : list of ImageLoadError
+        Failures of the last ``transform`` (empty with ``on_error="raise"``).
+
+    Examples
+    --------
+    >>> from skimgfeat import CNNImageEmbedder
+    >>> embedder = CNNImageEmbedder(weights=None, random_state=0).fit()
+    >>> embedder.n_features_out_
+    1280
+    >>> embedder.get_feature_names_out()[:2]
+    array(['img_feature_0', 'img_feature_1'], dtype=object)
+    """
+
+    def __init__(
+        self,
+        model_name: str = "mobilenet_v2",
+        weights: str | os.PathLike | None = "IMAGENET1K_V1",
+        *,
+        device: str | None = None,
+        batch_size: int | str = "auto",
+        resize_mode: str = "square",
+        on_error: str = "raise",
+        max_pixels: int | None = None,
+        draft: bool = False,
+        precision: str = "float32",
+        backend: str = "auto",
+        n_workers: int | None = None,
+        cache: str | os.PathLike | None = None,
+        progress: bool = False,
+        random_state: int | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.weights = weights
+        self.device = device
+        self.batch_size = batch_size
+        self.resize_mode = resize_mode
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+        self.draft = draft
+        self.precision = precision
+        self.backend = backend
+        self.n_workers = n_workers
+        self.cache = cache
+        self.progress = progress
+        self.random_state = random_state
+
+    # -- scikit-learn protocol -------------------------------------------------
+
+    def fit(self, X=None, y=None) -> CNNImageEmbedder:
+        """Build the network and record what it is. X and y are not used.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self : CNNImageEmbedder
+        """
+        self._check_params()
+        built = build_model(self.model_name, self.weights, self.random_state)
+        self.model_ = built.module
+        self.n_features_out_ = built.n_features
+        self.preprocessing_ = Preprocessing(resize_mode=self.resize_mode, draft=bool(self.draft))
+        self.model_info_ = {
+            "model_name": self.model_name,
+            "weights": built.weights,
+            "weights_sha256": built.weights_sha256,
+            "parameters_sha256": parameters_sha256(built.module),
+            "n_features": built.n_features,
+            "feature_names": f"{FEATURE_PREFIX}0 ... {FEATURE_PREFIX}{built.n_features - 1}",
+            "output": "global average pool of the last convolutional stage (the classifier's input)",
+            "input_size": [3, self.preprocessing_.crop, self.preprocessing_.crop],
+            "preprocessing": self.preprocessing_.to_dict(),
+            "precision": self.precision,
+            "versions": library_versions(),
+            "fitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.errors_ = []
+        self._runtime = None
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Embed the images in X.
+
+        Parameters
+        ----------
+        X : sequence of paths, single-column DataFrame, or one sequence of paths per sample
+            See :mod:`skimgfeat.inputs` for every accepted form.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features) or (n_samples, max_images, n_features)
+            float32. With one photo per sample, 2-D. With several photos per sample,
+            3-D and NaN-padded: ``features[i, j]`` is the j-th photo of sample i; pass
+            it through :class:`~skimgfeat.ItemAggregator` to get one row per sample.
+            Row i always belongs to sample i; failed images (``on_error="nan"``) are NaN.
+        """
+        check_is_fitted(self, "model_")
+        data = parse_image_input(X)
+        self.errors_ = []
+        missing = self._missing_path_errors(data)
+        paths = data.unique_paths()
+        matrix = self._embed_with_cache(paths)
+        features = self._assemble(data, paths, matrix)
+        if missing:
+            self.errors_ = missing + self.errors_
+        return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """``img_feature_0 ... img_feature_{n_features_out_ - 1}``."""
+        check_is_fitted(self, "n_features_out_")
+        return feature_names(self.n_features_out_)
+
+    def set_output(self, *, transform: str | None = None) -> CNNImageEmbedder:
+        """Choose the container of ``transform``: "default" (ndarray), "pandas", "polars".
+
+        A 2-D result becomes a DataFrame with the feature names as columns and the
+        input's index. A 3-D (several photos per sample) result stays an ndarray in
+        every mode: it has no table shape; ``ItemAggregator`` turns it into one.
+        """
+        if transform is not None:
+            validate_output_kind(transform)
+            self._sklearn_output_config = {"transform": transform}
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.one_d_array = True
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = []
+        tags.non_deterministic = self.weights is None and self.random_state is None
+        return tags
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_runtime", None)  # device copies and compiled graphs are rebuilt on load
+        return state
+
+    # -- streaming -------------------------------------------------------------
+
+    def iter_transform(self, paths: Sequence, on_error: str | None = None) -> Iterator[EmbeddedBatch]:
+        """Embed ``paths`` batch by batch, in order, with flat memory.
+
+        Yields :class:`~skimgfeat.inference.EmbeddedBatch` objects (``start``,
+        ``features`` with NaN rows for failures, ``errors``). This is what the command
+        line uses to checkpoint long runs.
+        """
+        check_is_fitted(self, "model_")
+        runner = self._runner()
+        on_error = self.on_error if on_error is None else on_error
+        yield from embed_stream(
+            paths,
+            runner,
+            self._decoder(),
+            self.n_features_out_,
+            self._batch_size(runner.device),
+            self.n_workers or default_decode_workers(),
+            on_error,
+        )
+
+    # -- internals -------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        choices = {
+            "on_error": (self.on_error, ON_ERROR),
+            "resize_mode": (self.resize_mode, RESIZE_MODES),
+            "precision": (self.precision, tuple(PRECISIONS)),
+            "backend": (self.backend, BACKENDS),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive int or 'auto', got {self.batch_size!r}")
+        if self.n_workers is not None and not (isinstance(self.n_workers, (int, np.integer)) and self.n_workers > 0):
+            raise ValueError(f"n_workers must be a positive int or None, got {self.n_workers!r}")
+        if self.max_pixels is not None and not (isinstance(self.max_pixels, (int, np.integer)) and self.max_pixels >= 0):
+            raise ValueError(f"max_pixels must be a non-negative int or None, got {self.max_pixels!r}")
+        resolve_device(self.device)
+
+    def _runner(self) -> ModelRunner:
+        device = resolve_device(self.device)
+        key = (str(device), self.backend, self.precision, self.preprocessing_)
+        runtime = getattr(self, "_runtime", None)
+        if runtime is None or runtime[0] != key:
+            module = prepare_module(self.model_, device, self.backend)
+            runner = ModelRunner(module, device, self.preprocessing_, PRECISIONS[self.precision])
+            self._runtime = runtime = (key, runner)
+        return runtime[1]
+
+    def _batch_size(self, device: torch.device) -> int:
+        if self.batch_size == "auto":
+            return 256 if device.type == "cuda" else 32
+        return int(self.batch_size)
+
+    def _decoder(self):
+        preprocessing, max_pixels = self.preprocessing_, self.max_pixels
+
+        def decode(path):
+            return decode_pixels(path, preprocessing, max_pixels)
+
+        return decode
+
+    def _output_kind(self) -> str:
+        config = getattr(self, "_sklearn_output_config", {})
+        return config.get("transform") or sklearn.get_config()["transform_output"]
+
+    def _missing_path_errors(self, data: ImageInput) -> list[ImageLoadError]:
+        if data.multi:
+            return []  # missing entries of a multi-photo sample are padding
+        errors = [
+            ImageLoadError(None, MISSING, f"no path given for sample {i}")
+            for i, (path,) in enumerate(data.samples)
+            if path_key(path) is None
+        ]
+        if errors and self.on_error == "raise":
+            raise errors[0]
+        return errors
+
+    def _embed_with_cache(self, paths: list) -> np.ndarray:
+        matrix = np.full((len(paths), self.n_features_out_), np.nan, dtype=np.float32)
+        cache = FeatureCache(self.cache, self._cache_namespace()) if self.cache is not None else None
+        todo = list(range(len(paths)))
+        if cache is not None:
+            hits = cache.get_many(paths)
+            for i, vector in hits.items():
+                matrix[i] = vector
+            todo = [i for i in todo if i not in hits]
+        todo_paths = [paths[i] for i in todo]
+        with _progress_bar(len(todo_paths), self.progress) as bar:
+            for batch in self.iter_transform(todo_paths):
+                rows = todo[batch.start : batch.start + len(batch.features)]
+                matrix[rows] = batch.features
+                self.errors_.extend(error for _, error in batch.errors)
+                if cache is not None:
+                    failed = {position for position, _ in batch.errors}
+                    cache.put_many(
+                        (paths[row], batch.features[k])
+                        for k, row in enumerate(rows)
+                        if batch.start + k not in failed
+                    )
+                bar.update(len(batch.features))
+        return matrix
+
+    def _cache_namespace(self) -> str:
+        info = self.model_info_
+        return "|".join(
+            [info["parameters_sha256"], repr(sorted(self.preprocessing_.to_dict().items())), self.precision]
+        )
+
+    def _assemble(self, data: ImageInput, paths: list, matrix: np.ndarray) -> np.ndarray:
+        row_of = {path_key(path): i for i, path in enumerate(paths)}
+        width = self.n_features_out_
+        if not data.multi:
+            out = np.full((len(data.samples), width), np.nan, dtype=np.float32)
+            for i, (path,) in enumerate(data.samples):
+                key = path_key(path)
+                if key is not None:
+                    out[i] = matrix[row_of[key]]
+            return out
+        out = np.full((len(data.samples), max(1, data.max_images()), width), np.nan, dtype=np.float32)
+        for i, sample in enumerate(data.samples):
+            for j, path in enumerate(sample):
+                out[i, j] = matrix[row_of[path_key(path)]]
+        return out
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "skimgfeat": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled or total == 0, dynamic_ncols=True)

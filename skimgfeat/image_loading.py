@@ -1,0 +1,198 @@
+"""Open an image file and turn it into one RGB picture, or say exactly why not.
+
+Every image the package embeds goes through :func:`load_rgb_image`, so the rules
+for odd inputs live in one place:
+
+* RGBA, LA, PA, RGBa, La and palette or grayscale images with a transparent colour
+  are composited onto a **white** background (product photos are shot on white);
+* CMYK, YCbCr, 1-bit, L and P are converted by Pillow;
+* 16-bit (``I;16*``, ``I``) and float (``F``) grayscale are scaled to 8 bits;
+* the EXIF orientation tag is applied;
+* animated GIF/WebP/PNG contribute their first frame;
+* an image with more pixels than the limit is refused from its header, before any
+  pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .exceptions import (
+    CORRUPT,
+    EMPTY,
+    MISSING,
+    NOT_A_FILE,
+    NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    TRUNCATED,
+    UNSUPPORTED,
+    ImageLoadError,
+)
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
+_HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_WHITE = (255, 255, 255, 255)
+
+
+def is_missing_path(path: Any) -> bool:
+    """True for the placeholders that mean "no photo here": None, NaN, pandas NA."""
+    if path is None:
+        return True
+    if isinstance(path, float) and math.isnan(path):
+        return True
+    return type(path).__name__ in {"NAType", "NaTType"}
+
+
+def default_max_pixels() -> int | None:
+    """Pillow's own decompression-bomb limit, read when needed so users can change it."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def load_rgb_image(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Load ``path`` as an RGB :class:`PIL.Image.Image`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image file.
+    max_pixels : int or None
+        Refuse images with more pixels than this (read from the header, never
+        decoded). None means Pillow's ``Image.MAX_IMAGE_PIXELS``; 0 disables the check.
+    draft_size : (int, int) or None
+        Let JPEG decode at a reduced scale that still covers this size (lossy, faster).
+
+    Raises
+    ------
+    ImageLoadError
+        Naming the file and one of the reasons in :data:`skimgfeat.exceptions.REASONS`.
+    """
+    if is_missing_path(path):
+        raise ImageLoadError(None, MISSING, "no path given")
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise ImageLoadError(repr(path), NOT_A_FILE, f"expected a path, got {type(path).__name__}") from None
+    _check_file(name)
+    limit = default_max_pixels() if max_pixels is None else max_pixels
+    try:
+        with open(name, "rb") as handle:
+            return _decode(handle, name, limit, draft_size)
+    except ImageLoadError:
+        raise
+    except OSError as error:
+        raise ImageLoadError(name, MISSING, str(error)) from error
+
+
+def _check_file(name: str) -> None:
+    try:
+        info = os.stat(name)
+    except (OSError, ValueError) as error:
+        raise ImageLoadError(name, MISSING, getattr(error, "strerror", None) or str(error)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ImageLoadError(name, NOT_A_FILE, kind)
+    if info.st_size == 0:
+        raise ImageLoadError(name, EMPTY, "0 bytes")
+
+
+def _decode(handle, name: str, limit: int | None, draft_size) -> Image.Image:
+    try:
+        image = Image.open(handle)
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(name, TOO_MANY_PIXELS, str(error)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, NOT_AN_IMAGE, "no image format recognises this file") from None
+    except Exception as error:  # noqa: BLE001 - every decoder failure becomes ours
+        raise ImageLoadError(name, _classify(error), _describe(error)) from None
+    with image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageLoadError(name, CORRUPT, f"header gives size {width}x{height}")
+        if limit and width * height > limit:
+            raise ImageLoadError(
+                name, TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels, limit {limit}"
+            )
+        try:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+            orientation = _orientation(image)
+            rgb = to_rgb(image)
+        except ImageLoadError:
+            raise
+        except Image.DecompressionBombError as error:
+            raise ImageLoadError(name, TOO_MANY_PIXELS, str(error)) from None
+        except Exception as error:  # noqa: BLE001
+            raise ImageLoadError(name, _classify(error), _describe(error)) from None
+    transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
+    return rgb.transpose(transpose) if transpose is not None else rgb
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB by the rules in this module's docstring."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(_to_8bit(np.asarray(image), mode)).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ImageLoadError(image.filename or "", UNSUPPORTED, f"mode {mode}: {error}") from None
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64))
+    peak = values.max(initial=0.0)
+    if mode.startswith("I;16") or (mode == "I" and peak > 255.0):
+        values = values / 257.0  # 16-bit: 65535 -> 255
+    elif mode == "F" and peak <= 1.0:
+        values = values * 255.0  # float images in [0, 1]
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _classify(error: BaseException) -> str:
+    text = str(error).lower()
+    if isinstance(error, EOFError) or "truncated" in text or "broken data stream" in text:
+        return TRUNCATED
+    if isinstance(error, NotImplementedError) or "not supported" in text or "unsupported" in text:
+        return UNSUPPORTED
+    return CORRUPT
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,173 @@
+"""The decode-and-infer engine shared by the estimator, the API and the CLI.
+
+Decoding (file read, JPEG/PNG/WebP decode, resize, crop) runs in a thread pool:
+Pillow releases the GIL for all of it, so threads overlap decoding with inference
+without the start-up and pickling cost of processes. Each image is decoded inside a
+``try`` of its own, so one bad file costs one row, never a batch. Results come back in
+input order through a bounded window, so memory stays flat however many images pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .exceptions import ImageLoadError
+from .image_loading import load_rgb_image
+from .preprocessing import Preprocessing
+
+
+def decode_pixels(path, preprocessing: Preprocessing, max_pixels: int | None) -> np.ndarray:
+    """One file -> ``(crop, crop, 3)`` uint8 pixels, or ImageLoadError."""
+    image = load_rgb_image(path, max_pixels=max_pixels, draft_size=preprocessing.draft_size)
+    try:
+        return preprocessing.crop_pixels(image)
+    finally:
+        image.close()
+
+
+def _decode_or_error(decode: Callable, path) -> np.ndarray | ImageLoadError:
+    try:
+        return decode(path)
+    except ImageLoadError as error:
+        return error
+    except Exception as error:  # noqa: BLE001 - whatever a decoder throws, it costs one row
+        return ImageLoadError(path, "corrupt", f"{type(error).__name__}: {error}")
+
+
+def iter_decoded(
+    paths: Iterable, decode: Callable, n_workers: int, window: int
+) -> Iterator[np.ndarray | ImageLoadError]:
+    """Decode ``paths`` on ``n_workers`` threads, yielding results in input order.
+
+    At most ``window`` images are in flight, so a slow consumer never makes memory grow.
+    """
+    if n_workers <= 1:
+        for path in paths:
+            yield _decode_or_error(decode, path)
+        return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="skimgfeat-decode") as pool:
+        try:
+            for path in paths:
+                pending.append(pool.submit(_decode_or_error, decode, path))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@dataclass
+class EmbeddedBatch:
+    """Features for ``len(features)`` consecutive inputs starting at ``start``.
+
+    Rows whose image failed are NaN; ``errors`` holds ``(position, ImageLoadError)``.
+    """
+
+    start: int
+    features: np.ndarray
+    errors: list[tuple[int, ImageLoadError]] = field(default_factory=list)
+
+
+class ModelRunner:
+    """Runs a headless network on uint8 pixel batches on one device.
+
+    On CUDA the batch is copied from pinned memory without blocking, normalised on the
+    GPU, optionally run under autocast, and a batch that runs out of memory is split in
+    halves (and later batches kept at the smaller size) instead of failing the run.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        preprocessing: Preprocessing,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.module = module
+        self.device = device
+        self.preprocessing = preprocessing
+        self.autocast_dtype = autocast_dtype
+        self.max_batch: int | None = None
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.max_batch is not None and len(pixels) > self.max_batch:
+            return np.concatenate(
+                [self(pixels[i : i + self.max_batch]) for i in range(0, len(pixels), self.max_batch)]
+            )
+        try:
+            return self._forward(pixels)
+        except torch.cuda.OutOfMemoryError:
+            if len(pixels) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(pixels) // 2
+            self.max_batch = half
+            return np.concatenate([self(pixels[:half]), self(pixels[half:])])
+
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(pixels)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            batch = batch.to(self.device)
+        with torch.inference_mode():
+            inputs = self.preprocessing.normalize(batch)
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    outputs = self.module(inputs)
+            else:
+                outputs = self.module(inputs)
+            return outputs.float().cpu().numpy()
+
+
+def embed_stream(
+    paths: Sequence,
+    run: Callable[[np.ndarray], np.ndarray],
+    decode: Callable,
+    n_features: int,
+    batch_size: int,
+    n_workers: int,
+    on_error: str = "raise",
+) -> Iterator[EmbeddedBatch]:
+    """Yield :class:`EmbeddedBatch` es covering ``paths`` in order.
+
+    With ``on_error="raise"`` the first failing input (in input order) raises its
+    ImageLoadError; otherwise its row is NaN and the error is reported in the batch.
+    A batch made only of failures still yields its rows, without running the model.
+    """
+    window = max(batch_size * 2, n_workers * 4)
+    decoded = iter_decoded(paths, decode, n_workers, window)
+    start = 0
+    while start < len(paths):
+        size = min(batch_size, len(paths) - start)
+        results = [next(decoded) for _ in range(size)]
+        errors = [(start + i, r) for i, r in enumerate(results) if isinstance(r, ImageLoadError)]
+        if errors and on_error == "raise":
+            decoded.close()
+            raise errors[0][1]
+        features = np.full((size, n_features), np.nan, dtype=np.float32)
+        good = [i for i, r in enumerate(results) if not isinstance(r, ImageLoadError)]
+        if good:
+            features[good] = run(np.stack([results[i] for i in good]))
+        yield EmbeddedBatch(start, features, errors)
+        start += size
+
+
+def default_decode_workers() -> int:
+    """Decode threads: one per core the process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

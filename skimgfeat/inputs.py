@@ -1,0 +1,107 @@
+"""Turn what users pass as X into samples, each a list of image paths.
+
+Accepted: a list/tuple/1-D array/Series of paths (one photo per sample); a
+single-column DataFrame or ``(n, 1)`` array (what ColumnTransformer passes); a
+DataFrame or 2-D array with several columns, or a sequence of sequences (several
+photos per sample). Missing entries (None, NaN) inside a multi-photo sample are
+padding, not photos.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .image_loading import is_missing_path
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """X, normalised.
+
+    Attributes
+    ----------
+    samples : list of list
+        One list of paths per sample. In single mode each list has exactly one entry
+        (which may be a missing marker, reported as a failed image).
+    multi : bool
+        Several photos per sample: transform returns a 3-D array.
+    index : pandas.Index or None
+        The input's index, for pandas output.
+    """
+
+    samples: list[list]
+    multi: bool
+    index: pd.Index | None
+
+    def unique_paths(self) -> list:
+        """Distinct paths in first-seen order (a photo listed twice is embedded once)."""
+        seen: dict = {}
+        for sample in self.samples:
+            for path in sample:
+                if not is_missing_path(path):
+                    seen.setdefault(_key(path), path)
+        return list(seen.values())
+
+    def max_images(self) -> int:
+        return max((len(sample) for sample in self.samples), default=0)
+
+
+def _key(path) -> str:
+    return os.fspath(path)
+
+
+def path_key(path) -> str | None:
+    """The dictionary key of a path, None for a missing marker."""
+    return None if is_missing_path(path) else _key(path)
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike)) or is_missing_path(value)
+
+
+def _is_photo_list(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series))
+
+
+def _photos(value) -> list:
+    if _is_photo_list(value):
+        return [path for path in value if not is_missing_path(path)]
+    return [] if is_missing_path(value) else [value]
+
+
+def parse_image_input(X) -> ImageInput:
+    """Normalise X; raise TypeError/ValueError with the accepted forms otherwise."""
+    if isinstance(X, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"X must be a sequence of image paths, got a single path {X!r}; wrap it in a list"
+        )
+    index = X.index if isinstance(X, (pd.Series, pd.DataFrame)) else None
+    if isinstance(X, pd.DataFrame):
+        X = X.to_numpy(dtype=object)
+    elif isinstance(X, pd.Series):
+        X = X.to_numpy(dtype=object)
+    elif not isinstance(X, np.ndarray):
+        try:
+            X = list(X)
+        except TypeError:
+            raise TypeError(f"X must be a sequence of image paths, got {type(X).__name__}") from None
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        if X.shape[1] == 1:
+            X = X[:, 0]
+        else:
+            return ImageInput([_photos(row) for row in X], True, index)
+    elif isinstance(X, np.ndarray) and X.ndim != 1:
+        raise ValueError(f"X must be 1-D or 2-D, got an array of shape {X.shape}")
+    rows = list(X)
+    if any(_is_photo_list(row) for row in rows):
+        return ImageInput([_photos(row) for row in rows], True, index)
+    for row in rows:
+        if not _is_path(row):
+            raise TypeError(
+                f"X must hold image paths (str or os.PathLike) or lists of them, got {type(row).__name__}: {row!r}"
+            )
+    return ImageInput([[row] for row in rows], False, index)

@@ -1,0 +1,55 @@
+"""Shared fixtures: real photos and weights from ../shared, skipped with a reason without them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", ROOT.parent / "shared"))
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth"
+IMAGENET = SHARED / "images" / "imagenet-labelled"
+GROCERY = SHARED / "images" / "grocery"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared test data; see ../shared/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    """Real ImageNet MobileNetV2 weights (dequantized from torchvision's int8 file)."""
+    return _require(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir() -> Path:
+    """100 labelled ImageNet photos, tiny to 2400 px, some grayscale."""
+    return _require(IMAGENET)
+
+
+@pytest.fixture(scope="session")
+def grocery_photos() -> list[Path]:
+    """Real shop photos of grocery products, about 348 px, sorted."""
+    return sorted(_require(GROCERY / "train").rglob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_photos(tmp_path_factory) -> list[Path]:
+    """Six small RGB JPEG/PNG files made here: for tests that must run without ../shared."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        base = np.linspace(0, 255, 80 * 60 * 3).reshape(60, 80, 3)
+        pixels = np.clip(base * (i + 1) / 6 + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"item{i // 2}_{i % 2 + 1}.{'jpg' if i % 2 == 0 else 'png'}"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
