@@ -53,3 +53,22 @@ def synthetic_photos(tmp_path_factory) -> list[Path]:
         Image.fromarray(pixels).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def grocery_items() -> tuple[list[list[str]], np.ndarray]:
+    """24 items of 2-3 real shop photos each (two items per product class), and a price per item.
+
+    The price is a function of the product class, so features that see the product can learn it.
+    """
+    listing = _require(GROCERY / "train.txt").read_text().splitlines()
+    by_class: dict[int, list[str]] = {}
+    for line in listing:
+        relative, fine_id, _ = (part.strip() for part in line.split(","))
+        by_class.setdefault(int(fine_id), []).append(str(GROCERY / relative))
+    items, prices = [], []
+    for fine_id in sorted(by_class)[:36:3]:
+        photos = by_class[fine_id]
+        items += [photos[0:3], photos[3:5]]
+        prices += [10.0 + 3.0 * fine_id, 10.0 + 3.0 * fine_id]
+    return items, np.asarray(prices)
