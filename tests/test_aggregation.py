@@ -1,0 +1,118 @@
+"""ItemAggregator turns several photos per item into one row per item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from skimgfeat import ItemAggregator, item_id_from_name
+
+NAN = np.nan
+PHOTOS = np.array(
+    [
+        [[1.0, 8.0], [3.0, 4.0], [NAN, NAN]],  # item 0: two photos
+        [[NAN, NAN], [5.0, 2.0], [7.0, 6.0]],  # item 1: first photo failed to load
+        [[NAN, NAN], [NAN, NAN], [NAN, NAN]],  # item 2: no photo loaded
+    ],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("mean", [[2.0, 6.0], [6.0, 4.0], [NAN, NAN]]),
+        ("max", [[3.0, 8.0], [7.0, 6.0], [NAN, NAN]]),
+        ("first", [[1.0, 8.0], [5.0, 2.0], [NAN, NAN]]),
+    ],
+)
+def test_methods_ignore_failed_photos_and_keep_empty_items_as_nan(method, expected):
+    result = ItemAggregator(method=method).fit_transform(PHOTOS)
+    np.testing.assert_array_equal(result, np.asarray(expected, dtype=np.float32))
+    assert result.dtype == np.float32
+
+
+def test_no_warning_for_items_without_photos(recwarn):
+    ItemAggregator().fit_transform(PHOTOS)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_count_images_adds_how_many_photos_loaded():
+    aggregator = ItemAggregator(count_images=True).fit(PHOTOS)
+    result = aggregator.transform(PHOTOS)
+    np.testing.assert_array_equal(result[:, -1], [2, 2, 0])
+    assert list(aggregator.get_feature_names_out()) == ["img_feature_0", "img_feature_1", "n_images"]
+
+
+def test_two_dimensional_input_is_one_photo_per_item():
+    rows = PHOTOS[:, 0, :]
+    np.testing.assert_array_equal(ItemAggregator().fit_transform(rows), rows)
+
+
+def test_pandas_output_has_feature_names():
+    frame = ItemAggregator().set_output(transform="pandas").fit_transform(PHOTOS)
+    assert list(frame.columns) == ["img_feature_0", "img_feature_1"]
+    assert len(frame) == 3
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be one of"):
+        ItemAggregator(method="median").fit(PHOTOS)
+
+
+def test_clone_keeps_parameters():
+    aggregator = ItemAggregator(method="max", item_id=r"(?P<item>\d+)", count_images=True)
+    assert clone(aggregator).get_params() == aggregator.get_params()
+
+
+@pytest.mark.parametrize(
+    ("name", "item"),
+    [("84512_3.webp", "84512"), ("lot_2024_10.jpg", "lot_2024"), ("84512.webp", "84512"), ("a/b/9_1.png", "9")],
+)
+def test_item_id_is_the_stem_up_to_the_last_underscore(name, item):
+    assert item_id_from_name(name) == item
+
+
+def per_image_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_path": ["b/84512_10.webp", "84512_2.webp", "777_1.webp", "777_2.webp", "solo.webp"],
+            "image_name": ["84512_10.webp", "84512_2.webp", "777_1.webp", "777_2.webp", "solo.webp"],
+            "img_feature_0": [1.0, 3.0, 10.0, NAN, 5.0],
+            "img_feature_1": [2.0, 4.0, 20.0, NAN, 6.0],
+        }
+    )
+
+
+def test_per_image_table_gives_one_row_per_item_sorted_by_item_id():
+    result = ItemAggregator(method="mean").fit_transform(per_image_table())
+    assert list(result.columns) == ["item_id", "img_feature_0", "img_feature_1"]
+    assert list(result["item_id"]) == ["777", "84512", "solo"]
+    np.testing.assert_array_equal(result[["img_feature_0", "img_feature_1"]].to_numpy(), [[10, 20], [2, 3], [5, 6]])
+
+
+def test_first_in_a_table_is_the_lowest_image_number_not_row_order():
+    result = ItemAggregator(method="first").fit_transform(per_image_table())
+    # 84512_2 comes before 84512_10 although the _10 row is listed first
+    assert result.set_index("item_id").loc["84512"].tolist() == [3.0, 4.0]
+
+
+def test_table_item_id_by_regex_or_callable():
+    table = per_image_table()
+    by_regex = ItemAggregator(item_id=r"^(\d+)").fit_transform(table[table.image_name != "solo.webp"])
+    by_callable = ItemAggregator(item_id=lambda name: name[:3]).fit_transform(table)
+    assert list(by_regex["item_id"]) == ["777", "84512"]
+    assert list(by_callable["item_id"]) == ["777", "845", "sol"]
+
+
+def test_table_with_an_item_id_column_uses_it():
+    table = per_image_table().drop(columns=["image_path", "image_name"]).assign(item_id=["x", "x", "y", "y", "y"])
+    result = ItemAggregator(method="max", count_images=True).fit_transform(table)
+    assert result.to_dict("list") == {
+        "item_id": ["x", "y"],
+        "img_feature_0": [3.0, 10.0],
+        "img_feature_1": [4.0, 20.0],
+        "n_images": [2, 2],
+    }
