@@ -10,7 +10,10 @@ for odd inputs live in one place:
 * the EXIF orientation tag is applied;
 * animated GIF/WebP/PNG contribute their first frame;
 * an image with more pixels than the limit is refused from its header, before any
-  pixel is decoded.
+  pixel is decoded;
+* a file that fails and starts with a JPEG/PNG/GIF/WebP signature but lacks that
+  format's end (end-of-image marker, IEND chunk, trailer, RIFF length) is reported as
+  ``"truncated"``, one with a complete but unreadable body as ``"corrupt"``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def is_missing_path(path: Any) -> bool:
     """True for the placeholders that mean "no photo here": None, NaN, pandas NA."""
     if path is None:
         return True
-    if isinstance(path, float) and math.isnan(path):
+    if isinstance(path, (float, np.floating)) and math.isnan(path):
         return True
     return type(path).__name__ in {"NAType", "NaTType"}
 
@@ -78,7 +81,9 @@ def load_rgb_image(
         The image file.
     max_pixels : int or None
         Refuse images with more pixels than this (read from the header, never
-        decoded). None means Pillow's ``Image.MAX_IMAGE_PIXELS``; 0 disables the check.
+        decoded). None means Pillow's ``Image.MAX_IMAGE_PIXELS``; 0 disables this check.
+        Pillow's own hard stop at ``2 * Image.MAX_IMAGE_PIXELS`` still applies when
+        the file is opened: to accept larger images, raise ``PIL.Image.MAX_IMAGE_PIXELS``.
     draft_size : (int, int) or None
         Let JPEG decode at a reduced scale that still covers this size (lossy, faster).
 
@@ -97,7 +102,10 @@ def load_rgb_image(
     limit = default_max_pixels() if max_pixels is None else max_pixels
     try:
         with open(name, "rb") as handle:
-            return _decode(handle, name, limit, draft_size)
+            try:
+                return _decode(handle, name, limit, draft_size)
+            except ImageLoadError as error:
+                raise _refined(error, handle) from None
     except ImageLoadError:
         raise
     except OSError as error:
@@ -125,6 +133,13 @@ def _decode(handle, name: str, limit: int | None, draft_size) -> Image.Image:
         raise ImageLoadError(name, NOT_AN_IMAGE, "no image format recognises this file") from None
     except Exception as error:  # noqa: BLE001 - every decoder failure becomes ours
         raise ImageLoadError(name, _classify(error), _describe(error)) from None
+    try:
+        return _decode_opened(image, name, limit, draft_size)
+    except ImageLoadError as error:
+        raise ImageLoadError(name, error.reason, error.detail) from None  # to_rgb's error lacks the path
+
+
+def _decode_opened(image: Image.Image, name: str, limit: int | None, draft_size) -> Image.Image:
     with image:
         width, height = image.size
         if width <= 0 or height <= 0:
@@ -165,7 +180,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode in _HIGH_DEPTH_MODES:
         return Image.fromarray(_to_8bit(np.asarray(image), mode)).convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
+        straight = image.convert("LA") if mode == "La" else image  # Pillow has no La -> RGBA conversion
+        rgba = straight.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE)
         return Image.alpha_composite(background, rgba).convert("RGB")
     try:
@@ -182,6 +198,59 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
     elif mode == "F" and peak <= 1.0:
         values = values * 255.0  # float images in [0, 1]
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _refined(error: ImageLoadError, handle) -> ImageLoadError:
+    """Name a failure "truncated" or "corrupt" when the file shows it is one of our formats.
+
+    Pillow reports a cut-off header as "cannot identify" and a cut-off WebP as "could
+    not create decoder": the file's own signature and end marker tell the real story.
+    """
+    if error.reason not in (NOT_AN_IMAGE, CORRUPT):
+        return error
+    head, tail, size = _head_and_tail(handle)
+    fmt = _signature_format(head)
+    if fmt is None:
+        return error
+    if _cut_short(fmt, head, tail, size):
+        return ImageLoadError(error.path, TRUNCATED, f"{fmt} file ends early ({size} bytes); {error.detail}")
+    if error.reason == NOT_AN_IMAGE:
+        return ImageLoadError(error.path, CORRUPT, f"{fmt} signature but its header cannot be read")
+    return error
+
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+}
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b";"}
+
+
+def _head_and_tail(handle) -> tuple[bytes, bytes, int]:
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        head = handle.read(16)
+        handle.seek(max(0, size - 16))
+        return head, handle.read(16), size
+    except (OSError, ValueError):
+        return b"", b"", 0
+
+
+def _signature_format(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def _cut_short(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
+    if fmt == "WebP":
+        declared = int.from_bytes(head[4:8], "little") + 8  # RIFF length counts what follows it
+        return size < declared
+    # Some encoders pad after the end marker: looking in the last 16 bytes tolerates that.
+    return _END_MARKERS[fmt] not in tail
 
 
 def _classify(error: BaseException) -> str:
