@@ -201,21 +201,26 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _refined(error: ImageLoadError, handle) -> ImageLoadError:
-    """Name a failure "truncated" or "corrupt" when the file shows it is one of our formats.
+    """Settle "truncated" versus "corrupt" from the file itself when it is one of our formats.
 
-    Pillow reports a cut-off header as "cannot identify" and a cut-off WebP as "could
-    not create decoder": the file's own signature and end marker tell the real story.
+    Pillow reports a cut-off header as "cannot identify", a cut-off WebP as "could not
+    create decoder", and garbage inside a complete file sometimes as "truncated": the
+    file's own signature and end marker tell the real story.
     """
-    if error.reason not in (NOT_AN_IMAGE, CORRUPT):
+    if error.reason not in (NOT_AN_IMAGE, CORRUPT, TRUNCATED):
         return error
     head, tail, size = _head_and_tail(handle)
     fmt = _signature_format(head)
     if fmt is None:
         return error
     if _cut_short(fmt, head, tail, size):
+        if error.reason == TRUNCATED:
+            return error
         return ImageLoadError(error.path, TRUNCATED, f"{fmt} file ends early ({size} bytes); {error.detail}")
     if error.reason == NOT_AN_IMAGE:
         return ImageLoadError(error.path, CORRUPT, f"{fmt} signature but its header cannot be read")
+    if error.reason == TRUNCATED:
+        return ImageLoadError(error.path, CORRUPT, f"complete {fmt} file with damaged data; {error.detail}")
     return error
 
 
@@ -225,7 +230,7 @@ _SIGNATURES = {
     b"GIF87a": "GIF",
     b"GIF89a": "GIF",
 }
-_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b";"}
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
 def _head_and_tail(handle) -> tuple[bytes, bytes, int]:
@@ -249,13 +254,15 @@ def _cut_short(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
     if fmt == "WebP":
         declared = int.from_bytes(head[4:8], "little") + 8  # RIFF length counts what follows it
         return size < declared
+    if fmt == "GIF":
+        return not tail.rstrip(b"\0").endswith(b";")  # the trailer byte
     # Some encoders pad after the end marker: looking in the last 16 bytes tolerates that.
     return _END_MARKERS[fmt] not in tail
 
 
 def _classify(error: BaseException) -> str:
     text = str(error).lower()
-    if isinstance(error, EOFError) or "truncated" in text or "broken data stream" in text:
+    if isinstance(error, EOFError) or "truncated" in text:
         return TRUNCATED
     if isinstance(error, NotImplementedError) or "not supported" in text or "unsupported" in text:
         return UNSUPPORTED
