@@ -17,3 +17,7 @@ __all__ = [
     "list_models",
     "__version__",
 ]
+
+from .extractor import ImageFeatureExtractor, aggregate_features_by_item  # noqa: E402
+
+__all__ += ["ImageFeatureExtractor", "aggregate_features_by_item"]

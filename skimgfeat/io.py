@@ -1,0 +1,120 @@
+"""Atomic writers for feature tables (Parquet, CSV) and JSON files.
+
+Every file is written to a temporary name in its own folder, flushed to disk and then
+renamed onto its final name (``os.replace`` is atomic on POSIX and Windows), so a
+reader never sees a half-written table under a final name, whatever kills the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+MODEL_INFO_KEY = b"skimgfeat.model_info"
+
+
+def table_format(path: str | os.PathLike) -> str:
+    """``"parquet"`` or ``"csv"`` from the suffix of ``path``; ValueError otherwise.
+
+    >>> table_format("out/image_features_raw.parquet")
+    'parquet'
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise ValueError(
+            f"cannot tell the table format of {os.fspath(path)!r}: its suffix must be .parquet or .csv"
+        )
+    return TABLE_FORMATS[suffix]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path``.
+
+    Parent folders are created. On failure the temporary file is removed and ``path``
+    is left as it was.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its 0600 mode would survive the rename; writers create the file with the umask.
+    temporary = final.parent / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike, model_info: dict | None = None) -> Path:
+    """Write ``table`` atomically as Parquet or CSV, chosen by the suffix of ``path``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Written without its index.
+    path : str or os.PathLike
+        Ends in ``.parquet`` or ``.csv``.
+    model_info : dict or None
+        Parquet only: stored as JSON in the schema metadata under
+        ``skimgfeat.model_info`` (read it back with :func:`read_model_info`).
+
+    Returns
+    -------
+    path : Path
+    """
+    kind = table_format(path)
+    with atomic_path(path) as temporary:
+        if kind == "csv":
+            table.to_csv(temporary, index=False)
+        else:
+            _write_parquet(table, temporary, model_info)
+    return Path(path)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`."""
+    if table_format(path) == "csv":
+        return pd.read_csv(path, keep_default_na=False, na_values={""})
+    return pd.read_parquet(path)
+
+
+def read_model_info(path: str | os.PathLike) -> dict | None:
+    """The model info stored in a Parquet file's metadata, or None."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(MODEL_INFO_KEY)
+    return None if raw is None else json.loads(raw)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` atomically as indented UTF-8 JSON."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def _write_parquet(table: pd.DataFrame, path: Path, model_info: dict | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if model_info is not None:
+        metadata = dict(arrow.schema.metadata or {})
+        metadata[MODEL_INFO_KEY] = json.dumps(model_info, default=str).encode()
+        arrow = arrow.replace_schema_metadata(metadata)
+    pq.write_table(arrow, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
