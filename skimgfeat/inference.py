@@ -13,6 +13,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,10 @@ class ModelRunner:
     On CUDA the batch is copied from pinned memory without blocking, normalised on the
     GPU, optionally run under autocast, and a batch that runs out of memory is split in
     halves (and later batches kept at the smaller size) instead of failing the run.
+
+    On the CPU each forward pass runs with ``n_threads`` intra-op threads (None:
+    :func:`default_inference_threads`), set around the call and restored after it, so
+    the caller's own torch thread setting is left as it was.
     """
 
     def __init__(
@@ -93,12 +98,14 @@ class ModelRunner:
         device: torch.device,
         preprocessing: Preprocessing,
         autocast_dtype: torch.dtype | None = None,
+        n_threads: int | None = None,
     ) -> None:
         self.module = module
         self.device = device
         self.preprocessing = preprocessing
         self.autocast_dtype = autocast_dtype
         self.max_batch: int | None = None
+        self.n_threads = n_threads if n_threads is not None else default_inference_threads()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and len(pixels) > self.max_batch:
@@ -122,7 +129,8 @@ class ModelRunner:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         elif self.device.type != "cpu":
             batch = batch.to(self.device)
-        with torch.inference_mode():
+        threads = self.n_threads if self.device.type == "cpu" else None
+        with torch.inference_mode(), _torch_threads(threads):
             inputs = self.preprocessing.normalize(batch)
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -171,3 +179,30 @@ def default_decode_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def default_inference_threads() -> int:
+    """Intra-op threads for the forward pass on the CPU: half the cores, at least one.
+
+    Decoding keeps the other half busy. Measured on 2 cores (benchmarks/README.md): one
+    inference thread beside two decode threads beats two threads competing with them,
+    because intra-op parallelism costs extra core time (barriers, spinning) that decoding
+    could use. ``SKIMGFEAT_INFERENCE_THREADS`` overrides it.
+    """
+    override = os.environ.get("SKIMGFEAT_INFERENCE_THREADS")
+    if override:
+        return max(1, int(override))
+    return max(1, default_decode_workers() // 2)
+
+
+@contextmanager
+def _torch_threads(n_threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if n_threads is None or n_threads == previous:
+        yield
+        return
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,199 @@
+"""Fast backends agree with the eager torchvision reference; the runner survives CUDA OOM.
+
+Speed is measured by benchmarks/throughput.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from skimgfeat import CNNImageEmbedder
+from skimgfeat.backends import BACKENDS, prepare_module, resolve_backend
+from skimgfeat.inference import ModelRunner, _torch_threads, default_inference_threads
+from skimgfeat.preprocessing import Preprocessing
+
+MIN_COSINE = 0.9999
+FAST_BACKENDS = [b for b in BACKENDS if b not in ("eager",)]
+CPU = torch.device("cpu")
+
+
+def reference_features(model: nn.Module, paths) -> np.ndarray:
+    """The straightforward pipeline: PIL + torchvision transforms + eager float32 forward."""
+    transform = transforms.Compose(
+        [
+            transforms.Resize((256, 256)),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return model.eval()(batch).numpy()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+
+
+def headless(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None)
+    setattr(model, "classifier" if hasattr(model, "classifier") else "fc", nn.Flatten(1))
+    return model.eval()
+
+
+def embedder_with(model: nn.Module, name: str, backend: str) -> CNNImageEmbedder:
+    embedder = CNNImageEmbedder(name, weights=None, backend=backend, device="cpu").fit()
+    embedder.model_.load_state_dict(model.state_dict())
+    return embedder
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("name", ["mobilenet_v2", "shufflenet_v2_x1_0"])
+def test_fast_backend_matches_eager_torchvision(name, backend, synthetic_photos):
+    model = headless(name)
+    expected = reference_features(model, synthetic_photos)
+    embedder = embedder_with(model, name, backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn
+        got = embedder.transform(synthetic_photos)
+    assert got.shape == expected.shape
+    assert cosines(got, expected).min() >= MIN_COSINE
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_weights_on_real_photos(backend, shared_weights, imagenet_dir):
+    paths = sorted(imagenet_dir.glob("*.JPEG"))[:24]
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(shared_weights, map_location="cpu"))
+    model.classifier = nn.Flatten(1)
+    expected = reference_features(model, paths)
+    got = CNNImageEmbedder(weights=str(shared_weights), backend=backend, device="cpu").fit().transform(paths)
+    assert cosines(got, expected).min() >= MIN_COSINE
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18", "efficientnet_b0"])
+def test_torchscript_on_other_registry_models(name):
+    model = headless(name)
+    batch = torch.randn(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn
+        prepared = prepare_module(model, CPU, "torchscript")
+    assert isinstance(prepared, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        got, expected = prepared(batch).numpy(), model(batch).numpy()
+    assert cosines(got, expected).min() >= MIN_COSINE
+
+
+def test_prepared_module_handles_any_batch_size():
+    model = headless("shufflenet_v2_x1_0")
+    prepared = prepare_module(model, CPU, "torchscript")
+    for size in (1, 5, 33):
+        batch = torch.randn(size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            assert cosines(prepared(batch).numpy(), model(batch).numpy()).min() >= MIN_COSINE
+
+
+def test_auto_is_torchscript_on_cpu_and_eager_elsewhere():
+    assert resolve_backend("auto", CPU) == "torchscript"
+    assert resolve_backend("auto", CPU, autocast=True) == "eager"  # frozen graphs ignore autocast
+    assert resolve_backend("auto", torch.device("cuda")) == "eager"
+    assert resolve_backend("eager", CPU) == "eager"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("tensorrt", CPU)
+
+
+def test_preparation_failure_falls_back_to_eager_with_a_warning():
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("cannot be traced")
+            return x.flatten(1)
+
+    with pytest.warns(RuntimeWarning, match="using 'eager'"):
+        prepared = prepare_module(Untraceable(), CPU, "torchscript")
+    assert not isinstance(prepared, torch.jit.ScriptModule)
+    batch = torch.randn(2, 3, 8, 8)
+    assert torch.equal(prepared(batch), Untraceable()(batch))
+
+
+def test_prepared_module_is_a_copy():
+    model = headless("shufflenet_v2_x1_0")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepare_module(model, CPU, "auto")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).is_contiguous()  # the canonical module stays as it was
+
+
+def test_pickled_embedder_rebuilds_its_backend(synthetic_photos):
+    import pickle
+
+    embedder = CNNImageEmbedder("shufflenet_v2_x1_0", weights=None, random_state=0, device="cpu").fit()
+    first = embedder.transform(synthetic_photos)
+    clone = pickle.loads(pickle.dumps(embedder))
+    assert getattr(clone, "_runtime", None) is None
+    np.testing.assert_allclose(clone.transform(synthetic_photos), first, rtol=1e-5, atol=1e-6)
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches above ``limit``; else a per-image sum."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return x.flatten(1).sum(1, keepdim=True)
+
+
+def test_out_of_memory_halves_the_batch_and_carries_on():
+    module = OutOfMemoryAbove(limit=5)
+    runner = ModelRunner(module, CPU, Preprocessing(crop=4, resize=4))
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    out = runner(pixels)
+    expected = Preprocessing(crop=4, resize=4).normalize(torch.from_numpy(pixels)).flatten(1).sum(1)
+    np.testing.assert_allclose(out[:, 0], expected.numpy(), rtol=1e-5)
+    assert runner.max_batch == 4
+    module.sizes.clear()
+    runner(pixels)  # later batches start at the smaller size: no failed attempt
+    assert module.sizes == [4, 4, 4, 4]
+
+
+def test_out_of_memory_with_a_single_image_is_raised():
+    runner = ModelRunner(OutOfMemoryAbove(limit=0), CPU, Preprocessing(crop=4, resize=4))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        runner(np.zeros((2, 4, 4, 3), dtype=np.uint8))
+
+
+def test_inference_threads_are_scoped_to_the_forward_pass(monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x.flatten(1)
+
+    runner = ModelRunner(Probe(), CPU, Preprocessing(crop=4, resize=4), n_threads=1)
+    runner(np.zeros((2, 4, 4, 3), dtype=np.uint8))
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("SKIMGFEAT_INFERENCE_THREADS", "3")
+    assert default_inference_threads() == 3
+    with _torch_threads(None):
+        assert torch.get_num_threads() == before
