@@ -1,0 +1,5 @@
+"""``python -m skimgfeat``: the same as the ``skimgfeat`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Checkpoints of long extraction runs: parts written as they are embedded, and resume.
+
+A checkpoint is a folder ``OUTPUT_DIR/.skimgfeat-checkpoint`` holding
+
+* ``manifest.json``: the fingerprint of the run (model, weights digest, preprocessing,
+  image folder, pattern), so that a resume with other settings is refused instead of
+  mixing features of two networks in one table;
+* ``part-000000.npz``, ``part-000001.npz``, ...: the rows embedded so far, each part
+  written to a temporary name and renamed, so a ``kill -9`` loses only the batches
+  not yet in a part. A part holds, per image, its path relative to the image folder,
+  the file's size and modification time (a file changed since is embedded again),
+  the failure reason and detail (empty when it loaded) and its feature row.
+
+Parts are plain ``.npz`` arrays of numbers and fixed-width strings, loaded with
+``allow_pickle=False``: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path, write_json
+
+CHECKPOINT_DIR = ".skimgfeat-checkpoint"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint exists where it should not, or does not fit the run."""
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies one version of a file: its size and modification time."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> FileStamp:
+        stat = os.stat(path)
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass
+class Rows:
+    """Embedded rows: relative paths, stamps, failures and features, in one order."""
+
+    paths: list[str]
+    stamps: list[FileStamp]
+    reasons: list[str]
+    details: list[str]
+    features: np.ndarray
+
+    @classmethod
+    def empty(cls, n_features: int) -> Rows:
+        return cls([], [], [], [], np.empty((0, n_features), dtype=np.float32))
+
+
+class Checkpoint:
+    """The checkpoint folder of one output folder.
+
+    Use :meth:`open` rather than the constructor: it decides between a fresh start, a
+    resume and a refusal.
+
+    Parameters
+    ----------
+    folder : Path
+        ``OUTPUT_DIR/.skimgfeat-checkpoint``.
+    fingerprint : dict
+        JSON-serialisable description of everything that changes the features.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self._next_part = len(self._part_files())
+
+    @classmethod
+    def open(cls, output_dir: str | os.PathLike, fingerprint: dict, *, resume: bool, restart: bool) -> Checkpoint:
+        """Start, continue or refuse a checkpoint in ``output_dir``.
+
+        An existing checkpoint is continued with ``resume``, discarded with ``restart``,
+        and otherwise refused: forgetting ``--resume`` must not throw away hours of work.
+        Continuing one made with another fingerprint raises :class:`CheckpointError`
+        naming what differs.
+        """
+        folder = Path(output_dir) / CHECKPOINT_DIR
+        manifest = folder / MANIFEST
+        if folder.exists() and restart:
+            shutil.rmtree(folder)
+        elif manifest.is_file() and not resume:
+            raise CheckpointError(
+                f"{os.fspath(output_dir)!r} holds the checkpoint of an interrupted run; "
+                "pass --resume to continue it or --restart to discard it"
+            )
+        elif manifest.is_file():
+            _check_fingerprint(json.loads(manifest.read_text(encoding="utf-8")), fingerprint, folder)
+            return cls(folder, fingerprint)
+        elif folder.exists():
+            shutil.rmtree(folder)  # killed before its manifest was written: nothing in it is usable
+        folder.mkdir(parents=True)
+        write_json({"format_version": FORMAT_VERSION, "fingerprint": fingerprint}, manifest)
+        return cls(folder, fingerprint)
+
+    def write_part(self, rows: Rows) -> None:
+        """Add ``rows`` to the checkpoint as one part, atomically."""
+        if not rows.paths:
+            return
+        arrays = {
+            "image_path": np.asarray(rows.paths, dtype=str),
+            "size": np.asarray([stamp.size for stamp in rows.stamps], dtype=np.int64),
+            "mtime_ns": np.asarray([stamp.mtime_ns for stamp in rows.stamps], dtype=np.int64),
+            "reason": np.asarray(rows.reasons, dtype=str),
+            "detail": np.asarray(rows.details, dtype=str),
+            "features": np.asarray(rows.features, dtype=np.float32),
+        }
+        with atomic_path(self.folder / f"part-{self._next_part:06d}.npz") as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+        self._next_part += 1
+
+    def load(self, n_features: int) -> dict[str, tuple[FileStamp, str, str, np.ndarray]]:
+        """Every row checkpointed so far: relative path -> (stamp, reason, detail, features).
+
+        A path embedded twice (its file changed between runs) keeps its latest row.
+        """
+        rows: dict[str, tuple[FileStamp, str, str, np.ndarray]] = {}
+        for part in self._part_files():
+            with np.load(part, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}  # each npz[name] reads the file again
+            if arrays["features"].shape[1:] != (n_features,):
+                raise CheckpointError(f"checkpoint part {part.name} has features of another width")
+            columns = zip(arrays["image_path"].tolist(), arrays["size"].tolist(), arrays["mtime_ns"].tolist(),
+                          arrays["reason"].tolist(), arrays["detail"].tolist(), arrays["features"])
+            for path, size, mtime_ns, reason, detail, features in columns:
+                rows[path] = (FileStamp(size, mtime_ns), reason, detail, features)
+        return rows
+
+    def remove(self) -> None:
+        """Delete the checkpoint: the run it belongs to is complete."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.npz"))
+
+
+def pending(paths: Sequence[str], stamps: Sequence[FileStamp], done: dict) -> list[int]:
+    """Positions of ``paths`` not in ``done`` with the same file stamp: what is left to embed."""
+    return [i for i, (path, stamp) in enumerate(zip(paths, stamps)) if path not in done or done[path][0] != stamp]
+
+
+def _check_fingerprint(manifest: dict, fingerprint: dict, folder: Path) -> None:
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {os.fspath(folder)!r} has an unknown format; pass --restart to discard it")
+    saved = manifest.get("fingerprint", {})
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # tuples compare as the lists JSON gives back
+    differences = [
+        f"{key}: {saved.get(key)!r} then, {fingerprint.get(key)!r} now"
+        for key in sorted(set(saved) | set(fingerprint))
+        if saved.get(key) != fingerprint.get(key)
+    ]
+    if differences:
+        raise CheckpointError(
+            "cannot resume: the checkpoint was made with other settings ("
+            + "; ".join(differences)
+            + "); rerun with the same settings, or pass --restart to discard it"
+        )

@@ -1,0 +1,395 @@
+"""The ``skimgfeat`` command line: a folder of photos in, feature tables out.
+
+Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
+``--max-images 50`` the original ``test_image_features.py``), ``models`` and
+``sample-images``. Run ``skimgfeat COMMAND --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .checkpoint import Checkpoint, FileStamp, Rows, pending
+from .extractor import ERROR, IMAGE_PATH, MODEL_INFO_FILE, features_table, list_images
+from .io import write_json, write_table
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_IMAGES_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    success; images that could not be read do not fail the run: they are
+       listed in image_errors.csv, in the summary and in the raw table's "error" column
+  {EXIT_FAILURE}    the run itself failed (weights not downloadable, disk full, unexpected error)
+  {EXIT_USAGE}    bad arguments: unknown model or weights, no such folder, no matching
+       image, a checkpoint that does not fit the run
+  {EXIT_IMAGES_FAILED}    --strict was given and some images could not be read
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the work done so far is checkpointed, continue with --resume
+"""
+
+WEIGHTS_ENV = "SKIMGFEAT_WEIGHTS"
+RAW_TABLE = "image_features_raw"
+ITEM_TABLE = "image_features_by_item"
+ERRORS_FILE = "image_errors.csv"
+DEFAULT_CHECKPOINT_EVERY = 1
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for: exit code 2."""
+
+
+# -- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``skimgfeat`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="skimgfeat",
+        description="Turn image files into CNN feature vectors (one row per image and one per item).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"skimgfeat {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    _add_extract(commands, common)
+    models = commands.add_parser(
+        "models", parents=[common], help="list the model names, feature widths and default weights",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models.set_defaults(handler=run_models)
+    samples = commands.add_parser(
+        "sample-images", parents=[common], help="write a few sample item photos (no download needed)",
+        description="Write scikit-learn's sample photos (china, flower) as <item>_<n>.webp files, "
+        "several views per item: a small input for demos.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    samples.add_argument("directory", type=Path, metavar="DIR", help="folder to write to (created)")
+    samples.add_argument("--photos-per-item", type=int, default=3, metavar="N", help="1 to 4 (default: 3)")
+    samples.set_defaults(handler=run_sample_images)
+    return parser
+
+
+def _add_extract(commands, common: argparse.ArgumentParser) -> None:
+    extract = commands.add_parser(
+        "extract", parents=[common], help="extract features of every matching image in a folder",
+        description="Extract CNN features of every file in IMAGE_DIR matching --pattern. Writes "
+        f"OUT/{RAW_TABLE}.parquet (image_path, image_name, img_feature_*, error), "
+        f"OUT/{ITEM_TABLE}.parquet (item_id, img_feature_*), OUT/{MODEL_INFO_FILE} and OUT/{ERRORS_FILE}. "
+        "The item of a photo is its file stem up to the last underscore (84512_3.webp -> 84512). "
+        "Progress is checkpointed in OUT/.skimgfeat-checkpoint; an interrupted run continues with --resume.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    extract.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder of images")
+    extract.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT", help="folder for the outputs")
+    extract.add_argument("--pattern", default="*.webp", help='glob pattern of the image files (default: "*.webp")')
+    extract.add_argument("--recursive", action="store_true", help="search sub-folders of IMAGE_DIR too (default: no)")
+    extract.add_argument("--model", default="mobilenet_v2", help="see `skimgfeat models` (default: %(default)s)")
+    extract.add_argument(
+        "--weights", default=None,
+        help=f"torchvision weights name, a local state-dict file, or 'none' for a random network seeded by --seed "
+        f"(default: ${WEIGHTS_ENV} when set, else the model's default torchvision weights, downloaded once "
+        "and cached under $TORCH_HOME)",
+    )
+    extract.add_argument("--seed", type=int, default=0, help="seed of --weights none (default: 0)")
+    extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    extract.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: 32 on CPU)")
+    extract.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
+    extract.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                         help="only the first N images in sorted order: a quick test run (e.g. 50)")
+    extract.add_argument("--aggregate", choices=("mean", "max", "first", "none"), default="mean",
+                         help="how the photos of an item become one row; none: no by-item table (default: mean)")
+    extract.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="default: parquet")
+    extract.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in OUT")
+    extract.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
+    extract.add_argument("--checkpoint-every", type=_positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
+                         help="write a checkpoint part every N batches (default: %(default)s)")
+    extract.add_argument("--strict", action="store_true", help=f"exit with {EXIT_IMAGES_FAILED} if any image failed")
+    extract.set_defaults(handler=run_extract)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# -- entry point -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        _error("interrupted; what was embedded is checkpointed, continue with --resume", args.verbose)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        _error(str(error), args.verbose)
+        return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - one clear line, the traceback only with --verbose
+        _error(f"{type(error).__name__}: {error}", args.verbose)
+        return EXIT_FAILURE
+
+
+def _error(message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    first_line = " ".join(message.split())
+    print(f"skimgfeat: error: {first_line}", file=sys.stderr)
+
+
+# -- models and sample-images ------------------------------------------------------
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Print one line per model: name, feature width, default weights."""
+    import torch
+
+    from .registry import MODEL_REGISTRY
+
+    print(f"{'model':<22}{'features':>9}  default weights")
+    for name, spec in sorted(MODEL_REGISTRY.items()):
+        with torch.device("meta"):  # shapes only: no memory, no initialisation, no download
+            _, width = spec.strip_head(spec.build_classifier(None))
+        print(f"{name:<22}{width:>9}  {spec.default_weights}")
+    return EXIT_OK
+
+
+def run_sample_images(args: argparse.Namespace) -> int:
+    """Write the sample photos and say where."""
+    from .samples import write_sample_images
+
+    paths = write_sample_images(args.directory, photos_per_item=args.photos_per_item)
+    if not args.quiet:
+        print(f"wrote {len(paths)} sample photos to {args.directory}")
+    return EXIT_OK
+
+
+# -- extract -----------------------------------------------------------------------
+
+
+@dataclass
+class ExtractResult:
+    """What one ``extract`` run did: for the summary."""
+
+    raw: pd.DataFrame
+    by_item: pd.DataFrame | None
+    outputs: list[Path]
+    n_resumed: int
+    n_embedded: int
+    embed_seconds: float
+    wall_seconds: float
+    model_info: dict = field(default_factory=dict)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Embed, checkpoint, then write the tables, the model info and the errors file."""
+    started = time.perf_counter()
+    if args.resume and args.restart:
+        raise UsageError("--resume and --restart exclude each other")
+    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
+    if not paths:
+        where = "under" if args.recursive else "in"
+        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+    embedder = _fit_embedder(args)
+    relative = [path.relative_to(args.image_dir).as_posix() for path in paths]
+    stamps = [FileStamp.of(path) for path in paths]
+    fingerprint = _fingerprint(args, embedder)
+    checkpoint = Checkpoint.open(args.output_dir, fingerprint, resume=args.resume, restart=args.restart)
+    done = checkpoint.load(embedder.n_features_out_)
+    todo = pending(relative, stamps, done)
+    embed_started = time.perf_counter()
+    _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
+    embed_seconds = time.perf_counter() - embed_started
+    result = _write_outputs(args, checkpoint.load(embedder.n_features_out_), relative, embedder)
+    checkpoint.remove()
+    result.n_resumed, result.n_embedded, result.embed_seconds = len(paths) - len(todo), len(todo), embed_seconds
+    result.wall_seconds = time.perf_counter() - started
+    if not args.quiet:
+        print_summary(result, args)
+    n_failed = int((result.raw[ERROR] != "").sum())
+    return EXIT_IMAGES_FAILED if args.strict and n_failed else EXIT_OK
+
+
+def _fit_embedder(args: argparse.Namespace):
+    from .embedder import CNNImageEmbedder
+    from .registry import is_weights_file
+
+    weights = _weights_argument(args.weights)
+    embedder = CNNImageEmbedder(
+        args.model,
+        weights,
+        device=args.device,
+        batch_size=args.batch_size or "auto",
+        on_error="nan",
+        n_workers=args.workers,
+        random_state=args.seed,
+    )
+    try:
+        return embedder.fit()
+    except OSError as error:
+        if weights is None or is_weights_file(weights):
+            raise
+        raise RuntimeError(
+            f"cannot get torchvision weights {weights!r} for {args.model} ({error}); offline, pass --weights "
+            f"PATH of a local state-dict file or set {WEIGHTS_ENV}"
+        ) from error
+
+
+def _weights_argument(weights: str | None) -> str | None:
+    if weights is None:
+        weights = os.environ.get(WEIGHTS_ENV) or "IMAGENET1K_V1"
+    return None if weights.lower() == "none" else weights
+
+
+def _fingerprint(args: argparse.Namespace, embedder) -> dict:
+    info = embedder.model_info_
+    return {
+        "model_name": info["model_name"],
+        "weights": info["weights"],
+        "parameters_sha256": info["parameters_sha256"],
+        "preprocessing": info["preprocessing"],
+        "precision": info["precision"],
+        "image_dir": os.fspath(args.image_dir.resolve()),
+        "pattern": args.pattern,
+        "recursive": bool(args.recursive),
+    }
+
+
+def _embed_into(checkpoint: Checkpoint, embedder, paths, relative, stamps, todo: list[int], args) -> None:
+    """Embed the ``todo`` positions, writing a checkpoint part every few batches."""
+    buffer = Rows.empty(embedder.n_features_out_)
+    batches: list[np.ndarray] = []
+    with _progress(len(todo), args.quiet) as bar:
+        try:
+            for batch in embedder.iter_transform([str(paths[i]) for i in todo]):
+                failures = {position: error for position, error in batch.errors}
+                for k in range(len(batch.features)):
+                    row = todo[batch.start + k]
+                    error = failures.get(batch.start + k)
+                    buffer.paths.append(relative[row])
+                    buffer.stamps.append(stamps[row])
+                    buffer.reasons.append("" if error is None else error.reason)
+                    buffer.details.append("" if error is None else error.detail)
+                batches.append(batch.features)
+                bar.update(len(batch.features))
+                if len(batches) >= args.checkpoint_every:
+                    buffer = _flush(checkpoint, buffer, batches)
+                    batches = []
+        finally:
+            _flush(checkpoint, buffer, batches)  # on Ctrl-C too: what is embedded is kept
+
+
+def _flush(checkpoint: Checkpoint, buffer: Rows, batches: list[np.ndarray]) -> Rows:
+    if batches:
+        buffer.features = np.concatenate(batches)
+        checkpoint.write_part(buffer)
+    return Rows.empty(buffer.features.shape[1])
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    disabled = quiet or total == 0 or not sys.stderr.isatty()
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=disabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def _write_outputs(args, done: dict, relative: list[str], embedder) -> ExtractResult:
+    """Assemble the tables in listing order from the checkpoint and write every output atomically."""
+    from .extractor import aggregate_features_by_item
+
+    rows = [done[path] for path in relative]
+    features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
+    messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
+    raw = features_table(relative, features, messages)
+    from .embedder import resolve_device
+
+    model_info = dict(embedder.model_info_, device=str(resolve_device(args.device)))
+    output_dir, suffix = args.output_dir, f".{args.format}"
+    outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
+    by_item = None
+    if args.aggregate != "none":
+        by_item = aggregate_features_by_item(raw, method=args.aggregate)
+        item_info = dict(model_info, aggregation=args.aggregate)
+        outputs.append(write_table(by_item, output_dir / f"{ITEM_TABLE}{suffix}", model_info=item_info))
+    errors = pd.DataFrame(
+        [(relative[i], rows[i][1], rows[i][2]) for i in sorted(messages)], columns=[IMAGE_PATH, "reason", "detail"]
+    )
+    outputs.append(write_table(errors, output_dir / ERRORS_FILE))
+    outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
+    return ExtractResult(raw, by_item, outputs, 0, 0, 0.0, 0.0, model_info)
+
+
+def _message(reason: str, detail: str) -> str:
+    return f"{reason} ({detail})" if detail else reason
+
+
+# -- summary -----------------------------------------------------------------------
+
+
+def print_summary(result: ExtractResult, args: argparse.Namespace, n_failures_shown: int = 20) -> None:
+    """The end-of-run report of the original test script, on stdout."""
+    raw = result.raw
+    failed = raw[raw[ERROR] != ""]
+    info = result.model_info
+    rate = result.n_embedded / result.embed_seconds if result.embed_seconds > 0 else float("nan")
+    print("Image feature extraction summary")
+    print(f"  images:          {len(raw)} ({len(raw) - len(failed)} done, {len(failed)} failed)")
+    print(f"  resumed:         {result.n_resumed} images from the checkpoint, {result.n_embedded} embedded now")
+    print(f"  model:           {info['model_name']} ({info['weights']}), on {info.get('device')}")
+    print(f"  feature width:   {info['n_features']}")
+    print(f"  wall time:       {result.wall_seconds:.1f} s")
+    print(f"  throughput:      {rate:.1f} images/s (model preparation included)")
+    if result.by_item is not None:
+        print(f"  items:           {len(result.by_item)} ({args.aggregate} of each item's photos)")
+    print("  outputs:")
+    for path in result.outputs:
+        print(f"    {path}")
+    if len(failed):
+        print(f"Failed images ({len(failed)}, all listed in {ERRORS_FILE}):")
+        for path, message in zip(failed[IMAGE_PATH][:n_failures_shown], failed[ERROR][:n_failures_shown]):
+            print(f"  {path}: {message}")
+        if len(failed) > n_failures_shown:
+            print(f"  ... and {len(failed) - n_failures_shown} more")
+    _print_statistics(raw[raw[ERROR] == ""])
+
+
+def _print_statistics(good: pd.DataFrame) -> None:
+    columns = [c for c in good.columns if str(c).startswith("img_feature_")]
+    if good.empty:
+        print("Feature statistics: no image could be embedded")
+        return
+    values = good[columns].to_numpy(dtype=np.float64)
+    per_feature_mean, per_feature_std = values.mean(axis=0), values.std(axis=0)
+    print(f"Feature statistics ({values.shape[0]} images x {values.shape[1]} features):")
+    print(f"  all values:       mean {values.mean():.4f}, std {values.std():.4f}, "
+          f"min {values.min():.4f}, max {values.max():.4f}")
+    print(f"  per-feature mean: from {per_feature_mean.min():.4f} to {per_feature_mean.max():.4f}")
+    print(f"  per-feature std:  from {per_feature_std.min():.4f} to {per_feature_std.max():.4f}")
+    print(f"  zero features:    {int((values == 0).all(axis=0).sum())} always 0; "
+          f"sparsity {float((values == 0).mean()):.1%}")
+    print("Sample rows:")
+    with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
+        print(good[["image_name", *columns[:5]]].head(3).to_string(index=False))
