@@ -142,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (``skimgfeat models | head``): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return EXIT_OK
     except KeyboardInterrupt:
         _error("interrupted; what was embedded is checkpointed, continue with --resume", args.verbose)
         return EXIT_INTERRUPTED
