@@ -61,8 +61,14 @@ class Rows:
     features: np.ndarray
 
     @classmethod
-    def empty(cls, n_features: int) -> Rows:
-        return cls([], [], [], [], np.empty((0, n_features), dtype=np.float32))
+    def concat(cls, parts: Sequence[Rows]) -> Rows:
+        return cls(
+            [path for part in parts for path in part.paths],
+            [stamp for part in parts for stamp in part.stamps],
+            [reason for part in parts for reason in part.reasons],
+            [detail for part in parts for detail in part.details],
+            np.concatenate([part.features for part in parts]),
+        )
 
 
 class Checkpoint:

@@ -285,33 +285,30 @@ def _fingerprint(args: argparse.Namespace, embedder) -> dict:
 
 def _embed_into(checkpoint: Checkpoint, embedder, paths, relative, stamps, todo: list[int], args) -> None:
     """Embed the ``todo`` positions, writing a checkpoint part every few batches."""
-    buffer = Rows.empty(embedder.n_features_out_)
-    batches: list[np.ndarray] = []
+    unsaved: list[Rows] = []
     with _progress(len(todo), args.quiet) as bar:
         try:
             for batch in embedder.iter_transform([str(paths[i]) for i in todo]):
-                failures = {position: error for position, error in batch.errors}
-                for k in range(len(batch.features)):
-                    row = todo[batch.start + k]
-                    error = failures.get(batch.start + k)
-                    buffer.paths.append(relative[row])
-                    buffer.stamps.append(stamps[row])
-                    buffer.reasons.append("" if error is None else error.reason)
-                    buffer.details.append("" if error is None else error.detail)
-                batches.append(batch.features)
+                unsaved.append(_batch_rows(batch, [todo[batch.start + k] for k in range(len(batch.features))],
+                                           relative, stamps))
                 bar.update(len(batch.features))
-                if len(batches) >= args.checkpoint_every:
-                    buffer = _flush(checkpoint, buffer, batches)
-                    batches = []
+                if len(unsaved) >= args.checkpoint_every:
+                    checkpoint.write_part(Rows.concat(unsaved))
+                    unsaved = []
         finally:
-            _flush(checkpoint, buffer, batches)  # on Ctrl-C too: what is embedded is kept
+            if unsaved:  # on Ctrl-C too: what is embedded is kept
+                checkpoint.write_part(Rows.concat(unsaved))
 
 
-def _flush(checkpoint: Checkpoint, buffer: Rows, batches: list[np.ndarray]) -> Rows:
-    if batches:
-        buffer.features = np.concatenate(batches)
-        checkpoint.write_part(buffer)
-    return Rows.empty(buffer.features.shape[1])
+def _batch_rows(batch, rows: list[int], relative: list[str], stamps: list[FileStamp]) -> Rows:
+    failures = {position - batch.start: error for position, error in batch.errors}
+    return Rows(
+        paths=[relative[row] for row in rows],
+        stamps=[stamps[row] for row in rows],
+        reasons=[failures[k].reason if k in failures else "" for k in range(len(rows))],
+        details=[failures[k].detail if k in failures else "" for k in range(len(rows))],
+        features=batch.features,
+    )
 
 
 def _progress(total: int, quiet: bool):

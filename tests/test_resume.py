@@ -53,8 +53,9 @@ def many_photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(many_photos, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     output = tmp_path_factory.mktemp("reference")
-    result = run(command(many_photos, output))
+    result = run(command(many_photos, output, "--resume"))  # with no checkpoint to resume: a plain run
     assert result.returncode == 0, result.stderr
+    assert resumed_count(result.stdout) == 0
     return output, result
 
 
@@ -91,6 +92,23 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
     assert not (tmp_path / CHECKPOINT_DIR).exists()
 
 
+def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_path):
+    # Background processes may inherit an ignored SIGINT; the CLI must see the default one, as in a terminal.
+    process = subprocess.Popen(command(many_photos, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parts = tmp_path / CHECKPOINT_DIR
+    deadline = time.monotonic() + 300
+    while len(list(parts.glob("part-*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert process.returncode == 130
+    assert stderr == "skimgfeat: error: interrupted; what was embedded is checkpointed, continue with --resume\n"
+    assert len(list(parts.glob("part-*.npz"))) >= 2
+
+
 def test_an_existing_checkpoint_needs_resume_or_restart(many_photos, tmp_path):
     old = Checkpoint.open(tmp_path, {"model_name": "resnet50"}, resume=False, restart=False)
     old.write_part(Rows(["lot00_1.webp"], [FileStamp(1, 1)], [""], [""], np.zeros((1, 2048), np.float32)))
@@ -108,12 +126,6 @@ def test_an_existing_checkpoint_needs_resume_or_restart(many_photos, tmp_path):
     fresh = run([*arguments, "--restart", "--quiet"])
     assert fresh.returncode == 0, fresh.stderr
     assert len(pd.read_parquet(tmp_path / "image_features_raw.parquet")) == 4
-
-
-def test_resume_without_a_checkpoint_is_a_plain_run(many_photos, tmp_path):
-    result = run(command(many_photos, tmp_path, "--max-images", "4", "--resume"))
-    assert result.returncode == 0, result.stderr
-    assert resumed_count(result.stdout) == 0
 
 
 # -- the checkpoint itself -------------------------------------------------------------
