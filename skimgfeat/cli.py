@@ -8,12 +8,13 @@ Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,7 @@ class ExtractResult:
     n_embedded: int
     embed_seconds: float
     wall_seconds: float
-    model_info: dict = field(default_factory=dict)
+    model_info: dict
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -228,10 +229,12 @@ def run_extract(args: argparse.Namespace) -> int:
     embed_started = time.perf_counter()
     _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
     embed_seconds = time.perf_counter() - embed_started
-    result = _write_outputs(args, checkpoint.load(embedder.n_features_out_), relative, embedder)
+    raw, by_item, outputs, model_info = _write_outputs(args, checkpoint.load(embedder.n_features_out_), relative,
+                                                        embedder)
     checkpoint.remove()
-    result.n_resumed, result.n_embedded, result.embed_seconds = len(paths) - len(todo), len(todo), embed_seconds
-    result.wall_seconds = time.perf_counter() - started
+    result = ExtractResult(raw, by_item, outputs, n_resumed=len(paths) - len(todo), n_embedded=len(todo),
+                           embed_seconds=embed_seconds, wall_seconds=time.perf_counter() - started,
+                           model_info=model_info)
     if not args.quiet:
         print_summary(result, args)
     n_failed = int((result.raw[ERROR] != "").sum())
@@ -318,17 +321,17 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, disable=disabled, dynamic_ncols=True, smoothing=0.1)
 
 
-def _write_outputs(args, done: dict, relative: list[str], embedder) -> ExtractResult:
+def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     """Assemble the tables in listing order from the checkpoint and write every output atomically."""
+    from .embedder import resolve_device
     from .extractor import aggregate_features_by_item
 
     rows = [done[path] for path in relative]
     features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
     messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
     raw = features_table(relative, features, messages)
-    from .embedder import resolve_device
-
-    model_info = dict(embedder.model_info_, device=str(resolve_device(args.device)))
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    model_info = dict(embedder.model_info_, device=str(resolve_device(args.device)), date=date)
     output_dir, suffix = args.output_dir, f".{args.format}"
     outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
     by_item = None
@@ -341,7 +344,7 @@ def _write_outputs(args, done: dict, relative: list[str], embedder) -> ExtractRe
     )
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
-    return ExtractResult(raw, by_item, outputs, 0, 0, 0.0, 0.0, model_info)
+    return raw, by_item, outputs, model_info
 
 
 def _message(reason: str, detail: str) -> str:
