@@ -333,6 +333,7 @@ def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     model_info = dict(embedder.model_info_, device=str(resolve_device(args.device)), date=date)
     output_dir, suffix = args.output_dir, f".{args.format}"
+    _remove_leftovers(output_dir)
     outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
     by_item = None
     if args.aggregate != "none":
@@ -345,6 +346,13 @@ def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
     return raw, by_item, outputs, model_info
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    """Delete temporary files of final outputs that a killed run left behind."""
+    for name in (RAW_TABLE, ITEM_TABLE, Path(ERRORS_FILE).stem, Path(MODEL_INFO_FILE).stem):
+        for leftover in output_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def _message(reason: str, detail: str) -> str:

@@ -29,14 +29,18 @@ def extractor() -> ImageFeatureExtractor:
 
 @pytest.fixture
 def photo_dir(tmp_path, synthetic_photos):
-    """item0_1 ... item2_2 as WebP, a sub-folder with one more, and files that are no WebP."""
+    """item0_1 ... item2_2 as WebP, a sub-folder with one more, and files that are no WebP.
+
+    The folder's name has spaces, quotes and non-ASCII characters: they must work everywhere.
+    """
+    folder = tmp_path / "photos d'été \"2024\""
+    (folder / "nested").mkdir(parents=True)
     for path in synthetic_photos:
-        Image.open(path).save(tmp_path / f"{path.stem}.webp")
-    (tmp_path / "nested").mkdir()
-    Image.open(synthetic_photos[0]).save(tmp_path / "nested" / "item9_1.webp")
-    shutil.copy(synthetic_photos[0], tmp_path / "item0_1.jpg")
-    (tmp_path / "notes.txt").write_text("not an image")
-    return tmp_path
+        Image.open(path).save(folder / f"{path.stem}.webp")
+    Image.open(synthetic_photos[0]).save(folder / "nested" / "item9_1.webp")
+    shutil.copy(synthetic_photos[0], folder / "item0_1.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
 
 
 def test_directory_table_has_the_original_columns_in_sorted_order(extractor, photo_dir):

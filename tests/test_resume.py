@@ -80,6 +80,8 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
     kill_after_checkpoint_parts(command(many_photos, tmp_path), tmp_path, n_parts=10)
     # Nothing under a final name: the tables are only written, atomically, at the end.
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("image_features")]
+    # What a kill during the final write would leave: cleaned up by the next run.
+    (tmp_path / ".image_features_raw.parquet.123-0a1b2c3d.tmp").write_bytes(b"PAR1 half")
 
     result = run(command(many_photos, tmp_path, "--resume"))
     assert result.returncode == 0, result.stderr
@@ -90,6 +92,7 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
     for name in ("image_features_raw.parquet", "image_features_by_item.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(reference / name))
     assert not (tmp_path / CHECKPOINT_DIR).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in reference.iterdir())
 
 
 def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_path):
