@@ -237,3 +237,31 @@ def test_verbose_adds_the_traceback(tmp_path):
     result = skimgfeat("extract", tmp_path / "missing", "-o", tmp_path / "out", "--verbose")
     assert result.returncode == 2
     assert "Traceback" in result.stderr and result.stderr.rstrip().splitlines()[-1].startswith("skimgfeat: error:")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_a_progress_bar_with_rate_and_eta_when_stderr_is_a_terminal(synthetic_photos, tmp_path):
+    import fcntl
+    import struct
+    import termios
+
+    primary, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    arguments = ["extract", synthetic_photos[0].parent, "-o", tmp_path, "--pattern", "*.jpg", "--weights", "none",
+                 "--batch-size", "1"]
+    process = subprocess.Popen([sys.executable, "-m", "skimgfeat", *map(str, arguments)],
+                               stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closes when the process ends
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(primary)
+    assert process.wait(timeout=300) == 0
+    final = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert "3/3" in final and "100%" in final and "img/s" in final and "<" in final  # [elapsed<eta, rate]
