@@ -11,6 +11,7 @@ import argparse
 import datetime
 import os
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Sequence
@@ -77,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=run_models)
     samples = commands.add_parser(
         "sample-images", parents=[common], help="write a few sample item photos (no download needed)",
-        description="Write scikit-learn's sample photos (china, flower) as <item>_<n>.webp files, "
-        "several views per item: a small input for demos.",
+        description=textwrap.fill(
+            "Write scikit-learn's sample photos (china, flower) as <item>_<n>.webp files, "
+            "several views per item: a small input for demos.",
+            width=88,
+        ),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     samples.add_argument("directory", type=Path, metavar="DIR", help="folder to write to (created)")
@@ -90,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_extract(commands, common: argparse.ArgumentParser) -> None:
     extract = commands.add_parser(
         "extract", parents=[common], help="extract features of every matching image in a folder",
-        description="Extract CNN features of every file in IMAGE_DIR matching --pattern. Writes "
-        f"OUT/{RAW_TABLE}.parquet (image_path, image_name, img_feature_*, error), "
-        f"OUT/{ITEM_TABLE}.parquet (item_id, img_feature_*), OUT/{MODEL_INFO_FILE} and OUT/{ERRORS_FILE}. "
-        "The item of a photo is its file stem up to the last underscore (84512_3.webp -> 84512). "
-        "Progress is checkpointed in OUT/.skimgfeat-checkpoint; an interrupted run continues with --resume.",
+        description=textwrap.fill(
+            "Extract CNN features of every file in IMAGE_DIR matching --pattern. Writes "
+            f"OUT/{RAW_TABLE}.parquet (image_path, image_name, img_feature_*, error), "
+            f"OUT/{ITEM_TABLE}.parquet (item_id, img_feature_*), OUT/{MODEL_INFO_FILE} and OUT/{ERRORS_FILE}. "
+            "The item of a photo is its file stem up to the last underscore (84512_3.webp -> 84512). "
+            "Progress is checkpointed in OUT/.skimgfeat-checkpoint; an interrupted run continues with --resume.",
+            width=88,
+        ),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     extract.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder of images")
