@@ -231,7 +231,8 @@ def _default_names(n_features: int, count_images: bool) -> np.ndarray:
 
 
 def _as_photo_array(X) -> np.ndarray:
-    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float64 if _is_float64(X) else np.float32)
+    dtype = np.float64 if _is_float64(X) else np.float32
+    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=dtype)
     if values.ndim == 2:
         return values[:, None, :]
     if values.ndim != 3:

@@ -22,7 +22,7 @@ from .cache import FeatureCache
 from .exceptions import MISSING, ImageLoadError
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
 from .inputs import ImageInput, parse_image_input, path_key
-from .output import wrap_output, validate_output_kind
+from .output import validate_output_kind, wrap_output
 from .preprocessing import RESIZE_MODES, Preprocessing
 from .registry import build_model, parameters_sha256
 
@@ -298,11 +298,11 @@ class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.batch_size != "auto" and not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size > 0):
+        if self.batch_size != "auto" and not _is_int_at_least(self.batch_size, 1):
             raise ValueError(f"batch_size must be a positive int or 'auto', got {self.batch_size!r}")
-        if self.n_workers is not None and not (isinstance(self.n_workers, (int, np.integer)) and self.n_workers > 0):
+        if self.n_workers is not None and not _is_int_at_least(self.n_workers, 1):
             raise ValueError(f"n_workers must be a positive int or None, got {self.n_workers!r}")
-        if self.max_pixels is not None and not (isinstance(self.max_pixels, (int, np.integer)) and self.max_pixels >= 0):
+        if self.max_pixels is not None and not _is_int_at_least(self.max_pixels, 0):
             raise ValueError(f"max_pixels must be a non-negative int or None, got {self.max_pixels!r}")
         resolve_device(self.device)
 
@@ -398,6 +398,10 @@ class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
             for j, path in enumerate(sample):
                 out[i, j] = matrix[row_of[path_key(path)]]
         return out
+
+
+def _is_int_at_least(value, minimum: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
 
 def library_versions() -> dict[str, str]:
