@@ -12,8 +12,13 @@ Backends:
   convolution + ReLU for oneDNN. About 1.8x eager on CPU for MobileNetV2 (see
   ``benchmarks/README.md``); the float32 result differs from eager only by summation
   order (per-image cosine > 0.99999).
-* ``"auto"``: ``"torchscript"`` on the CPU in float32, ``"eager"`` elsewhere (cuDNN
-  already fuses on CUDA, and a frozen graph would ignore autocast).
+* ``"onnxruntime"``: exported to ONNX (batch axis dynamic) and run by an ONNX Runtime
+  CPU session with its graph optimisations. Measured 2.3x the TorchScript graph per
+  thread for MobileNetV2 on this project's 2-core machine, same float32 results up to
+  summation order (cosine 0.9999998).
+* ``"auto"``: ``"onnxruntime"`` on the CPU in float32 (``"torchscript"`` when ONNX
+  Runtime is not importable), ``"eager"`` elsewhere (cuDNN already fuses on CUDA, and
+  a frozen graph would ignore autocast).
 
 A backend that fails to prepare, or whose output does not match eager on a probe batch,
 falls back to ``"eager"`` with a warning: a slower run, never a failed or wrong one.
@@ -22,12 +27,14 @@ falls back to ``"eager"`` with a warning: a slower run, never a failed or wrong 
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("auto", "eager", "torchscript")
+BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 
 # A prepared graph must agree with eager this closely on the probe batch; float32
 # reordering gives > 0.99999, a broken graph gives far less.
@@ -40,7 +47,18 @@ def resolve_backend(backend: str, device: torch.device, autocast: bool = False) 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    return "torchscript" if device.type == "cpu" and not autocast else "eager"
+    if device.type != "cpu" or autocast:
+        return "eager"
+    return "onnxruntime" if _onnxruntime_available() else "torchscript"
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def prepare_module(
@@ -63,11 +81,12 @@ def prepare_module(
         return eager
     try:
         with warnings.catch_warnings():
-            # torch.jit is marked deprecated in favour of torch.compile, but it works in the
-            # pinned torch and prepares in about a second, without a compiler toolchain.
+            # torch.jit and the TorchScript-based ONNX exporter are marked deprecated, but
+            # they work in the pinned torch and prepare in about a second, with no compiler.
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             example = _example_batch(device, input_size)
-            prepared = _prepare_torchscript(eager, example)
+            prepared = _PREPARERS[concrete](eager, example)
             _check_matches(prepared, eager, example)
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
         warnings.warn(
@@ -97,6 +116,46 @@ def _prepare_torchscript(eager: nn.Module, example: torch.Tensor) -> nn.Module:
         traced = torch.jit.trace(eager, example, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
         return torch.jit.optimize_for_inference(frozen)
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX Runtime CPU session behind the ``module(batch) -> features`` interface."""
+
+    def __init__(self, onnx_model: bytes, n_threads: int) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        pixels = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: pixels})[0])
+
+
+def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
+    from .inference import default_inference_threads
+
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            eager,
+            example.contiguous(),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        )
+    return OnnxRuntimeModule(buffer.getvalue(), default_inference_threads())
+
+
+_PREPARERS = {"torchscript": _prepare_torchscript, "onnxruntime": _prepare_onnxruntime}
 
 
 def _check_matches(prepared: nn.Module, eager: nn.Module, example: torch.Tensor) -> None:

@@ -95,10 +95,11 @@ class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         bit-exact (see the docs for the measured deviation).
     precision : {"float32", "float16", "bfloat16"}, default="float32"
         Run the network under autocast in a lower precision (opt-in, lossy).
-    backend : {"auto", "eager", "torchscript"}, default="auto"
+    backend : {"auto", "eager", "torchscript", "onnxruntime"}, default="auto"
         How the network is executed; "auto" picks the fastest exact one for the device:
-        "torchscript" (traced, frozen, oneDNN-fused) on the CPU in float32, "eager"
-        otherwise. A backend that cannot be prepared falls back to "eager" with a warning.
+        "onnxruntime" (exported to ONNX, run by an ONNX Runtime CPU session) on the CPU in
+        float32, "torchscript" (traced, frozen, oneDNN-fused) there if ONNX Runtime is
+        missing, "eager" otherwise. A backend that cannot be prepared falls back to "eager" with a warning.
     n_workers : int or None, default=None
         Decode threads; None uses one per available core.
     cache : str, os.PathLike or None, default=None

@@ -41,6 +41,17 @@ class CorpusFile:
     reason: str | None = None
 
 
+def source_from_fixtures(request, size: tuple[int, int] = (96, 72)) -> np.ndarray:
+    """A real shop photo when ../shared is present (the ``grocery_photos`` fixture), else synthetic."""
+    import pytest
+
+    try:
+        photos = request.getfixturevalue("grocery_photos")
+    except pytest.skip.Exception:
+        return source_picture(None, size)
+    return source_picture(photos[0], size)
+
+
 def source_picture(photo: Path | None, size: tuple[int, int] = (96, 72)) -> np.ndarray:
     """An ``(h, w, 3)`` uint8 picture: a real photo resized, or a synthetic scene."""
     if photo is not None:

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision import transforms
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.backends import BACKENDS, prepare_module, resolve_backend
+from skimgfeat.backends import BACKENDS, OnnxRuntimeModule, prepare_module, resolve_backend
 from skimgfeat.inference import ModelRunner, _torch_threads, default_inference_threads
 from skimgfeat.preprocessing import Preprocessing
 
@@ -83,30 +83,32 @@ def test_real_weights_on_real_photos(backend, shared_weights, imagenet_dir):
     assert cosines(got, expected).min() >= MIN_COSINE
 
 
+@pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18", "efficientnet_b0"])
-def test_torchscript_on_other_registry_models(name):
+def test_fused_backends_on_other_registry_models(name, backend):
     model = headless(name)
     batch = torch.randn(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to eager would warn
-        prepared = prepare_module(model, CPU, "torchscript")
-    assert isinstance(prepared, torch.jit.ScriptModule)
+        prepared = prepare_module(model, CPU, backend)
+    assert isinstance(prepared, torch.jit.ScriptModule if backend == "torchscript" else OnnxRuntimeModule)
     with torch.inference_mode():
         got, expected = prepared(batch).numpy(), model(batch).numpy()
     assert cosines(got, expected).min() >= MIN_COSINE
 
 
-def test_prepared_module_handles_any_batch_size():
+@pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
+def test_prepared_module_handles_any_batch_size(backend):
     model = headless("shufflenet_v2_x1_0")
-    prepared = prepare_module(model, CPU, "torchscript")
+    prepared = prepare_module(model, CPU, backend)
     for size in (1, 5, 33):
         batch = torch.randn(size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             assert cosines(prepared(batch).numpy(), model(batch).numpy()).min() >= MIN_COSINE
 
 
-def test_auto_is_torchscript_on_cpu_and_eager_elsewhere():
-    assert resolve_backend("auto", CPU) == "torchscript"
+def test_auto_is_onnxruntime_on_cpu_and_eager_elsewhere():
+    assert resolve_backend("auto", CPU) == "onnxruntime"
     assert resolve_backend("auto", CPU, autocast=True) == "eager"  # frozen graphs ignore autocast
     assert resolve_backend("auto", torch.device("cuda")) == "eager"
     assert resolve_backend("eager", CPU) == "eager"

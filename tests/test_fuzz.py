@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _corpus import source_picture
+from _corpus import source_from_fixtures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -37,10 +37,7 @@ FUZZ_SETTINGS = settings(
 @pytest.fixture(scope="module")
 def seeds(request) -> dict[str, bytes]:
     """Small real encodings to mutate: JPEG, PNG with alpha, lossy WebP, animated GIF."""
-    try:
-        picture = source_picture(request.getfixturevalue("grocery_photos")[0], size=(48, 36))
-    except pytest.skip.Exception:
-        picture = source_picture(None, size=(48, 36))
+    picture = source_from_fixtures(request, size=(48, 36))
     rgb = Image.fromarray(picture)
     rgba = rgb.copy()
     rgba.putalpha(Image.fromarray(np.tile(np.arange(48, dtype=np.uint8) * 5, (36, 1))))

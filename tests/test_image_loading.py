@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _corpus import BROKEN, CorpusFile, build_corpus, png_header_only, source_picture
+from _corpus import BROKEN, CorpusFile, build_corpus, png_header_only, source_from_fixtures
 from PIL import Image
 
 from skimgfeat.exceptions import (
@@ -30,11 +30,7 @@ from skimgfeat.image_loading import default_max_pixels, is_missing_path, load_rg
 @pytest.fixture(scope="module")
 def source(request) -> np.ndarray:
     """A real shop photo when ../shared is present, a synthetic picture otherwise."""
-    try:
-        photos = request.getfixturevalue("grocery_photos")
-    except pytest.skip.Exception:
-        return source_picture(None)
-    return source_picture(photos[0])
+    return source_from_fixtures(request)
 
 
 @pytest.fixture(scope="module")

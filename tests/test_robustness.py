@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _corpus import BROKEN, GOOD, ODD, CorpusFile, build_corpus, source_picture
+from _corpus import BROKEN, GOOD, ODD, CorpusFile, build_corpus, source_from_fixtures
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
@@ -24,11 +24,7 @@ RTOL, ATOL = 1e-4, 1e-5
 @pytest.fixture(scope="module")
 def source(request) -> np.ndarray:
     """A real shop photo when ../shared is present, a synthetic picture otherwise."""
-    try:
-        photos = request.getfixturevalue("grocery_photos")
-    except pytest.skip.Exception:
-        return source_picture(None)
-    return source_picture(photos[0], size=(128, 96))
+    return source_from_fixtures(request, size=(128, 96))
 
 
 @pytest.fixture(scope="module")
