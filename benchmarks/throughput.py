@@ -43,6 +43,7 @@ N_CHECK = 64  # images whose features are compared against the straightforward i
 VARIANTS: dict[str, dict] = {
     "skimgfeat": {},
     "skimgfeat-eager": {"backend": "eager"},
+    "skimgfeat-torchscript": {"backend": "torchscript"},
     "skimgfeat-draft": {"draft": True},
     "skimgfeat-1worker": {"n_workers": 1},
     "skimgfeat-2threads": {"env": {"SKIMGFEAT_INFERENCE_THREADS": "2"}},

@@ -5,19 +5,18 @@ __version__ = "0.1.0"
 from .aggregation import ItemAggregator, item_id_from_name  # noqa: E402
 from .embedder import CNNImageEmbedder  # noqa: E402
 from .exceptions import ImageLoadError, WeightsMismatchError  # noqa: E402
+from .extractor import ImageFeatureExtractor, aggregate_features_by_item  # noqa: E402
 from .registry import MODEL_REGISTRY, list_models  # noqa: E402
 
 __all__ = [
     "CNNImageEmbedder",
+    "ImageFeatureExtractor",
     "ImageLoadError",
     "ItemAggregator",
     "MODEL_REGISTRY",
     "WeightsMismatchError",
+    "aggregate_features_by_item",
     "item_id_from_name",
     "list_models",
     "__version__",
 ]
-
-from .extractor import ImageFeatureExtractor, aggregate_features_by_item  # noqa: E402
-
-__all__ += ["ImageFeatureExtractor", "aggregate_features_by_item"]
