@@ -8,10 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import sklearn
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .output import validate_output_kind, wrap_output
+from .output import OutputContainerMixin, wrap_output
 
 METHODS = ("mean", "max", "first")
 FEATURE_PREFIX = "img_feature_"
@@ -44,7 +43,7 @@ def image_number(name: str) -> tuple[int, float | str]:
     return (0, int(suffix)) if suffix.isdigit() else (1, suffix)
 
 
-class ItemAggregator(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Reduce the photos of each item to one feature row: mean, max or first.
 
     Photos whose features are NaN (images that failed to load) are ignored; an item
@@ -139,13 +138,6 @@ class ItemAggregator(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
         names = list(input_features) + ([COUNT_COLUMN] if self.count_images else [])
         return np.asarray(names, dtype=object)
 
-    def set_output(self, *, transform: str | None = None) -> ItemAggregator:
-        """"default" (ndarray), "pandas" or "polars" for array input; tables stay DataFrames."""
-        if transform is not None:
-            validate_output_kind(transform)
-            self._sklearn_output_config = {"transform": transform}
-        return self
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
@@ -160,10 +152,6 @@ class ItemAggregator(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
     def _check_method(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-
-    def _output_kind(self) -> str:
-        config = getattr(self, "_sklearn_output_config", {})
-        return config.get("transform") or sklearn.get_config()["transform_output"]
 
     def _id_column(self, table: pd.DataFrame) -> str | None:
         if isinstance(self.item_id, str) and self.item_id in table.columns:

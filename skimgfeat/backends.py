@@ -121,6 +121,9 @@ def _prepare_torchscript(eager: nn.Module, example: torch.Tensor) -> nn.Module:
 class OnnxRuntimeModule(nn.Module):
     """An ONNX Runtime CPU session behind the ``module(batch) -> features`` interface."""
 
+    # ONNX graphs take NCHW; a contiguous batch goes to the session without a copy.
+    input_memory_format = torch.contiguous_format
+
     def __init__(self, onnx_model: bytes, n_threads: int) -> None:
         super().__init__()
         import onnxruntime

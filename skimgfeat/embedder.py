@@ -22,7 +22,7 @@ from .cache import FeatureCache
 from .exceptions import MISSING, ImageLoadError
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
 from .inputs import ImageInput, parse_image_input, path_key
-from .output import validate_output_kind, wrap_output
+from .output import OutputContainerMixin, wrap_output
 from .preprocessing import RESIZE_MODES, Preprocessing
 from .registry import build_model, parameters_sha256
 
@@ -53,7 +53,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Embed image files with an ImageNet-pretrained CNN, classifier removed.
 
     Each image is loaded as RGB (alpha composited onto white, EXIF orientation applied,
@@ -237,18 +237,6 @@ class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         check_is_fitted(self, "n_features_out_")
         return feature_names(self.n_features_out_)
 
-    def set_output(self, *, transform: str | None = None) -> CNNImageEmbedder:
-        """Choose the container of ``transform``: "default" (ndarray), "pandas", "polars".
-
-        A 2-D result becomes a DataFrame with the feature names as columns and the
-        input's index. A 3-D (several photos per sample) result stays an ndarray in
-        every mode: it has no table shape; ``ItemAggregator`` turns it into one.
-        """
-        if transform is not None:
-            validate_output_kind(transform)
-            self._sklearn_output_config = {"transform": transform}
-        return self
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
@@ -336,10 +324,6 @@ class CNNImageEmbedder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
             return decode_pixels(path, preprocessing, max_pixels)
 
         return decode
-
-    def _output_kind(self) -> str:
-        config = getattr(self, "_sklearn_output_config", {})
-        return config.get("transform") or sklearn.get_config()["transform_output"]
 
     def _missing_path_errors(self, data: ImageInput) -> list[ImageLoadError]:
         if data.multi:

@@ -106,6 +106,7 @@ class ModelRunner:
         self.autocast_dtype = autocast_dtype
         self.max_batch: int | None = None
         self.n_threads = n_threads if n_threads is not None else default_inference_threads()
+        self.memory_format = getattr(module, "input_memory_format", torch.channels_last)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and len(pixels) > self.max_batch:
@@ -131,7 +132,7 @@ class ModelRunner:
             batch = batch.to(self.device)
         threads = self.n_threads if self.device.type == "cpu" else None
         with torch.inference_mode(), _torch_threads(threads):
-            inputs = self.preprocessing.normalize(batch)
+            inputs = self.preprocessing.normalize(batch, self.memory_format)
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                     outputs = self.module(inputs)

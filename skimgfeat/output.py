@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 OUTPUT_KINDS = ("default", "pandas", "polars")
 
@@ -24,3 +25,28 @@ def wrap_output(values: np.ndarray, index: pd.Index | None, columns: np.ndarray,
 
         return pl.DataFrame(values, schema=list(columns))
     raise ValueError(f"unknown output kind {kind!r}")
+
+
+class OutputContainerMixin:
+    """``set_output`` for transformers that wrap their own results with :func:`wrap_output`.
+
+    scikit-learn's automatic wrapping cannot place a 3-D result (several photos per
+    sample) or keep an input table's index, so these estimators opt out of it
+    (``auto_wrap_output_keys=None``) and ask :meth:`_output_kind` instead.
+    """
+
+    def set_output(self, *, transform: str | None = None):
+        """Choose the container of ``transform``: "default" (ndarray), "pandas", "polars".
+
+        A 2-D result becomes a table with the feature names as columns and the input's
+        index; a 3-D result (several photos per sample) stays an ndarray in every mode.
+        None leaves the setting unchanged.
+        """
+        if transform is not None:
+            validate_output_kind(transform)
+            self._sklearn_output_config = {"transform": transform}
+        return self
+
+    def _output_kind(self) -> str:
+        config = getattr(self, "_sklearn_output_config", {})
+        return config.get("transform") or sklearn.get_config()["transform_output"]
