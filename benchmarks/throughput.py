@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "skimgfeat-draft": {"draft": True},
     "skimgfeat-1worker": {"n_workers": 1},
     "skimgfeat-2threads": {"env": {"SKIMGFEAT_INFERENCE_THREADS": "2"}},
+    "skimgfeat-samepriority": {"env": {"SKIMGFEAT_DECODE_NICENESS": "0"}},
 }
 
 

@@ -5,6 +5,9 @@ Speed is measured by benchmarks/throughput.py, never asserted here.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import warnings
 
 import numpy as np
@@ -17,7 +20,7 @@ from torchvision import transforms
 
 from skimgfeat import CNNImageEmbedder
 from skimgfeat.backends import BACKENDS, OnnxRuntimeModule, prepare_module, resolve_backend
-from skimgfeat.inference import ModelRunner, _torch_threads, default_inference_threads
+from skimgfeat.inference import DECODE_NICENESS, ModelRunner, _torch_threads, default_inference_threads, iter_decoded
 from skimgfeat.preprocessing import Preprocessing
 
 MIN_COSINE = 0.9999
@@ -199,3 +202,19 @@ def test_inference_threads_are_scoped_to_the_forward_pass(monkeypatch):
     assert default_inference_threads() == 3
     with _torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def _priorities_seen_by_decoders(n_paths: int = 8) -> set[int]:
+    def decode(path):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    return set(iter_decoded(range(n_paths), decode, n_workers=2, window=4))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux only")
+def test_decode_threads_yield_to_the_model_thread(monkeypatch):
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert _priorities_seen_by_decoders() == {min(19, own + DECODE_NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller keeps its priority
+    monkeypatch.setenv("SKIMGFEAT_DECODE_NICENESS", "0")
+    assert _priorities_seen_by_decoders() == {own}
