@@ -40,7 +40,7 @@ def image_number(name: str) -> tuple[int, float | str]:
     """
     stem = os.path.splitext(os.path.basename(str(name)))[0]
     suffix = stem.rsplit("_", 1)[1] if "_" in stem else ""
-    return (0, int(suffix)) if suffix.isdigit() else (1, suffix)
+    return (0, int(suffix)) if suffix.isdecimal() else (1, suffix)
 
 
 class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -112,6 +112,7 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
             self.n_features_in_ = len(columns)
         else:
             self.n_features_in_ = _as_photo_array(X).shape[2]
+            self.__dict__.pop("feature_names_in_", None)  # names of an earlier table fit no longer apply
         return self
 
     def transform(self, X):
@@ -219,8 +220,9 @@ def _default_names(n_features: int, count_images: bool) -> np.ndarray:
 
 
 def _as_photo_array(X) -> np.ndarray:
-    dtype = np.float64 if _is_float64(X) else np.float32
-    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=dtype)
+    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X)
+    if values.dtype != np.float64:  # float64 input keeps its precision; the embedder's float32 stays
+        values = values.astype(np.float32)
     if values.ndim == 2:
         return values[:, None, :]
     if values.ndim != 3:
@@ -228,11 +230,6 @@ def _as_photo_array(X) -> np.ndarray:
             f"expected a (n_items, max_images, n_features) or (n_items, n_features) array, got shape {values.shape}"
         )
     return values
-
-
-def _is_float64(X) -> bool:
-    dtype = getattr(X, "dtype", None)
-    return dtype is not None and np.dtype(dtype) == np.float64
 
 
 def reduce_photos(photos: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -249,7 +249,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return tags
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
         state.pop("_runtime", None)  # device copies and compiled graphs are rebuilt on load
         return state
 

@@ -120,7 +120,10 @@ def aggregate_features_by_item(
     0       7            3.0
     1       8            5.0
     """
-    table = df_features.drop(columns=[ITEM_ID]) if item_id is not None and ITEM_ID in df_features else df_features
+    names_a_column = isinstance(item_id, str) and item_id in df_features.columns
+    # An item_id derived from the names replaces a stale item_id column rather than competing with it.
+    replaces = item_id is not None and not names_a_column and ITEM_ID in df_features.columns
+    table = df_features.drop(columns=[ITEM_ID]) if replaces else df_features
     return ItemAggregator(method=method, item_id=item_id).fit_transform(table)
 
 
@@ -200,7 +203,8 @@ class ImageFeatureExtractor:
     def extract_features_from_image(self, image_path: str | os.PathLike) -> np.ndarray:
         """Features of one image file: float32 array of shape ``(feature_dim,)``.
 
-        Raises :class:`~skimgfeat.ImageLoadError` when the file cannot be loaded.
+        When the file cannot be loaded: raises :class:`~skimgfeat.ImageLoadError` with
+        ``on_error="raise"`` (the default), returns a NaN vector with ``on_error="nan"``.
         """
         return np.asarray(self.embedder.transform([image_path]))[0]
 

@@ -172,8 +172,11 @@ def _from_file(spec: ModelSpec, path: Path) -> BuiltModel:
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     state_dict = _read_state_dict(path)
     model = spec.build_classifier(None)
-    check_state_dict(spec, model.state_dict(), state_dict, source=str(path))
-    model.load_state_dict(state_dict, strict=False)
+    expected = model.state_dict()
+    check_state_dict(spec, expected, state_dict, source=str(path))
+    head = spec.head_keys(expected)
+    # The head is removed from the features' network: a fine-tuned head of any size is fine.
+    model.load_state_dict({key: value for key, value in state_dict.items() if key not in head}, strict=False)
     return _finish(spec, model, f"file:{path.resolve()}", file_sha256(path))
 
 
@@ -193,13 +196,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def check_state_dict(spec: ModelSpec, expected: dict, given: dict, source: str) -> None:
     """Raise WeightsMismatchError listing missing, unexpected and mis-shaped keys.
 
-    The head's keys may be absent: features never use them.
+    The head's keys may be absent or of another shape (a fine-tuned head): features never
+    use them.
     """
-    missing = sorted(set(expected) - set(given) - spec.head_keys(expected))
-    unexpected = sorted(set(given) - set(expected))
+    head = spec.head_keys(expected)
+    missing = sorted(set(expected) - set(given) - head)
+    unexpected = sorted(set(given) - set(expected) - spec.head_keys(given))
     shapes = sorted(
         f"{key}: file {tuple(given[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in set(expected) & set(given)
+        for key in (set(expected) & set(given)) - head
         if not hasattr(given[key], "shape") or tuple(given[key].shape) != tuple(expected[key].shape)
     )
     problems = [

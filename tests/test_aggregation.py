@@ -116,3 +116,25 @@ def test_table_with_an_item_id_column_uses_it():
         "img_feature_1": [4.0, 20.0],
         "n_images": [2, 2],
     }
+
+
+def test_only_decimal_suffixes_are_image_numbers():
+    from skimgfeat.aggregation import image_number
+
+    assert image_number("84512_10.webp") == (0, 10)
+    assert image_number("84512_².webp") == (1, "²")  # a superscript digit is a name, not a number
+
+
+def test_float64_input_keeps_its_precision_in_every_form():
+    precise = np.array([[1.0 + 1e-12, 2.0]])
+    assert ItemAggregator().fit_transform(precise)[0, 0] == 1.0 + 1e-12
+    assert ItemAggregator().fit_transform(pd.DataFrame(precise))[0, 0] == 1.0 + 1e-12
+    assert ItemAggregator().fit_transform(precise.tolist())[0, 0] == 1.0 + 1e-12
+
+
+def test_refitting_on_an_array_forgets_the_names_of_a_table():
+    aggregator = ItemAggregator().fit(per_image_table().drop(columns=["image_path", "image_name"]).assign(item_id="x"))
+    assert hasattr(aggregator, "feature_names_in_")
+    aggregator.fit(np.zeros((2, 3)))
+    assert not hasattr(aggregator, "feature_names_in_")
+    assert aggregator.get_feature_names_out().tolist() == ["img_feature_0", "img_feature_1", "img_feature_2"]

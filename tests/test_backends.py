@@ -146,8 +146,10 @@ def test_pickled_embedder_rebuilds_its_backend(synthetic_photos):
 
     embedder = CNNImageEmbedder("shufflenet_v2_x1_0", weights=None, random_state=0, device="cpu").fit()
     first = embedder.transform(synthetic_photos)
+    runner = embedder._runner()
     clone = pickle.loads(pickle.dumps(embedder))
     assert getattr(clone, "_runtime", None) is None
+    assert embedder._runner() is runner  # pickling (joblib, Dask) leaves the live estimator prepared
     np.testing.assert_allclose(clone.transform(synthetic_photos), first, rtol=1e-5, atol=1e-6)
 
 

@@ -204,6 +204,16 @@ def test_state_dict_file_without_classifier_is_accepted(tmp_path, synthetic_phot
     assert loaded.model_info_["weights"].startswith("file:")
 
 
+def test_fine_tuned_weights_with_another_head_are_accepted(tmp_path, synthetic_photos):
+    reference = random_embedder().fit()
+    fine_tuned = torchvision.models.mobilenet_v2(num_classes=10)  # e.g. 10 auction categories
+    fine_tuned.load_state_dict(reference.model_.state_dict(), strict=False)
+    path = tmp_path / "fine-tuned.pth"
+    torch.save(fine_tuned.state_dict(), path)
+    loaded = CNNImageEmbedder(weights=path).fit()
+    np.testing.assert_array_equal(loaded.transform(synthetic_photos[:2]), reference.transform(synthetic_photos[:2]))
+
+
 def test_mismatched_state_dict_lists_what_does_not_fit(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)

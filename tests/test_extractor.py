@@ -175,3 +175,10 @@ def test_by_item_features_merge_with_other_item_features_on_item_id():
     assert merged.columns.tolist() == ["item_id", "price", "img_feature_0", "img_feature_1"]
     assert merged.img_feature_0.tolist()[:2] == [3.0, 5.0]
     assert np.isnan(merged.img_feature_0.iloc[2])  # an item without photos keeps its row
+
+
+def test_item_id_naming_an_existing_column_uses_that_column():
+    table = PHOTOS.assign(item_id=["a", "a", "b", "b", "b"])
+    assert aggregate_features_by_item(table, item_id="item_id").item_id.tolist() == ["a", "b"]
+    # a derived item_id replaces a stale column instead of competing with it
+    assert aggregate_features_by_item(table, item_id=r"^(\d+|lot)").item_id.tolist() == ["7", "84512", "lot"]
