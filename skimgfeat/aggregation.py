@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .output import OutputContainerMixin, wrap_output
+from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
 
 METHODS = ("mean", "max", "first")
-FEATURE_PREFIX = "img_feature_"
 ITEM_ID = "item_id"
 COUNT_COLUMN = "n_images"
 NAME_COLUMNS = ("image_name", "image_path")
@@ -215,8 +214,8 @@ def _feature_columns(table: pd.DataFrame, id_column: str | None) -> list[str]:
 
 
 def _default_names(n_features: int, count_images: bool) -> np.ndarray:
-    names = [f"{FEATURE_PREFIX}{i}" for i in range(n_features)]
-    return np.asarray(names + ([COUNT_COLUMN] if count_images else []), dtype=object)
+    names = feature_names(n_features)
+    return np.append(names, COUNT_COLUMN) if count_images else names
 
 
 def _as_photo_array(X) -> np.ndarray:

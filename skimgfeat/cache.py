@@ -3,18 +3,21 @@
 One ``.npy`` file per (network, preprocessing, image file version). The key of an image
 is its absolute path, size and modification time, so an edited photo is embedded
 again. Files are written to a temporary name and renamed, so parallel workers (a
-grid search with ``n_jobs``) never read a half-written vector.
+grid search with ``n_jobs``) never read a half-written vector; a cache that cannot be
+written (disk full, read-only) costs a warning, never the computed features.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from .io import atomic_path
 
 
 def _digest(text: str) -> str:
@@ -49,11 +52,18 @@ class FeatureCache:
         return found
 
     def put_many(self, items: Iterable[tuple[object, np.ndarray]]) -> None:
+        """Store vectors; a cache that cannot be written warns once and is skipped."""
         for path, vector in items:
             file = self._file(path)
             if file is None:
                 continue
-            file.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as handle:
-                np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(handle.name, file)
+            try:
+                with atomic_path(file, durable=False) as temporary, open(temporary, "wb") as handle:
+                    np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+            except OSError as error:
+                warnings.warn(
+                    f"feature cache {str(self.root)!r} cannot be written ({error}); these features are not cached",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return

@@ -8,7 +8,6 @@ Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import textwrap
@@ -24,7 +23,8 @@ import pandas as pd
 from . import __version__
 from .checkpoint import Checkpoint, FileStamp, Rows, pending
 from .extractor import ERROR, IMAGE_PATH, MODEL_INFO_FILE, features_table, list_images
-from .io import write_json, write_table
+from .io import printable, write_json, write_table
+from .output import FEATURE_PREFIX, progress_bar
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -296,7 +296,7 @@ def _fingerprint(args: argparse.Namespace, embedder) -> dict:
 def _embed_into(checkpoint: Checkpoint, embedder, paths, relative, stamps, todo: list[int], args) -> None:
     """Embed the ``todo`` positions, writing a checkpoint part every few batches."""
     unsaved: list[Rows] = []
-    with _progress(len(todo), args.quiet) as bar:
+    with progress_bar(len(todo), enabled=not args.quiet and sys.stderr.isatty()) as bar:
         try:
             for batch in embedder.iter_transform([str(paths[i]) for i in todo]):
                 unsaved.append(_batch_rows(batch, [todo[batch.start + k] for k in range(len(batch.features))],
@@ -321,24 +321,15 @@ def _batch_rows(batch, rows: list[int], relative: list[str], stamps: list[FileSt
     )
 
 
-def _progress(total: int, quiet: bool):
-    from tqdm.auto import tqdm
-
-    disabled = quiet or total == 0 or not sys.stderr.isatty()
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=disabled, dynamic_ncols=True, smoothing=0.1)
-
-
 def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     """Assemble the tables in listing order from the checkpoint and write every output atomically."""
-    from .embedder import resolve_device
-    from .extractor import aggregate_features_by_item
+    from .extractor import aggregate_features_by_item, run_model_info
 
     rows = [done[path] for path in relative]
     features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
     messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
     raw = features_table(relative, features, messages)
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    model_info = dict(embedder.model_info_, device=str(resolve_device(args.device)), date=date)
+    model_info = run_model_info(embedder)
     output_dir, suffix = args.output_dir, f".{args.format}"
     _remove_leftovers(output_dir)
     outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
@@ -348,7 +339,8 @@ def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
         item_info = dict(model_info, aggregation=args.aggregate)
         outputs.append(write_table(by_item, output_dir / f"{ITEM_TABLE}{suffix}", model_info=item_info))
     errors = pd.DataFrame(
-        [(relative[i], rows[i][1], rows[i][2]) for i in sorted(messages)], columns=[IMAGE_PATH, "reason", "detail"]
+        [(raw[IMAGE_PATH].iat[i], rows[i][1], printable(rows[i][2])) for i in sorted(messages)],
+        columns=[IMAGE_PATH, "reason", "detail"],
     )
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
@@ -398,7 +390,7 @@ def print_summary(result: ExtractResult, args: argparse.Namespace, n_failures_sh
 
 
 def _print_statistics(good: pd.DataFrame) -> None:
-    columns = [c for c in good.columns if str(c).startswith("img_feature_")]
+    columns = [c for c in good.columns if str(c).startswith(FEATURE_PREFIX)]
     if good.empty:
         print("Feature statistics: no image could be embedded")
         return

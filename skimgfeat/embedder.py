@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -22,18 +23,12 @@ from .cache import FeatureCache
 from .exceptions import MISSING, ImageLoadError
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
 from .inputs import ImageInput, parse_image_input, path_key
-from .output import OutputContainerMixin, wrap_output
+from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 from .preprocessing import RESIZE_MODES, Preprocessing
 from .registry import build_model, parameters_sha256
 
 ON_ERROR = ("raise", "nan")
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FEATURE_PREFIX = "img_feature_"
-
-
-def feature_names(n_features: int) -> np.ndarray:
-    """``img_feature_0 ... img_feature_{n-1}``: the original module's column names."""
-    return np.asarray([f"{FEATURE_PREFIX}{i}" for i in range(n_features)], dtype=object)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -296,7 +291,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         resolve_device(self.device)
 
     def _runner(self) -> ModelRunner:
-        device = resolve_device(self.device)
+        device = self._inference_device()
         key = (str(device), self.backend, self.precision, self.preprocessing_)
         runtime = getattr(self, "_runtime", None)
         if runtime is None or runtime[0] != key:
@@ -311,6 +306,25 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             runner = ModelRunner(module, device, self.preprocessing_, autocast_dtype)
             self._runtime = runtime = (key, runner)
         return runtime[1]
+
+    def _inference_device(self) -> torch.device:
+        """The device to run on; a fitted model loaded where its device is absent runs on the CPU.
+
+        ``fit`` refuses a device that is not there. A pickle fitted on a GPU machine and
+        loaded on a CPU-only one still works (the network is stored as CPU tensors): it
+        warns and runs on the CPU rather than failing a deployment.
+        """
+        try:
+            return resolve_device(self.device)
+        except ValueError as error:
+            if _device_type(self.device) not in ("cuda", "mps"):
+                raise
+            warnings.warn(
+                f"{error.args[0].split(';')[0]}: running on the CPU instead (set_params(device=None) silences this)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return torch.device("cpu")
 
     def _batch_size(self, device: torch.device) -> int:
         if self.batch_size == "auto":
@@ -347,7 +361,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 matrix[i] = vector
             todo = [i for i in todo if i not in hits]
         todo_paths = [paths[i] for i in todo]
-        with _progress_bar(len(todo_paths), self.progress) as bar:
+        with progress_bar(len(todo_paths), enabled=self.progress) as bar:
             for batch in self.iter_transform(todo_paths):
                 rows = todo[batch.start : batch.start + len(batch.features)]
                 matrix[rows] = batch.features
@@ -385,6 +399,13 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return out
 
 
+def _device_type(device) -> str | None:
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return None
+
+
 def _is_int_at_least(value, minimum: int) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
@@ -400,9 +421,3 @@ def library_versions() -> dict[str, str]:
         "pandas": pd.__version__,
         "python": platform.python_version(),
     }
-
-
-def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", disable=not enabled or total == 0, dynamic_ncols=True)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .aggregation import ITEM_ID, ItemAggregator
-from .embedder import CNNImageEmbedder, feature_names, resolve_device
-from .io import write_json, write_table
+from .embedder import CNNImageEmbedder
+from .io import printable, write_json, write_table
+from .output import feature_names
 
 IMAGE_PATH = "image_path"
 IMAGE_NAME = "image_name"
@@ -60,6 +61,14 @@ def list_images(
     return paths[:max_images]
 
 
+def run_model_info(embedder: CNNImageEmbedder) -> dict:
+    """The model info written beside feature files: the embedder's, plus device and date."""
+    info = dict(embedder.model_info_)
+    info["device"] = str(embedder._inference_device())
+    info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return info
+
+
 def features_table(
     relative_paths: Sequence[str],
     features: np.ndarray,
@@ -70,17 +79,19 @@ def features_table(
     Parameters
     ----------
     relative_paths : sequence of str
-        Paths relative to the image folder, POSIX separators.
+        Paths relative to the image folder, POSIX separators. Bytes of a name that are
+        not UTF-8 appear as ``\\xNN`` (see :func:`skimgfeat.io.printable`).
     features : ndarray of shape (n_images, n_features)
     errors : mapping from row to message, or None
         With a mapping, an ``error`` column is added: the message for failed rows
         (whose features are NaN), an empty string for the others.
     """
     table = pd.DataFrame(np.asarray(features, dtype=np.float32), columns=list(feature_names(features.shape[1])))
-    table.insert(0, IMAGE_NAME, [Path(path).name for path in relative_paths])
-    table.insert(0, IMAGE_PATH, list(relative_paths))
+    shown = [printable(str(path)) for path in relative_paths]
+    table.insert(0, IMAGE_NAME, [Path(path).name for path in shown])
+    table.insert(0, IMAGE_PATH, shown)
     if errors is not None:
-        table[ERROR] = [errors.get(row, "") for row in range(len(table))]
+        table[ERROR] = [printable(errors.get(row, "")) for row in range(len(table))]
     return table
 
 
@@ -195,10 +206,7 @@ class ImageFeatureExtractor:
     @property
     def model_info(self) -> dict:
         """What produces the features: the embedder's model info, the device and the date."""
-        info = dict(self.embedder.model_info_)
-        info["device"] = str(resolve_device(self.device))
-        info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        return info
+        return run_model_info(self.embedder)
 
     def extract_features_from_image(self, image_path: str | os.PathLike) -> np.ndarray:
         """Features of one image file: float32 array of shape ``(feature_dim,)``.

@@ -106,9 +106,7 @@ def load_rgb_image(
                 return _decode(handle, name, limit, draft_size)
             except ImageLoadError as error:
                 raise _refined(error, handle) from None
-    except ImageLoadError:
-        raise
-    except OSError as error:
+    except OSError as error:  # open() itself failed (permissions, vanished file); ours pass through
         raise ImageLoadError(name, MISSING, str(error)) from error
 
 

@@ -35,12 +35,27 @@ def table_format(path: str | os.PathLike) -> str:
     return TABLE_FORMATS[suffix]
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name written as ``\\xNN``.
+
+    On POSIX a file name is bytes; Python carries bytes that are not UTF-8 as lone
+    surrogates, which Parquet, CSV and pandas' string columns refuse. Valid text is
+    returned unchanged.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
 
     Parent folders are created. On failure the temporary file is removed and ``path``
-    is left as it was.
+    is left as it was. ``durable`` flushes the file to disk before the rename (off for
+    data that can be recomputed, such as cache entries).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +63,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = final.parent / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield temporary
-        _fsync(temporary)
+        if durable:
+            _fsync(temporary)
         os.replace(temporary, final)
     finally:
         temporary.unlink(missing_ok=True)

@@ -1,12 +1,20 @@
-"""Containers for transform results: ndarray, pandas or polars, as set_output asks."""
+"""What users see of results: feature column names, containers (ndarray, pandas, polars), progress."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pandas as pd
 import sklearn
 
 OUTPUT_KINDS = ("default", "pandas", "polars")
+FEATURE_PREFIX = "img_feature_"
+
+
+def feature_names(n_features: int) -> np.ndarray:
+    """``img_feature_0 ... img_feature_{n-1}``: the original module's column names."""
+    return np.asarray([f"{FEATURE_PREFIX}{i}" for i in range(n_features)], dtype=object)
 
 
 def validate_output_kind(kind: str) -> None:
@@ -50,3 +58,11 @@ class OutputContainerMixin:
     def _output_kind(self) -> str:
         config = getattr(self, "_sklearn_output_config", {})
         return config.get("transform") or sklearn.get_config()["transform_output"]
+
+
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr counting images, with rate and ETA; inert when disabled or empty."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled or total == 0, dynamic_ncols=True,
+                smoothing=0.1)

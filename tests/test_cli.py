@@ -265,3 +265,20 @@ def test_a_progress_bar_with_rate_and_eta_when_stderr_is_a_terminal(synthetic_ph
     assert process.wait(timeout=300) == 0
     final = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
     assert "3/3" in final and "100%" in final and "img/s" in final and "<" in final  # [elapsed<eta, rate]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names as raw bytes: a POSIX file system")
+def test_a_file_name_that_is_not_utf8_is_written_escaped(synthetic_photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(synthetic_photos[0]).save(folder / "plain_1.webp")
+    Image.open(synthetic_photos[1]).save(os.fsdecode(os.fsencode(folder) + b"/caf\xe9_1.webp"), format="WEBP")
+    (folder / os.fsdecode(b"caf\xe9_2.webp")).write_bytes(b"")  # and a broken one
+    result = skimgfeat("extract", folder, "-o", tmp_path / "out", "--weights", "none", "-q")
+    assert result.returncode == 0, result.stderr
+    raw = pd.read_parquet(tmp_path / "out" / "image_features_raw.parquet")
+    assert raw.image_name.tolist() == ["caf\\xe9_1.webp", "caf\\xe9_2.webp", "plain_1.webp"]
+    assert raw.loc[0, FEATURES].notna().all() and raw.loc[1, "error"].startswith("empty")
+    by_item = pd.read_parquet(tmp_path / "out" / "image_features_by_item.parquet")
+    assert by_item.item_id.tolist() == ["caf\\xe9", "plain"]
+    assert pd.read_csv(tmp_path / "out" / "image_errors.csv").image_path.tolist() == ["caf\\xe9_2.webp"]

@@ -249,6 +249,15 @@ def test_bad_file_raises_naming_it_and_nan_mode_keeps_the_row(fitted, synthetic_
     assert [(Path(e.path).name, e.reason) for e in lenient.errors_] == [("listing 7_1.jpg", "not an image")]
 
 
+def test_a_cache_that_cannot_be_written_warns_and_keeps_the_features(tmp_path, synthetic_photos):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        features = random_embedder(cache=not_a_folder).fit().transform(synthetic_photos)
+    np.testing.assert_array_equal(features, random_embedder().fit().transform(synthetic_photos))
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
 def test_feature_cache_serves_repeated_transforms(tmp_path, synthetic_photos):
     cache = tmp_path / "cache"
     first = random_embedder(cache=cache).fit().transform(synthetic_photos)
@@ -257,3 +266,22 @@ def test_feature_cache_serves_repeated_transforms(tmp_path, synthetic_photos):
     np.testing.assert_array_equal(cached, first)
     other_model = CNNImageEmbedder(weights=None, random_state=1, cache=cache).fit().transform(synthetic_photos[:1])
     assert not np.allclose(other_model[0], first[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_model_saved_for_cuda_runs_on_the_cpu_of_a_machine_without_it(tmp_path, synthetic_photos):
+    import joblib
+
+    fitted = random_embedder().fit()
+    expected = fitted.transform(synthetic_photos)
+    fitted.device = "cuda"  # what a pickle from a GPU machine carries
+    joblib.dump(fitted, tmp_path / "gpu-fitted.joblib")
+    loaded = joblib.load(tmp_path / "gpu-fitted.joblib")
+    with pytest.warns(RuntimeWarning, match="CUDA is not available: running on the CPU instead"):
+        features = loaded.transform(synthetic_photos)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        clone(loaded).fit()  # fitting anew still refuses an absent device
+    loaded.device = "tpu:0"
+    with pytest.raises(ValueError, match="invalid device"):
+        loaded.transform(synthetic_photos)  # a device that is not an absent accelerator is not guessed
