@@ -79,7 +79,9 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
     n_features_in_ : int
         Feature width seen in ``fit``.
     feature_names_in_ : ndarray of str
-        Feature column names, when fit on a table.
+        Feature column names, when fit on a DataFrame.
+    table_input_ : bool
+        Whether ``fit`` saw a per-image table; its output then starts with ``item_id``.
 
     Examples
     --------
@@ -105,6 +107,7 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
     def fit(self, X, y=None) -> ItemAggregator:
         """Check the method and record the feature width (and names, for tables)."""
         self._check_method()
+        self.table_input_ = isinstance(X, pd.DataFrame) and self._is_table(X)
         if isinstance(X, pd.DataFrame):
             columns = _feature_columns(X, self._id_column(X))
             self.feature_names_in_ = np.asarray(columns, dtype=object)
@@ -130,12 +133,16 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
         return wrap_output(values, index, names, self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """The input's feature names (``img_feature_*`` by default), plus ``n_images``."""
+        """The output's columns: ``item_id`` for tables, the input's feature names
+        (``img_feature_*`` by default), then ``n_images`` with ``count_images``."""
         if input_features is None:
             input_features = getattr(self, "feature_names_in_", None)
         if input_features is None:
-            return _default_names(self.n_features_in_, self.count_images)
-        names = list(input_features) + ([COUNT_COLUMN] if self.count_images else [])
+            names = list(_default_names(self.n_features_in_, self.count_images))
+        else:
+            names = list(input_features) + ([COUNT_COLUMN] if self.count_images else [])
+        if getattr(self, "table_input_", False):
+            names = [ITEM_ID, *names]
         return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):

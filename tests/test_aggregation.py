@@ -138,3 +138,12 @@ def test_refitting_on_an_array_forgets_the_names_of_a_table():
     aggregator.fit(np.zeros((2, 3)))
     assert not hasattr(aggregator, "feature_names_in_")
     assert aggregator.get_feature_names_out().tolist() == ["img_feature_0", "img_feature_1", "img_feature_2"]
+
+
+@pytest.mark.parametrize("count_images", [False, True])
+def test_feature_names_out_are_the_columns_of_the_output(count_images):
+    table = per_image_table()
+    aggregator = ItemAggregator(count_images=count_images).fit(table)
+    assert aggregator.get_feature_names_out().tolist() == aggregator.transform(table).columns.tolist()
+    on_arrays = ItemAggregator(count_images=count_images).fit(PHOTOS)
+    assert len(on_arrays.get_feature_names_out()) == on_arrays.transform(PHOTOS).shape[1]
