@@ -113,10 +113,8 @@ def _normalize_by_lookup(pixels: np.ndarray, table: np.ndarray, memory_format) -
     n, height, width, _ = pixels.shape
     if memory_format == torch.channels_last:
         out = np.empty((n, height, width, 3), dtype=np.float32)
-        for channel in range(3):
-            np.take(table[channel], pixels[..., channel], out=out[..., channel], mode="clip")
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
-    out = np.empty((n, 3, height, width), dtype=np.float32)
+    else:
+        out = np.empty((n, 3, height, width), dtype=np.float32).transpose(0, 2, 3, 1)  # NHWC view of NCHW memory
     for channel in range(3):
-        np.take(table[channel], pixels[..., channel], out=out[:, channel], mode="clip")
-    return torch.from_numpy(out)
+        np.take(table[channel], pixels[..., channel], out=out[..., channel], mode="clip")
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
