@@ -9,10 +9,11 @@ OUT ?= out/features
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# constraints.txt pins torch/torchvision to what CI tests; setup.cfg itself only declares ranges.
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
 ## The main job: a folder of photos in, Parquet feature tables out.
