@@ -7,6 +7,7 @@ from .embedder import CNNImageEmbedder  # noqa: E402
 from .exceptions import ImageLoadError, WeightsMismatchError  # noqa: E402
 from .extractor import ImageFeatureExtractor, aggregate_features_by_item  # noqa: E402
 from .registry import MODEL_REGISTRY, list_models  # noqa: E402
+from .stacking import OutOfFoldPredictor  # noqa: E402
 
 __all__ = [
     "CNNImageEmbedder",
@@ -14,6 +15,7 @@ __all__ = [
     "ImageLoadError",
     "ItemAggregator",
     "MODEL_REGISTRY",
+    "OutOfFoldPredictor",
     "WeightsMismatchError",
     "aggregate_features_by_item",
     "item_id_from_name",

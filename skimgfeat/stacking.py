@@ -1,0 +1,201 @@
+"""OutOfFoldPredictor: an estimator's predictions as features, out-of-fold on the training data."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, clone, is_classifier
+from sklearn.model_selection import KFold, StratifiedKFold, check_cv, cross_val_predict
+from sklearn.utils import get_tags
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+METHODS = ("predict", "predict_proba", "decision_function")
+
+
+class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
+    """Turn an estimator's predictions into features for a second model, without leakage.
+
+    The stacking step for wide image features: a ridge regression (or any estimator)
+    condenses 1280 CNN features into one predicted value, which a tabular model then uses
+    beside its other columns. Fitted on all training rows and applied to the same rows,
+    the inner estimator would hand the next model predictions that already saw the
+    target, and that model would learn to trust them far too much. So, as
+    :class:`~sklearn.preprocessing.TargetEncoder` does for categories:
+
+    * ``fit_transform(X, y)`` returns **out-of-fold** predictions
+      (:func:`~sklearn.model_selection.cross_val_predict`): each training row is predicted
+      by a copy of the estimator that never saw it. Inside a
+      :class:`~sklearn.pipeline.Pipeline` this is what the next step is fitted on;
+    * ``fit`` also refits the estimator on all rows (``estimator_``), and
+      ``transform(X)`` predicts new rows with it: what the next step sees at predict time.
+
+    Hence ``fit(X, y).transform(X)`` differs from ``fit_transform(X, y)`` on purpose.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A scikit-learn regressor or classifier, cloned before fitting.
+    cv : int, cross-validation generator or iterable, default=5
+        Folds for the out-of-fold predictions. An int gives a shuffled
+        :class:`~sklearn.model_selection.KFold`, or
+        :class:`~sklearn.model_selection.StratifiedKFold` for a classifier.
+    method : {"predict", "predict_proba", "decision_function"}, default="predict"
+        The estimator's method whose output becomes the features.
+    shuffle : bool, default=True
+        Shuffle the rows before splitting them into folds (only when ``cv`` is an int).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the shuffling of the folds.
+    n_jobs : int or None, default=None
+        Folds fitted in parallel by :func:`~sklearn.model_selection.cross_val_predict`.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The estimator fitted on all training rows; used by ``transform``.
+    n_features_in_ : int
+        Number of input features seen in ``fit``.
+    feature_names_in_ : ndarray of str
+        Input column names, when ``fit`` saw a DataFrame with string columns.
+    n_features_out_ : int
+        Number of output columns: 1 for ``predict`` of a single target.
+
+    See Also
+    --------
+    sklearn.ensemble.StackingRegressor : Stacking whose final model sees only the predictions.
+    sklearn.preprocessing.TargetEncoder : The same out-of-fold pattern for categories.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import Ridge
+    >>> from skimgfeat import OutOfFoldPredictor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(40, 3))
+    >>> y = X @ [1.0, 2.0, 0.0]
+    >>> oof = OutOfFoldPredictor(Ridge(), cv=4, random_state=0)
+    >>> oof.fit_transform(X, y).shape
+    (40, 1)
+    >>> oof.get_feature_names_out()
+    array(['ridge_predict'], dtype=object)
+    """
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        cv=5,
+        method: str = "predict",
+        shuffle: bool = True,
+        random_state=None,
+        n_jobs: int | None = None,
+    ) -> None:
+        self.estimator = estimator
+        self.cv = cv
+        self.method = method
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y, **fit_params) -> OutOfFoldPredictor:
+        """Fit the estimator on all rows (and compute the out-of-fold predictions, unused here).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        **fit_params : dict
+            Passed to the estimator's ``fit``.
+
+        Returns
+        -------
+        self : OutOfFoldPredictor
+        """
+        self.fit_transform(X, y, **fit_params)
+        return self
+
+    def fit_transform(self, X, y, **fit_params) -> np.ndarray:
+        """Fit the estimator on all rows; return out-of-fold predictions of the training rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        **fit_params : dict
+            Passed to the estimator's ``fit``.
+
+        Returns
+        -------
+        predictions : ndarray of shape (n_samples, n_features_out_)
+            Row i predicted by an estimator fitted on the folds without row i.
+        """
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        X, y = validate_data(self, X, y, ensure_all_finite=self._ensure_all_finite(), multi_output=True)
+        if is_classifier(self.estimator):
+            check_classification_targets(y)
+        folds = self._folds(y)
+        out_of_fold = cross_val_predict(
+            clone(self.estimator), X, y, cv=folds, method=self.method, n_jobs=self.n_jobs, params=fit_params
+        )
+        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
+        out_of_fold = _as_columns(out_of_fold)
+        self.n_features_out_ = out_of_fold.shape[1]
+        return out_of_fold
+
+    def transform(self, X) -> np.ndarray:
+        """Predict new rows with the estimator fitted on all training rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        predictions : ndarray of shape (n_samples, n_features_out_)
+        """
+        check_is_fitted(self, "estimator_")
+        X = validate_data(self, X, reset=False, ensure_all_finite=self._ensure_all_finite())
+        return _as_columns(getattr(self.estimator_, self.method)(X))
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """``<estimator>_<method>``, or one name per class or target when there are several.
+
+        Parameters
+        ----------
+        input_features : ignored
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self, "n_features_out_")
+        stem = f"{type(self.estimator_).__name__.lower()}_{self.method}"
+        if self.n_features_out_ == 1:
+            return np.asarray([stem], dtype=object)
+        labels = getattr(self.estimator_, "classes_", None)
+        if labels is None or self.method == "predict" or len(labels) != self.n_features_out_:
+            labels = range(self.n_features_out_)
+        return np.asarray([f"{stem}_{label}" for label in labels], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = get_tags(self.estimator).input_tags.allow_nan
+        tags.target_tags.required = True
+        return tags
+
+    # -- internals -------------------------------------------------------------
+
+    def _ensure_all_finite(self) -> bool | str:
+        return "allow-nan" if get_tags(self.estimator).input_tags.allow_nan else True
+
+    def _folds(self, y):
+        if not isinstance(self.cv, (int, np.integer)) or isinstance(self.cv, bool):
+            return check_cv(self.cv, y, classifier=is_classifier(self.estimator))
+        splitter = StratifiedKFold if is_classifier(self.estimator) else KFold
+        random_state = self.random_state if self.shuffle else None
+        return splitter(n_splits=int(self.cv), shuffle=self.shuffle, random_state=random_state)
+
+
+def _as_columns(predictions) -> np.ndarray:
+    predictions = np.asarray(predictions)
+    return predictions.reshape(-1, 1) if predictions.ndim == 1 else predictions

@@ -1,0 +1,114 @@
+"""OutOfFoldPredictor: out-of-fold predictions when fitting, the refit estimator afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.tree import DecisionTreeRegressor
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skimgfeat import OutOfFoldPredictor
+
+# Like TargetEncoder, fit_transform(X, y) is out-of-fold and so differs from fit(X, y).transform(X):
+# the generic checks that demand they be equal must fail, and that difference is the point.
+NOT_EQUAL_ON_PURPOSE = "fit_transform is out-of-fold, fit().transform() uses the refit estimator"
+EXPECTED_FAILURES = {
+    "check_transformer_general": NOT_EQUAL_ON_PURPOSE,
+    "check_transformer_data_not_an_array": NOT_EQUAL_ON_PURPOSE,
+}
+
+
+@parametrize_with_checks(
+    [OutOfFoldPredictor(Ridge(), cv=3), OutOfFoldPredictor(LogisticRegression(), cv=3, method="predict_proba")],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILURES,
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture
+def noise():
+    """Features unrelated to the target: any skill on them is leakage."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(200, 5)), rng.normal(size=200)
+
+
+def test_fit_transform_is_out_of_fold_and_transform_uses_the_refit_estimator(noise):
+    X, y = noise
+    folds = KFold(5, shuffle=True, random_state=0)
+    stacker = OutOfFoldPredictor(DecisionTreeRegressor(random_state=0), cv=folds)
+    out_of_fold = stacker.fit_transform(X, y)
+    expected = cross_val_predict(DecisionTreeRegressor(random_state=0), X, y, cv=folds)
+    np.testing.assert_allclose(out_of_fold[:, 0], expected)
+    # a fully grown tree memorises its training rows: in-sample it would hand y back
+    np.testing.assert_allclose(stacker.transform(X)[:, 0], y)
+    assert abs(np.corrcoef(out_of_fold[:, 0], y)[0, 1]) < 0.2
+
+
+def test_in_a_pipeline_the_next_model_learns_how_much_to_trust_the_predictions(noise):
+    X, y = noise
+    stacked = make_pipeline(
+        OutOfFoldPredictor(DecisionTreeRegressor(random_state=0), random_state=0), LinearRegression()
+    ).fit(X, y)
+    # fitted on in-sample predictions the slope would be 1 (they equal y); out-of-fold it is near 0
+    assert abs(stacked[-1].coef_[0]) < 0.2
+    rng = np.random.default_rng(1)
+    new_rows = rng.normal(size=(50, 5))
+    assert stacked.predict(new_rows).std() < 0.2 * y.std()
+
+
+def test_an_int_cv_shuffles_with_the_random_state(noise):
+    X, y = noise
+    first = OutOfFoldPredictor(DecisionTreeRegressor(random_state=0), random_state=1).fit_transform(X, y)
+    again = OutOfFoldPredictor(DecisionTreeRegressor(random_state=0), random_state=1).fit_transform(X, y)
+    other = OutOfFoldPredictor(DecisionTreeRegressor(random_state=0), random_state=2).fit_transform(X, y)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_predict_proba_gives_one_named_column_per_class():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    y = np.array(["apple", "pear", "plum"])[np.argmax(X[:, :3], axis=1)]
+    stacker = OutOfFoldPredictor(LogisticRegression(), cv=3, method="predict_proba").set_output(transform="pandas")
+    table = stacker.fit_transform(pd.DataFrame(X, columns=list("abcd")), y)
+    assert list(table.columns) == [
+        "logisticregression_predict_proba_apple",
+        "logisticregression_predict_proba_pear",
+        "logisticregression_predict_proba_plum",
+    ]
+    np.testing.assert_allclose(table.sum(axis=1), 1.0)
+    assert list(stacker.feature_names_in_) == list("abcd")
+
+
+def test_set_output_pandas_names_the_prediction_column(noise):
+    X, y = noise
+    table = OutOfFoldPredictor(Ridge()).set_output(transform="pandas").fit(X, y).transform(X)
+    assert list(table.columns) == ["ridge_predict"]
+
+
+def test_nan_passes_only_to_an_estimator_that_accepts_it(noise):
+    X, y = noise
+    X = X.copy()
+    X[::7, 0] = np.nan
+    assert np.isfinite(OutOfFoldPredictor(HistGradientBoostingRegressor(max_iter=10)).fit_transform(X, y)).all()
+    with pytest.raises(ValueError, match="NaN"):
+        OutOfFoldPredictor(Ridge()).fit(X, y)
+
+
+def test_parameters_are_checked_when_fitting_and_clone_keeps_them(noise):
+    X, y = noise
+    stacker = OutOfFoldPredictor(Ridge(alpha=3.0), cv=4, method="predict_log_proba")
+    assert clone(stacker).get_params()["cv"] == 4
+    assert clone(stacker).get_params()["estimator__alpha"] == 3.0
+    with pytest.raises(ValueError, match="method must be one of"):
+        stacker.fit(X, y)
+    with pytest.raises(NotFittedError):
+        OutOfFoldPredictor(Ridge()).transform(X)
