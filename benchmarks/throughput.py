@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     "skimgfeat-1worker": {"n_workers": 1},
     "skimgfeat-2threads": {"env": {"SKIMGFEAT_INFERENCE_THREADS": "2"}},
     "skimgfeat-samepriority": {"env": {"SKIMGFEAT_DECODE_NICENESS": "0"}},
+    "skimgfeat-serial": {"env": {"SKIMGFEAT_PARALLEL_BATCHES": "1"}},
+    "skimgfeat-nocache": {"env": {"SKIMGFEAT_CACHE_DIR": "off"}},
 }
 
 

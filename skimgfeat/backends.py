@@ -22,11 +22,18 @@ Backends:
 
 A backend that fails to prepare, or whose output does not match eager on a probe batch,
 falls back to ``"eager"`` with a warning: a slower run, never a failed or wrong one.
+
+An exported ONNX graph that passed that check is kept in the artifact cache
+(:mod:`skimgfeat.artifact_cache`) under a digest of the network's parameters and
+architecture, the input size, the opset and the library versions; later fits, clones
+and unpickled copies of the same network load it instead of exporting and checking again.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import importlib.util
 import io
 import warnings
 
@@ -34,11 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import artifact_cache
+
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 
 # A prepared graph must agree with eager this closely on the probe batch; float32
 # reordering gives > 0.99999, a broken graph gives far less.
 _PROBE_MIN_COSINE = 0.9999
+ONNX_OPSET = 17
 
 
 def resolve_backend(backend: str, device: torch.device, autocast: bool = False) -> str:
@@ -53,12 +63,8 @@ def resolve_backend(backend: str, device: torch.device, autocast: bool = False) 
 
 
 def _onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401 - the exporter needs it
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: importing onnx costs a quarter of a second that a cached graph does not need.
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def prepare_module(
@@ -76,6 +82,11 @@ def prepare_module(
     only eager modules honour.
     """
     concrete = resolve_backend(backend, device, autocast)
+    graph_key = onnx_graph_key(module, input_size) if concrete == "onnxruntime" else None
+    if graph_key is not None:
+        cached = _load_onnx_graph(graph_key)
+        if cached is not None:
+            return cached
     eager = _prepare_eager(module, device)
     if concrete == "eager":
         return eager
@@ -88,6 +99,8 @@ def prepare_module(
             example = _example_batch(device, input_size)
             prepared = _PREPARERS[concrete](eager, example)
             _check_matches(prepared, eager, example)
+            if graph_key is not None:
+                artifact_cache.store("onnx", graph_key, prepared.graph)
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
         warnings.warn(
             f"backend {concrete!r} could not be prepared ({type(error).__name__}: {error}); using 'eager'",
@@ -124,9 +137,15 @@ class OnnxRuntimeModule(nn.Module):
     # ONNX graphs take NCHW; a contiguous batch goes to the session without a copy.
     input_memory_format = torch.contiguous_format
 
+    # One session serves concurrent run() calls from several threads (ONNX Runtime
+    # documents Run as thread-safe), so the engine may infer several batches at once.
+    supports_concurrent_calls = True
+
     def __init__(self, onnx_model: bytes, n_threads: int) -> None:
         super().__init__()
         import onnxruntime
+
+        self.graph = onnx_model
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = n_threads
@@ -140,9 +159,45 @@ class OnnxRuntimeModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: pixels})[0])
 
 
-def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
-    from .inference import default_inference_threads
+def onnx_graph_key(module: nn.Module, input_size: int) -> str:
+    """The artifact-cache name of ``module``'s exported graph: everything the export depends on.
 
+    The parameters are hashed here rather than taken from ``model_info_``, so a network
+    whose weights were changed after fit never meets the graph of its former self.
+    """
+    from .registry import parameters_sha256
+
+    versions = [torch.__version__, *(_version(name) for name in ("onnx", "onnxruntime"))]
+    return artifact_cache.digest(
+        "onnx-export", parameters_sha256(module), repr(module), str(input_size), str(ONNX_OPSET), *versions
+    )
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _load_onnx_graph(key: str) -> OnnxRuntimeModule | None:
+    graph = artifact_cache.load("onnx", key)
+    if graph is None:
+        return None
+    try:
+        return OnnxRuntimeModule(graph, onnx_session_threads())
+    except Exception:  # noqa: BLE001 - an entry ONNX Runtime refuses is a miss: export again
+        return None
+
+
+def onnx_session_threads() -> int:
+    """Intra-op threads of one ONNX Runtime session: see :func:`skimgfeat.inference.inference_layout`."""
+    from .inference import inference_layout
+
+    return inference_layout().threads_per_call
+
+
+def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
@@ -150,12 +205,12 @@ def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
             example.contiguous(),
             buffer,
             dynamo=False,
-            opset_version=17,
+            opset_version=ONNX_OPSET,
             input_names=["images"],
             output_names=["features"],
             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
         )
-    return OnnxRuntimeModule(buffer.getvalue(), default_inference_threads())
+    return OnnxRuntimeModule(buffer.getvalue(), onnx_session_threads())
 
 
 _PREPARERS = {"torchscript": _prepare_torchscript, "onnxruntime": _prepare_onnxruntime}

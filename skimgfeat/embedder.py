@@ -268,6 +268,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             self._batch_size(runner.device),
             self.n_workers or default_decode_workers(),
             on_error,
+            parallel_calls=runner.parallel_calls,
         )
 
     # -- internals -------------------------------------------------------------

@@ -132,6 +132,12 @@ class ModelRunner:
         self.max_batch: int | None = None
         self.n_threads = n_threads if n_threads is not None else default_inference_threads()
         self.memory_format = getattr(module, "input_memory_format", torch.channels_last)
+        # Batches that may run at once: a module that sizes its own threads (an ONNX
+        # Runtime session, one thread per call) runs one call per inference thread.
+        concurrent = device.type == "cpu" and getattr(module, "supports_concurrent_calls", False)
+        self.parallel_calls = inference_layout().parallel_calls if concurrent else 1
+        if concurrent:
+            self.n_threads = None  # torch's thread count plays no part in such a call
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and len(pixels) > self.max_batch:
@@ -174,18 +180,45 @@ def embed_stream(
     batch_size: int,
     n_workers: int,
     on_error: str = "raise",
+    parallel_calls: int = 1,
 ) -> Iterator[EmbeddedBatch]:
     """Yield :class:`EmbeddedBatch` es covering ``paths`` in order.
 
     With ``on_error="raise"`` the first failing input (in input order) raises its
     ImageLoadError; otherwise its row is NaN and the error is reported in the batch.
     A batch made only of failures still yields its rows, without running the model.
+    ``parallel_calls`` batches may be inferred at once (``run`` must be thread-safe
+    then); they are still yielded in input order.
     """
     window = max(batch_size * 2, n_workers * 4)
     decoded = iter_decoded(paths, decode, n_workers, window)
+    batches = _decoded_batches(decoded, len(paths), n_features, batch_size, on_error)
+    if parallel_calls <= 1:
+        for batch, pixels in batches:
+            if pixels is not None:
+                batch.features[batch.good] = run(pixels)
+            yield batch.embedded
+        return
+    yield from _infer_concurrently(batches, run, parallel_calls)
+
+
+@dataclass
+class _PendingBatch:
+    embedded: EmbeddedBatch
+    good: list[int]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.embedded.features
+
+
+def _decoded_batches(
+    decoded: Iterator, n_paths: int, n_features: int, batch_size: int, on_error: str
+) -> Iterator[tuple[_PendingBatch, np.ndarray | None]]:
+    """Group decode results into batches: NaN-filled rows and the stacked pixels of the good ones."""
     start = 0
-    while start < len(paths):
-        size = min(batch_size, len(paths) - start)
+    while start < n_paths:
+        size = min(batch_size, n_paths - start)
         results = [next(decoded) for _ in range(size)]
         errors = [(start + i, r) for i, r in enumerate(results) if isinstance(r, ImageLoadError)]
         if errors and on_error == "raise":
@@ -193,10 +226,36 @@ def embed_stream(
             raise errors[0][1]
         features = np.full((size, n_features), np.nan, dtype=np.float32)
         good = [i for i, r in enumerate(results) if not isinstance(r, ImageLoadError)]
-        if good:
-            features[good] = run(np.stack([results[i] for i in good]))
-        yield EmbeddedBatch(start, features, errors)
+        pixels = np.stack([results[i] for i in good]) if good else None
+        yield _PendingBatch(EmbeddedBatch(start, features, errors), good), pixels
         start += size
+
+
+def _infer_concurrently(batches: Iterator, run: Callable, parallel_calls: int) -> Iterator[EmbeddedBatch]:
+    """Run up to ``parallel_calls`` batches at once on threads; yield them in order.
+
+    One single-threaded call per core keeps every core busy without the barriers and
+    spin-waits of intra-op parallelism; the (niced) decode threads fill what is left.
+    """
+    in_flight: deque[tuple[_PendingBatch, Future | None]] = deque()
+    with ThreadPoolExecutor(parallel_calls, thread_name_prefix="skimgfeat-infer") as pool:
+        try:
+            for batch, pixels in batches:
+                in_flight.append((batch, None if pixels is None else pool.submit(run, pixels)))
+                if len(in_flight) >= parallel_calls:
+                    yield _finish(*in_flight.popleft())
+            while in_flight:
+                yield _finish(*in_flight.popleft())
+        finally:
+            for _, future in in_flight:
+                if future is not None:
+                    future.cancel()
+
+
+def _finish(batch: _PendingBatch, future: Future | None) -> EmbeddedBatch:
+    if future is not None:
+        batch.features[batch.good] = future.result()
+    return batch.embedded
 
 
 def default_decode_workers() -> int:
@@ -219,6 +278,29 @@ def default_inference_threads() -> int:
     if override:
         return max(1, int(override))
     return max(1, default_decode_workers() // 2)
+
+
+@dataclass(frozen=True)
+class InferenceLayout:
+    """How the CPU inference budget is spent: threads per forward call, calls at once."""
+
+    threads_per_call: int
+    parallel_calls: int
+
+
+def inference_layout() -> InferenceLayout:
+    """The layout for modules that run concurrent calls (ONNX Runtime sessions).
+
+    One thread per call and one call per core: independent single-threaded calls
+    never wait on each other, while intra-op threads meet at a barrier after every
+    layer (and spin there when a peer is descheduled). Decode threads, niced, take
+    the cycles the calls leave. ``SKIMGFEAT_PARALLEL_BATCHES=N`` caps the calls at N,
+    and with ``N=1`` that one call gets :func:`default_inference_threads` threads.
+    Measured: benchmarks/README.md.
+    """
+    override = os.environ.get("SKIMGFEAT_PARALLEL_BATCHES")
+    parallel = max(1, int(override)) if override else default_decode_workers()
+    return InferenceLayout(1 if parallel > 1 else default_inference_threads(), parallel)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .artifact_cache import file_sha256
 from .exceptions import WeightsMismatchError
 
 _WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -216,14 +217,6 @@ def check_state_dict(spec: ModelSpec, expected: dict, given: dict, source: str) 
         raise WeightsMismatchError(
             f"weights file {source!r} does not fit {spec.name}: " + "; ".join(problems)
         )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cached_checkpoint_sha256(enum_value) -> str | None:

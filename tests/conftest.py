@@ -72,3 +72,17 @@ def grocery_items() -> tuple[list[list[str]], np.ndarray]:
         items += [photos[0:3], photos[3:5]]
         prices += [10.0 + 3.0 * fine_id, 10.0 + 3.0 * fine_id]
     return items, np.asarray(prices)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_artifact_cache(tmp_path_factory):
+    """Prepared graphs and weight digests go to a folder of this test session, never ~/.cache."""
+    from skimgfeat.artifact_cache import CACHE_DIR_ENV
+
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("artifact-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = previous
