@@ -275,7 +275,7 @@ def _fit_embedder(args: argparse.Namespace):
 
 def _weights_argument(weights: str | None) -> str | None:
     if weights is None:
-        weights = os.environ.get(WEIGHTS_ENV) or "IMAGENET1K_V1"
+        weights = os.environ.get(WEIGHTS_ENV) or "pretrained"
     return None if weights.lower() == "none" else weights
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -24,8 +25,8 @@ from .exceptions import MISSING, ImageLoadError
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
 from .inputs import ImageInput, parse_image_input, path_key
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
-from .preprocessing import RESIZE_MODES, Preprocessing
-from .registry import build_model, parameters_sha256
+from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
+from .registry import DEFAULT_WEIGHTS, build_model, parameters_sha256
 
 ON_ERROR = ("raise", "nan")
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -49,33 +50,45 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
-    """Embed image files with an ImageNet-pretrained CNN, classifier removed.
+    """Embed image files with a pretrained network, classifier removed.
 
     Each image is loaded as RGB (alpha composited onto white, EXIF orientation applied,
-    first frame of animations), resized to 256x256 (or shorter side 256), center
-    cropped to 224, normalised with ImageNet mean/std, and passed through the network
-    up to the global average pool of its last convolutional stage: exactly what the
-    model's own classification head receives.
+    first frame of animations), then preprocessed by the recipe its weights were trained
+    with (resize, center crop, interpolation, mean/std: see ``docs/models.md``), and
+    passed through the network up to exactly what its final classification layer
+    receives.
 
     Parameters
     ----------
     model_name : str, default="mobilenet_v2"
         A name from :func:`skimgfeat.list_models`: ``"mobilenet_v2"`` (1280 features),
-        ``"shufflenet_v2_x1_0"`` (1024), ``"resnet50"``, ``"efficientnet_b0"``, ...
-    weights : str, os.PathLike or None, default="IMAGENET1K_V1"
-        torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...), downloaded and
-        cached by torchvision under ``$TORCH_HOME``; the path of a local state-dict file
-        (offline use; the classifier's keys may be absent); or None for random weights.
-        ``"IMAGENET1K_V1"`` is what the 256/224 recipe belongs to: torchvision's
-        ``"DEFAULT"`` for mobilenet_v2 is V2, trained with a 232 resize.
+        ``"shufflenet_v2_x1_0"`` (1024), ``"resnet50"``, ``"efficientnet_b3"``,
+        ``"convnext_tiny"``, ...; ``"timm:<name>"`` for any timm model (e.g.
+        ``"timm:convnext_tiny.fb_in22k"``, needs ``skimgfeat[timm]``); or
+        ``"open_clip:<arch>"`` for an OpenCLIP image tower (e.g. ``"open_clip:ViT-B-32"``,
+        needs ``skimgfeat[clip]``).
+    weights : str, os.PathLike, weights enum member or None, default="pretrained"
+        ``"pretrained"``: the registry's default pretrained weights for the model
+        (torchvision: ``IMAGENET1K_V1``; timm: the name's pretrained tag; OpenCLIP: the
+        tag documented in ``docs/models.md``), downloaded and cached by the owning
+        library. A torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...) or
+        member; an OpenCLIP pretrained tag; the path of a local state-dict file (offline
+        use; the classifier's keys may be absent; the recipe is then that of the
+        registry's default weights); or None for random weights.
     device : str or None, default=None
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; None picks CUDA when available.
     batch_size : int or "auto", default="auto"
         Images per forward pass; "auto" is 32 on CPU and 256 on CUDA. On CUDA a batch
         that runs out of memory is split in halves instead of failing.
-    resize_mode : {"square", "shorter_side"}, default="square"
-        ``"square"``: resize to 256x256 (the original module's recipe);
-        ``"shorter_side"``: torchvision's ``Resize(256)`` keeping aspect ratio.
+    resize_mode : {"square", "shorter_side"} or None, default=None
+        None: the recipe's. ``"square"`` resizes to ``resize_size x resize_size``
+        ignoring aspect ratio (the original module's recipe, the default of
+        mobilenet_v2 and shufflenet_v2_x1_0); ``"shorter_side"`` resizes the shorter
+        side keeping aspect ratio (torchvision's, timm's and OpenCLIP's eval recipes).
+    resize_size, crop_size : int or None, default=None
+        Override the recipe's resize target and center-crop side; None keeps them.
+    interpolation : {"bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"} or None, default=None
+        Override the recipe's resampling filter; None keeps it.
     on_error : {"raise", "nan"}, default="raise"
         ``"raise"``: an unreadable image raises :class:`~skimgfeat.ImageLoadError`
         naming the file and the reason. ``"nan"``: its row is NaN, every other row is
@@ -115,8 +128,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     preprocessing_ : Preprocessing
         The recipe applied to each image.
     model_info_ : dict
-        Model name, weights identity and sha256, feature width, preprocessing and
-        library versions: what produced the features.
+        Model name, weights identity and sha256, feature width, preprocessing and where
+        it came from (``recipe_source``), the estimator's parameters (``params``: enough
+        to rebuild it with ``CNNImageEmbedder(**info["params"])``) and library
+        versions: what produced the features.
     errors_ : list of ImageLoadError
         Failures of the last ``transform`` (empty with ``on_error="raise"``).
 
@@ -133,11 +148,14 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     def __init__(
         self,
         model_name: str = "mobilenet_v2",
-        weights: str | os.PathLike | None = "IMAGENET1K_V1",
+        weights: str | os.PathLike | None = DEFAULT_WEIGHTS,
         *,
         device: str | None = None,
         batch_size: int | str = "auto",
-        resize_mode: str = "square",
+        resize_mode: str | None = None,
+        resize_size: int | None = None,
+        crop_size: int | None = None,
+        interpolation: str | None = None,
         on_error: str = "raise",
         max_pixels: int | None = None,
         draft: bool = False,
@@ -153,6 +171,9 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.device = device
         self.batch_size = batch_size
         self.resize_mode = resize_mode
+        self.resize_size = resize_size
+        self.crop_size = crop_size
+        self.interpolation = interpolation
         self.on_error = on_error
         self.max_pixels = max_pixels
         self.draft = draft
@@ -181,7 +202,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         built = build_model(self.model_name, self.weights, self.random_state)
         self.model_ = built.module
         self.n_features_out_ = built.n_features
-        self.preprocessing_ = Preprocessing(resize_mode=self.resize_mode, draft=bool(self.draft))
+        self.preprocessing_ = self._recipe(built.recipe)
         self.model_info_ = {
             "model_name": self.model_name,
             "weights": built.weights,
@@ -189,9 +210,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             "parameters_sha256": parameters_sha256(built.module),
             "n_features": built.n_features,
             "feature_names": f"{FEATURE_PREFIX}0 ... {FEATURE_PREFIX}{built.n_features - 1}",
-            "output": "global average pool of the last convolutional stage (the classifier's input)",
+            "output": built.output,
             "input_size": [3, self.preprocessing_.crop, self.preprocessing_.crop],
             "preprocessing": self.preprocessing_.to_dict(),
+            "recipe_source": self._recipe_source(built),
+            "params": json_safe_params(self.get_params(deep=False)),
             "precision": self.precision,
             "versions": library_versions(),
             "fitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -273,10 +296,30 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
     # -- internals -------------------------------------------------------------
 
+    def _recipe(self, recipe: Preprocessing) -> Preprocessing:
+        """The weights' recipe with the user's overrides (None keeps the recipe's value)."""
+        overrides = {
+            "resize_mode": self.resize_mode,
+            "resize": self.resize_size,
+            "crop": self.crop_size,
+            "interpolation": self.interpolation,
+        }
+        chosen = {name: value for name, value in overrides.items() if value is not None}
+        return dataclasses.replace(recipe, **chosen, draft=bool(self.draft))
+
+    def _recipe_source(self, built) -> str:
+        overridden = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("resize_mode", "resize_size", "crop_size", "interpolation")
+            if getattr(self, name) is not None
+        ]
+        return built.recipe_source + (f"; overridden by {', '.join(overridden)}" if overridden else "")
+
     def _check_params(self) -> None:
         choices = {
             "on_error": (self.on_error, ON_ERROR),
-            "resize_mode": (self.resize_mode, RESIZE_MODES),
+            "resize_mode": (self.resize_mode, (None, *RESIZE_MODES)),
+            "interpolation": (self.interpolation, (None, *INTERPOLATIONS)),
             "precision": (self.precision, tuple(PRECISIONS)),
             "backend": (self.backend, BACKENDS),
         }
@@ -285,6 +328,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.batch_size != "auto" and not _is_int_at_least(self.batch_size, 1):
             raise ValueError(f"batch_size must be a positive int or 'auto', got {self.batch_size!r}")
+        for name in ("resize_size", "crop_size"):
+            value = getattr(self, name)
+            if value is not None and not _is_int_at_least(value, 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         if self.n_workers is not None and not _is_int_at_least(self.n_workers, 1):
             raise ValueError(f"n_workers must be a positive int or None, got {self.n_workers!r}")
         if self.max_pixels is not None and not _is_int_at_least(self.max_pixels, 0):
@@ -409,6 +456,14 @@ def _device_type(device) -> str | None:
 
 def _is_int_at_least(value, minimum: int) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
+def json_safe_params(params: dict) -> dict:
+    """``get_params(deep=False)`` as JSON values: paths and enum members become strings."""
+    return {
+        name: value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+        for name, value in params.items()
+    }
 
 
 def library_versions() -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""The ImageNet preprocessing recipe, split where it is cheapest to run.
+"""A network's preprocessing recipe, split where it is cheapest to run.
 
-Per image (in decode workers, on uint8 pixels): resize and center crop with Pillow,
-exactly as ``torchvision.transforms.Resize`` + ``CenterCrop`` do on a PIL image.
+The recipe (resize size and mode, crop, interpolation, mean, std) comes with the
+weights: see :mod:`skimgfeat.registry`. Per image (in decode workers, on uint8 pixels):
+resize and center crop with Pillow, exactly as ``torchvision.transforms.Resize`` +
+``CenterCrop`` do on a PIL image (what timm's and OpenCLIP's eval transforms run).
 Per batch (on the inference device): ``ToTensor`` + ``Normalize``, with the same
 float32 operations in the same order, so results are bit-identical to the torchvision
 pipeline while the host only moves uint8 bytes. On the CPU those operations are run
@@ -21,6 +23,14 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("square", "shorter_side")
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,9 @@ class Preprocessing:
         ``"square"`` resizes to ``resize x resize`` ignoring aspect ratio (the original
         module's recipe); ``"shorter_side"`` resizes the shorter side to ``resize``
         keeping aspect ratio (torchvision's ``Resize(256)``).
+    interpolation : {"bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"}
+        Pillow's resampling filter for the resize (antialiased, as torchvision's
+        ``Resize(antialias=True)``).
     mean, std : tuple of float
         Per-channel normalisation, RGB order.
     draft : bool
@@ -47,6 +60,7 @@ class Preprocessing:
     resize: int = 256
     crop: int = 224
     resize_mode: str = "square"
+    interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     draft: bool = False
@@ -54,6 +68,10 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}")
+        object.__setattr__(self, "mean", tuple(float(value) for value in self.mean))
+        object.__setattr__(self, "std", tuple(float(value) for value in self.std))
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}")
 
@@ -73,7 +91,7 @@ class Preprocessing:
         """Resize and center-crop an RGB image to a ``(crop, crop, 3)`` uint8 array."""
         size = self.resized_size(*image.size)
         if size != image.size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
+            image = image.resize(size, INTERPOLATIONS[self.interpolation])
         width, height = size
         top = int(round((height - self.crop) / 2.0))
         left = int(round((width - self.crop) / 2.0))
@@ -88,7 +106,6 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         record = asdict(self)
-        record["interpolation"] = "bilinear (Pillow, antialiased)"
         record["color"] = "RGB; alpha composited onto white; EXIF orientation applied"
         return record
 

@@ -1,0 +1,77 @@
+"""Every registered model: features are exactly its final Linear's input; its blocks cover it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from skimgfeat.registry import MODEL_REGISTRY, build_model, network_blocks
+from skimgfeat.registry.built_model import seeded
+
+# Small inputs keep the 24 forward passes to seconds; the architectures are size-agnostic.
+SMALL_BATCH = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+# Their random initialisation alone takes 10-20 s on 2 cores; they share layout and head
+# with efficientnet_b0-b4 and convnext_tiny/small, which are tested.
+LARGEST = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "convnext_base", "convnext_large"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODEL_REGISTRY) - LARGEST))
+def test_final_linear_of_features_gives_the_models_logits(name):
+    spec = MODEL_REGISTRY[name]
+    with seeded(0):
+        classifier = spec.build_classifier(None).eval()
+    final_linear = classifier.get_submodule(spec.final_linear_name(classifier))
+    with torch.no_grad():
+        logits = classifier(SMALL_BATCH)
+        headless, width = spec.strip_head(classifier)
+        features = headless(SMALL_BATCH)
+    assert features.shape == (2, width) and width == final_linear.in_features
+    # Relative to the logits' scale: some random nets emit logits around 1e-14.
+    scale = logits.abs().max()
+    assert scale > 0 and logits.std() > 0
+    torch.testing.assert_close(final_linear(features) / scale, logits / scale, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilenet_v2", "mobilenet_v3_small", "resnet18", "shufflenet_v2_x0_5", "convnext_tiny"]
+)
+def test_blocks_run_in_order_give_the_features_and_hold_every_parameter_once(name):
+    headless = build_model(name, weights=None, random_state=0).module
+    blocks = network_blocks(name, headless)
+    with torch.no_grad():
+        torch.testing.assert_close(nn.Sequential(*blocks)(SMALL_BATCH), headless(SMALL_BATCH), rtol=1e-4, atol=1e-5)
+    owners = [id(p) for block in blocks for p in block.parameters()]
+    assert len(owners) == len(set(owners))
+    assert set(owners) == {id(p) for p in headless.parameters()}
+
+
+def test_freezing_the_first_blocks_freezes_them_in_the_network():
+    headless = build_model("resnet18", weights=None, random_state=0).module
+    headless.requires_grad_(True)
+    blocks = network_blocks("resnet18", headless)
+    for block in blocks[:-2]:  # stem, layer1, layer2
+        block.requires_grad_(False)
+    assert not headless.conv1.weight.requires_grad and not headless.layer2[0].conv1.weight.requires_grad
+    assert headless.layer3[0].conv1.weight.requires_grad and headless.layer4[0].conv1.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("name", "stem_parameter", "last_parameter"),
+    [
+        ("timm:vit_small_patch16_224", "patch_embed.proj.weight", "norm.weight"),
+        ("timm:resnet18", "conv1.weight", "layer4.1.bn2.weight"),
+    ],
+)
+def test_timm_blocks_are_its_parameter_groups_covering_every_parameter_once(name, stem_parameter, last_parameter):
+    pytest.importorskip("timm")
+    headless = build_model(name, weights=None, random_state=0).module
+    blocks = network_blocks(name, headless)
+    owners = [id(p) for block in blocks for p in block.parameters()]
+    assert len(owners) == len(set(owners))
+    assert set(owners) == {id(p) for p in headless.parameters()}
+    assert len(blocks) >= 5
+    assert id(headless.get_parameter(stem_parameter)) in {id(p) for p in blocks[0].parameters()}
+    assert id(headless.get_parameter(last_parameter)) in {id(p) for p in blocks[-1].parameters()}
