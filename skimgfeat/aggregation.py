@@ -239,17 +239,25 @@ def _as_photo_array(X) -> np.ndarray:
 
 
 def reduce_photos(photos: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, k, d)`` NaN-padded -> ``(n, d)`` and the count of valid photos per item."""
-    valid = ~np.isnan(photos).all(axis=2)
+    """``(n, k, d)`` NaN-padded -> ``(n, d)`` and the count of valid photos per item.
+
+    A photo is valid when any of its features is a number. "mean" and "max" skip NaN
+    feature by feature, as the table form's ``groupby`` does (a feature a photo lacks,
+    e.g. the JPEG quality of a PNG, does not blank the item's); "first" takes the first
+    valid photo whole.
+    """
+    present = ~np.isnan(photos)
+    valid = present.any(axis=2)
     counts = valid.sum(axis=1)
-    empty = counts == 0
     if method == "mean":
-        values = np.where(valid[..., None], photos, 0).sum(axis=1) / np.maximum(counts, 1)[:, None]
+        values = np.where(present, photos, 0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
     elif method == "max":
-        values = np.where(valid[..., None], photos, -np.inf).max(axis=1)
+        values = np.where(present, photos, -np.inf).max(axis=1)
     else:
         first = valid.argmax(axis=1)
         values = photos[np.arange(len(photos)), first]
     values = values.astype(photos.dtype, copy=False)
-    values[empty] = np.nan
+    if method != "first":
+        values[~present.any(axis=1)] = np.nan
+    values[counts == 0] = np.nan
     return values, counts

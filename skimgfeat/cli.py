@@ -1,8 +1,9 @@
 """The ``skimgfeat`` command line: a folder of photos in, feature tables out.
 
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
-``--max-images 50`` the original ``test_image_features.py``), ``models`` and
-``sample-images``. Run ``skimgfeat COMMAND --help`` for the options.
+``--max-images 50`` the original ``test_image_features.py``), ``models``,
+``sample-images``, and the uses of a feature table: ``similar``, ``duplicates`` and
+``quality``. Run ``skimgfeat COMMAND --help`` for the options.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("directory", type=Path, metavar="DIR", help="folder to write to (created)")
     samples.add_argument("--photos-per-item", type=int, default=3, metavar="N", help="1 to 4 (default: 3)")
     samples.set_defaults(handler=run_sample_images)
+    _add_similar(commands, common)
+    _add_duplicates(commands, common)
+    _add_quality(commands, common)
     return parser
 
 
@@ -329,7 +333,7 @@ def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
     messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
     raw = features_table(relative, features, messages)
-    model_info = run_model_info(embedder)
+    model_info = dict(run_model_info(embedder), image_dir=os.fspath(args.image_dir.resolve()))
     output_dir, suffix = args.output_dir, f".{args.format}"
     _remove_leftovers(output_dir)
     outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
@@ -406,3 +410,150 @@ def _print_statistics(good: pd.DataFrame) -> None:
     print("Sample rows:")
     with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
         print(good[["image_name", *columns[:5]]].head(3).to_string(index=False))
+
+
+# -- similar, duplicates, quality ----------------------------------------------------
+
+QUALITY_RAW_TABLE = "image_quality_raw"
+QUALITY_ITEM_TABLE = "image_quality_by_item"
+
+
+def _add_similar(commands, common: argparse.ArgumentParser) -> None:
+    similar = commands.add_parser(
+        "similar", parents=[common], help="find the photos (or items) nearest to query photos in a feature table",
+        description=textwrap.fill(
+            "Print, as CSV on stdout (query,rank,image_path,distance; item_id with --by-item), the K rows of "
+            "FEATURES nearest to each QUERY by cosine distance. A QUERY is an image_path or item_id of the "
+            "table (left out of its own results) or an image file, embedded with the network recorded in the "
+            "table's model info.",
+            width=88,
+        ),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    similar.add_argument("queries", nargs="+", metavar="QUERY", help="image file, image_path or item_id")
+    similar.add_argument("--features", type=Path, required=True, metavar="FEATURES",
+                         help="a table written by `skimgfeat extract` (raw or by item; .parquet or .csv)")
+    similar.add_argument("-k", type=_positive_int, default=5, help="neighbours per query (default: %(default)s)")
+    similar.add_argument("--by-item", action="store_true",
+                         help="rank items (a raw table is first averaged per item) instead of photos")
+    similar.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
+                         help="also draw a contact sheet: each query beside its neighbours, labelled")
+    similar.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                         help="the folder the table's photos are in, for --sheet (default: the one recorded by "
+                              "extract)")
+    similar.add_argument("--weights", default=None,
+                         help=f"state-dict file replacing the recorded weights to embed query files offline "
+                              f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+    similar.set_defaults(handler=run_similar)
+
+
+def _add_duplicates(commands, common: argparse.ArgumentParser) -> None:
+    from .similarity import DEFAULT_DUPLICATE_THRESHOLD
+
+    duplicates = commands.add_parser(
+        "duplicates", parents=[common], help="list groups of near-duplicate photos in a feature table",
+        description=textwrap.fill(
+            "Print, as CSV on stdout (group,image_path), every photo of FEATURES that has a near-duplicate "
+            "(a resized, recompressed, slightly cropped or re-exposed copy): photos closer than --threshold "
+            "in cosine distance are linked, groups are the connected photos, numbered from 0. Photos "
+            "without a duplicate are not listed.",
+            width=88,
+        ),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    duplicates.add_argument("--features", type=Path, required=True, metavar="FEATURES",
+                            help="a table written by `skimgfeat extract` (.parquet or .csv)")
+    duplicates.add_argument("--threshold", type=float, default=DEFAULT_DUPLICATE_THRESHOLD, metavar="T",
+                            help="cosine distance under which two photos are duplicates (default: %(default)s, "
+                                 "measured on copies of real photos with MobileNetV2)")
+    duplicates.set_defaults(handler=run_duplicates)
+
+
+def _add_quality(commands, common: argparse.ArgumentParser) -> None:
+    quality = commands.add_parser(
+        "quality", parents=[common], help="measure the quality of every matching photo in a folder",
+        description=textwrap.fill(
+            "Measure sharpness, brightness, contrast, colorfulness, over- and underexposure, size, file size "
+            f"and JPEG quality of every file in IMAGE_DIR matching --pattern. Writes OUT/{QUALITY_RAW_TABLE}"
+            ".parquet (image_path, image_name, the measures, error) and OUT/"
+            f"{QUALITY_ITEM_TABLE}.parquet (item_id, the measures).",
+            width=88,
+        ),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    quality.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder of images")
+    quality.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT", help="folder for the outputs")
+    quality.add_argument("--pattern", default="*.webp", help='glob pattern of the image files (default: "*.webp")')
+    quality.add_argument("--recursive", action="store_true", help="search sub-folders of IMAGE_DIR too")
+    quality.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                         help="only the first N images in sorted order")
+    quality.add_argument("--workers", type=_positive_int, default=None, help="threads (default: one per core)")
+    quality.add_argument("--aggregate", choices=("mean", "max", "first", "none"), default="mean",
+                         help="how the photos of an item become one row; none: no by-item table (default: mean)")
+    quality.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="default: parquet")
+    quality.add_argument("--strict", action="store_true", help=f"exit with {EXIT_IMAGES_FAILED} if any image failed")
+    quality.set_defaults(handler=run_quality)
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    """Print the nearest rows of each query as CSV; draw the contact sheet if asked."""
+    from .io import atomic_path
+    from .similarity import SimilarityIndex, similar_items
+
+    index = SimilarityIndex.read(args.features, by_item=args.by_item)
+    image_dir = args.image_dir or (index.model_info or {}).get("image_dir")
+    index.image_dir = Path(image_dir) if image_dir else args.features.parent
+    weights = args.weights or os.environ.get(WEIGHTS_ENV) or None
+    results = similar_items(index, args.queries, k=args.k, weights=weights)
+    results.to_csv(sys.stdout, index=False, float_format="%.6f")
+    if args.sheet is not None:
+        from .contact_sheet import contact_sheet
+
+        with atomic_path(args.sheet) as temporary:
+            contact_sheet(results, index).save(temporary, format="PNG")
+    return EXIT_OK
+
+
+def run_duplicates(args: argparse.Namespace) -> int:
+    """Print the groups of near-duplicates as CSV."""
+    from .similarity import SimilarityIndex, find_duplicates
+
+    groups = find_duplicates(SimilarityIndex.read(args.features), threshold=args.threshold)
+    groups.to_csv(sys.stdout, index=False)
+    return EXIT_OK
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Measure the photos, then write the per-image and per-item tables."""
+    from .embedder import library_versions
+    from .extractor import aggregate_features_by_item
+    from .quality import QUALITY_FEATURES, ImageQualityFeatures
+
+    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
+    if not paths:
+        where = "under" if args.recursive else "in"
+        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+    measure = ImageQualityFeatures(on_error="nan", n_workers=args.workers).fit()
+    started = time.perf_counter()
+    values = measure.transform([str(path) for path in paths])
+    seconds = time.perf_counter() - started
+    row_of = {str(path): row for row, path in enumerate(paths)}
+    messages = {row_of[error.path]: _message(error.reason, error.detail) for error in measure.errors_}
+    relative = [path.relative_to(args.image_dir).as_posix() for path in paths]
+    raw = features_table(relative, values, messages, columns=QUALITY_FEATURES)
+    info = {"features": list(QUALITY_FEATURES), "params": measure.get_params(), "versions": library_versions(),
+            "image_dir": os.fspath(args.image_dir.resolve())}
+    suffix = f".{args.format}"
+    outputs = [write_table(raw, args.output_dir / f"{QUALITY_RAW_TABLE}{suffix}", model_info=info)]
+    if args.aggregate != "none":
+        by_item = aggregate_features_by_item(raw, method=args.aggregate)
+        outputs.append(write_table(by_item, args.output_dir / f"{QUALITY_ITEM_TABLE}{suffix}",
+                                   model_info=dict(info, aggregation=args.aggregate)))
+    if not args.quiet:
+        print(f"measured {len(paths)} images ({len(messages)} failed) in {seconds:.1f} s: "
+              f"{len(paths) / max(seconds, 1e-9):.1f} images/s")
+        for path in outputs:
+            print(f"  {path}")
+        for row in sorted(messages)[:20]:
+            print(f"  failed: {relative[row]}: {messages[row]}")
+    return EXIT_IMAGES_FAILED if args.strict and messages else EXIT_OK

@@ -21,9 +21,9 @@ from sklearn.utils.validation import check_is_fitted
 from . import __version__
 from .backends import BACKENDS, prepare_module
 from .cache import FeatureCache
-from .exceptions import MISSING, ImageLoadError
+from .exceptions import ImageLoadError
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
-from .inputs import ImageInput, parse_image_input, path_key
+from .inputs import ImageInput, parse_image_input
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
 from .registry import DEFAULT_WEIGHTS, build_model, parameters_sha256
@@ -245,7 +245,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         missing = self._missing_path_errors(data)
         paths = data.unique_paths()
         matrix = self._embed_with_cache(paths)
-        features = self._assemble(data, paths, matrix)
+        features = data.assemble(paths, matrix)
         if missing:
             self.errors_ = missing + self.errors_
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
@@ -388,13 +388,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return decode
 
     def _missing_path_errors(self, data: ImageInput) -> list[ImageLoadError]:
-        if data.multi:
-            return []  # missing entries of a multi-photo sample are padding
-        errors = [
-            ImageLoadError(None, MISSING, f"no path given for sample {i}")
-            for i, (path,) in enumerate(data.samples)
-            if path_key(path) is None
-        ]
+        errors = data.missing_path_errors()
         if errors and self.on_error == "raise":
             raise errors[0]
         return errors
@@ -429,23 +423,6 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return "|".join(
             [info["parameters_sha256"], repr(sorted(self.preprocessing_.to_dict().items())), self.precision]
         )
-
-    def _assemble(self, data: ImageInput, paths: list, matrix: np.ndarray) -> np.ndarray:
-        row_of = {path_key(path): i for i, path in enumerate(paths)}
-        width = self.n_features_out_
-        if not data.multi:
-            out = np.full((len(data.samples), width), np.nan, dtype=np.float32)
-            for i, (path,) in enumerate(data.samples):
-                key = path_key(path)
-                if key is not None:
-                    out[i] = matrix[row_of[key]]
-            return out
-        out = np.full((len(data.samples), max(1, data.max_images()), width), np.nan, dtype=np.float32)
-        for i, sample in enumerate(data.samples):
-            for j, path in enumerate(sample):
-                out[i, j] = matrix[row_of[path_key(path)]]
-        return out
-
 
 def _device_type(device) -> str | None:
     try:

@@ -73,6 +73,7 @@ def features_table(
     relative_paths: Sequence[str],
     features: np.ndarray,
     errors: Mapping[int, str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The per-image table: ``image_path``, ``image_name``, ``img_feature_*`` (+ ``error``).
 
@@ -85,8 +86,14 @@ def features_table(
     errors : mapping from row to message, or None
         With a mapping, an ``error`` column is added: the message for failed rows
         (whose features are NaN), an empty string for the others.
+    columns : sequence of str or None
+        Names of the feature columns (default: ``img_feature_*``, float32); with names
+        the values keep their dtype.
     """
-    table = pd.DataFrame(np.asarray(features, dtype=np.float32), columns=list(feature_names(features.shape[1])))
+    if columns is None:
+        table = pd.DataFrame(np.asarray(features, dtype=np.float32), columns=list(feature_names(features.shape[1])))
+    else:
+        table = pd.DataFrame(np.asarray(features), columns=list(columns))
     shown = [printable(str(path)) for path in relative_paths]
     table.insert(0, IMAGE_NAME, [Path(path).name for path in shown])
     table.insert(0, IMAGE_PATH, shown)

@@ -150,7 +150,7 @@ def _decode_opened(image: Image.Image, name: str, limit: int | None, draft_size)
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", draft_size)
             image.load()
-            orientation = _orientation(image)
+            orientation = exif_orientation(image)
             rgb = to_rgb(image)
         except ImageLoadError:
             raise
@@ -162,7 +162,8 @@ def _decode_opened(image: Image.Image, name: str, limit: int | None, draft_size)
     return rgb.transpose(transpose) if transpose is not None else rgb
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 when absent or unreadable)."""
     try:
         value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture

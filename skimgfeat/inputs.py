@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .exceptions import MISSING, ImageLoadError
 from .image_loading import is_missing_path
 
 
@@ -48,6 +49,37 @@ class ImageInput:
 
     def max_images(self) -> int:
         return max((len(sample) for sample in self.samples), default=0)
+
+    def missing_path_errors(self) -> list[ImageLoadError]:
+        """One error per sample without a path (single mode; in multi mode they are padding)."""
+        if self.multi:
+            return []
+        return [
+            ImageLoadError(None, MISSING, f"no path given for sample {i}")
+            for i, (path,) in enumerate(self.samples)
+            if path_key(path) is None
+        ]
+
+    def assemble(self, paths: list, matrix: np.ndarray) -> np.ndarray:
+        """Rows of ``matrix`` (one per path of :meth:`unique_paths`) placed per sample.
+
+        Single mode: ``(n_samples, width)``; multi mode: ``(n_samples, max_images, width)``
+        NaN-padded. Missing paths are NaN rows.
+        """
+        row_of = {path_key(path): i for i, path in enumerate(paths)}
+        width = matrix.shape[1]
+        if not self.multi:
+            out = np.full((len(self.samples), width), np.nan, dtype=matrix.dtype)
+            for i, (path,) in enumerate(self.samples):
+                key = path_key(path)
+                if key is not None:
+                    out[i] = matrix[row_of[key]]
+            return out
+        out = np.full((len(self.samples), max(1, self.max_images()), width), np.nan, dtype=matrix.dtype)
+        for i, sample in enumerate(self.samples):
+            for j, path in enumerate(sample):
+                out[i, j] = matrix[row_of[path_key(path)]]
+        return out
 
 
 def _key(path) -> str:
