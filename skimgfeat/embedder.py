@@ -22,11 +22,12 @@ from . import __version__
 from .backends import BACKENDS, prepare_module
 from .cache import FeatureCache
 from .exceptions import ImageLoadError
+from .finetune import TASKS, fine_tune_network, make_recipe
 from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
 from .inputs import ImageInput, parse_image_input
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
-from .registry import DEFAULT_WEIGHTS, build_model, parameters_sha256
+from .registry import DEFAULT_WEIGHTS, build_model, network_blocks, parameters_sha256
 
 ON_ERROR = ("raise", "nan")
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -117,7 +118,24 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     progress : bool, default=False
         Show a progress bar (tqdm) on stderr.
     random_state : int or None, default=None
-        Seeds the random initialisation when ``weights=None``.
+        Seeds the random initialisation when ``weights=None``, and fine-tuning.
+    fine_tune : int or "all", default=0
+        0: the network stays as pretrained and ``fit`` ignores X and y. N > 0: ``fit(X, y)``
+        trains the network's last N blocks (what a block is comes from the model's family),
+        ``"all"``: the whole network, each with a temporary head on y that is then dropped;
+        ``transform`` returns the fine-tuned features (same width and names). Photos of a
+        sample with several photos are mean-pooled before the head, as
+        :class:`~skimgfeat.ItemAggregator` pools them. See :mod:`skimgfeat.finetune`
+        for the recipe.
+    fine_tune_task : {"auto", "classification", "regression"}, default="auto"
+        The head's task; "auto" reads y as scikit-learn does (``type_of_target``):
+        classes -> cross-entropy, numbers -> squared error on standardised y.
+    fine_tune_epochs : int, default=10
+        Most passes over the training photos (early stopping on a validation split
+        may stop sooner).
+    fine_tune_options : dict or None, default=None
+        Overrides of the training recipe by name (:class:`skimgfeat.finetune.Recipe`:
+        ``train_size``, ``learning_rate``, ``validation_fraction``, ``patience``, ...).
 
     Attributes
     ----------
@@ -165,6 +183,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         cache: str | os.PathLike | None = None,
         progress: bool = False,
         random_state: int | None = None,
+        fine_tune: int | str = 0,
+        fine_tune_task: str = "auto",
+        fine_tune_epochs: int = 10,
+        fine_tune_options: dict | None = None,
     ) -> None:
         self.model_name = model_name
         self.weights = weights
@@ -183,16 +205,22 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.cache = cache
         self.progress = progress
         self.random_state = random_state
+        self.fine_tune = fine_tune
+        self.fine_tune_task = fine_tune_task
+        self.fine_tune_epochs = fine_tune_epochs
+        self.fine_tune_options = fine_tune_options
 
     # -- scikit-learn protocol -------------------------------------------------
 
     def fit(self, X=None, y=None) -> CNNImageEmbedder:
-        """Build the network and record what it is. X and y are not used.
+        """Build the network, fine-tune it on (X, y) when ``fine_tune`` asks, record what it is.
 
         Parameters
         ----------
-        X : ignored
-        y : ignored
+        X : image input as in :meth:`transform`, or None
+            Used only when ``fine_tune`` is not 0.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), or None
+            Class labels or numbers; required when ``fine_tune`` is not 0.
 
         Returns
         -------
@@ -203,6 +231,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.model_ = built.module
         self.n_features_out_ = built.n_features
         self.preprocessing_ = self._recipe(built.recipe)
+        self.errors_ = []
+        fine_tuning = self._fine_tune(X, y) if self.fine_tune != 0 else None
         self.model_info_ = {
             "model_name": self.model_name,
             "weights": built.weights,
@@ -219,7 +249,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             "versions": library_versions(),
             "fitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        self.errors_ = []
+        if fine_tuning is not None:
+            self.model_info_["fine_tuning"] = fine_tuning
         self._runtime = None
         return self
 
@@ -336,7 +367,42 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             raise ValueError(f"n_workers must be a positive int or None, got {self.n_workers!r}")
         if self.max_pixels is not None and not _is_int_at_least(self.max_pixels, 0):
             raise ValueError(f"max_pixels must be a non-negative int or None, got {self.max_pixels!r}")
+        fine_tune = self.fine_tune
+        if fine_tune != "all" and not _is_int_at_least(fine_tune, 0):
+            raise ValueError(f"fine_tune must be a non-negative int or 'all', got {fine_tune!r}")
+        if self.fine_tune_task not in TASKS:
+            raise ValueError(f"fine_tune_task must be one of {TASKS}, got {self.fine_tune_task!r}")
+        if not _is_int_at_least(self.fine_tune_epochs, 1):
+            raise ValueError(f"fine_tune_epochs must be a positive int, got {self.fine_tune_epochs!r}")
+        make_recipe(self.fine_tune_options)
         resolve_device(self.device)
+
+    def _fine_tune(self, X, y) -> dict:
+        """Train ``model_`` on (X, y); failed photos are left out and listed in ``errors_``."""
+        if X is None or y is None:
+            raise ValueError(
+                f"fine_tune={self.fine_tune!r} trains the network on the photos' targets: call fit(X, y) "
+                "with y (class labels or numbers, one per sample), or use fine_tune=0 for frozen features"
+            )
+        result = fine_tune_network(
+            self.model_,
+            network_blocks(self.model_name, self.model_),
+            parse_image_input(X),
+            y,
+            fine_tune=self.fine_tune,
+            task=self.fine_tune_task,
+            epochs=self.fine_tune_epochs,
+            recipe=make_recipe(self.fine_tune_options),
+            preprocessing=self.preprocessing_,
+            max_pixels=self.max_pixels,
+            on_error=self.on_error,
+            device=resolve_device(self.device),
+            random_state=self.random_state,
+            progress=self.progress,
+            n_workers=self.n_workers,
+        )
+        self.errors_ = result.errors
+        return result.record
 
     def _runner(self) -> ModelRunner:
         device = self._inference_device()

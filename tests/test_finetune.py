@@ -1,0 +1,182 @@
+"""Fine-tuning: fit(X, y) trains the network's last blocks on y, transform returns the learned features."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import GROCERY, SHARED, _require
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import Pipeline
+
+from skimgfeat import CNNImageEmbedder, ItemAggregator
+
+# Quick settings for tests that check the mechanics, not the recipe: small crops, one epoch.
+QUICK = {"train_size": 64, "source_size": 80, "validation_fraction": 0.0}
+
+
+def grocery_split(name: str, classes: list[int], per_class: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Photos and fine labels of ``classes`` from the grocery ``name`` split (at most ``per_class`` each)."""
+    paths, labels, seen = [], [], {}
+    for line in _require(GROCERY / f"{name}.txt").read_text().splitlines():
+        relative, fine_id, _ = (part.strip() for part in line.split(","))
+        label = int(fine_id)
+        if label in classes and seen.get(label, 0) < (per_class or 10**9):
+            seen[label] = seen.get(label, 0) + 1
+            paths.append(str(GROCERY / relative))
+            labels.append(label)
+    return paths, np.asarray(labels)
+
+
+@pytest.fixture(scope="module")
+def small_grocery():
+    """Four products (two apple varieties, two pears), six training photos each."""
+    return grocery_split("train", [0, 1, 20, 21], per_class=6)
+
+
+def quick_embedder(weights, **params) -> CNNImageEmbedder:
+    settings = {"fine_tune": 2, "fine_tune_epochs": 1, "fine_tune_options": QUICK, "random_state": 0}
+    return CNNImageEmbedder(weights=weights, **{**settings, **params})
+
+
+def test_fine_tuning_needs_y(synthetic_photos):
+    with pytest.raises(ValueError, match=r"fine_tune=2 trains the network .* fit\(X, y\)"):
+        CNNImageEmbedder(weights=None, fine_tune=2).fit(synthetic_photos)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"fine_tune": -1}, "fine_tune must be"),
+        ({"fine_tune": "last"}, "fine_tune must be"),
+        ({"fine_tune": 2, "fine_tune_task": "ranking"}, "fine_tune_task must be"),
+        ({"fine_tune": 2, "fine_tune_epochs": 0}, "fine_tune_epochs must be"),
+        ({"fine_tune": 2, "fine_tune_options": {"learning_rat": 0.1}}, "unknown fine_tune_options"),
+        ({"fine_tune": 99}, "fine_tune=99 but the network has 19 blocks"),
+    ],
+)
+def test_bad_fine_tuning_parameters_are_named(synthetic_photos, params, message):
+    with pytest.raises(ValueError, match=message):
+        CNNImageEmbedder(weights=None, **params).fit(synthetic_photos, [0, 1, 0, 1, 0, 1])
+
+
+def test_fine_tuned_features_keep_width_and_names_and_change(small_grocery, shared_weights):
+    paths, labels = small_grocery
+    frozen = CNNImageEmbedder(weights=shared_weights).fit()
+    tuned = quick_embedder(shared_weights).fit(paths, labels)
+    assert tuned.n_features_out_ == frozen.n_features_out_ == 1280
+    assert list(tuned.get_feature_names_out()) == list(frozen.get_feature_names_out())
+    features = tuned.transform(paths[:3])
+    assert features.shape == (3, 1280) and not np.allclose(features, frozen.transform(paths[:3]))
+    record = tuned.model_info_["fine_tuning"]
+    assert record["task"] == "classification" and record["n_classes"] == 4 and record["blocks"] == 2
+    assert record["n_samples"] == record["n_images"] == len(paths) and record["epochs_run"] == 1
+    assert tuned.model_info_["parameters_sha256"] != frozen.model_info_["parameters_sha256"]
+
+
+def test_random_state_makes_fine_tuning_deterministic(small_grocery, shared_weights):
+    paths, labels = small_grocery
+    options = {**QUICK, "validation_fraction": 0.25}
+    first = quick_embedder(shared_weights, fine_tune_options=options).fit(paths, labels)
+    second = quick_embedder(shared_weights, fine_tune_options=options).fit(paths, labels)
+    np.testing.assert_array_equal(first.transform(paths), second.transform(paths))
+    assert first.model_info_["fine_tuning"]["validation_score"] is not None
+    other_seed = quick_embedder(shared_weights, fine_tune_options=options, random_state=1).fit(paths, labels)
+    assert not np.array_equal(first.transform(paths[:2]), other_seed.transform(paths[:2]))
+
+
+def test_fine_tuned_features_beat_frozen_ones_on_held_out_photos(shared_weights):
+    """Five apple varieties, three pears and four melons: products the frozen features confuse."""
+    classes = [0, 1, 2, 3, 4, 11, 12, 13, 20, 21, 22]
+    train_paths, y_train = grocery_split("train", classes, per_class=12)
+    val_paths, y_val = grocery_split("val", classes)
+
+    def accuracy(embedder):
+        probe = LogisticRegression(max_iter=2000).fit(embedder.transform(train_paths), y_train)
+        return probe.score(embedder.transform(val_paths), y_val)
+
+    frozen = accuracy(CNNImageEmbedder(weights=shared_weights).fit())
+    tuned = CNNImageEmbedder(
+        weights=shared_weights, fine_tune="all", fine_tune_epochs=4, random_state=0,
+        fine_tune_options={"train_size": 128, "source_size": 160, "validation_fraction": 0.0},
+    ).fit(train_paths, y_train)
+    assert accuracy(tuned) >= frozen + 0.03
+
+
+def test_house_prices_train_the_network_through_a_pipeline_with_item_aggregator(shared_weights):
+    houses = pd.read_csv(_require(SHARED / "images" / "houses" / "houses.csv")).head(16)
+    rooms = ("bathroom", "bedroom", "frontal", "kitchen")
+    folder = SHARED / "images" / "houses"
+    photos = [[str(folder / f"{house}_{room}.jpg") for room in rooms] for house in houses.house_id]
+    log_price = np.log(houses.price.to_numpy())
+    pipeline = Pipeline([("embed", quick_embedder(shared_weights)), ("agg", ItemAggregator()), ("ridge", Ridge())])
+    pipeline.fit(photos, log_price)
+    record = pipeline.named_steps["embed"].model_info_["fine_tuning"]
+    assert record["task"] == "regression" and record["n_samples"] == 16 and record["n_images"] == 64
+    assert pipeline.predict(photos).shape == (16,)
+    # the task can be forced: the same prices, cut into classes
+    cheap = (log_price > np.median(log_price)).astype(float)
+    forced = quick_embedder(shared_weights, fine_tune_task="classification").fit(photos, cheap)
+    assert forced.model_info_["fine_tuning"]["task"] == "classification"
+
+
+def test_grid_search_over_fine_tune_trains_on_its_own_fold_only(small_grocery, shared_weights):
+    paths, labels = small_grocery
+    pipeline = Pipeline([("embed", quick_embedder(shared_weights)), ("model", LogisticRegression(max_iter=500))])
+    search = GridSearchCV(pipeline, {"embed__fine_tune": [0, 2]}, cv=2).fit(paths, labels)
+    assert search.best_params_["embed__fine_tune"] in (0, 2)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    folds = cross_validate(pipeline, paths, labels, cv=2, return_estimator=True, return_indices=True)
+    for fitted, train_rows in zip(folds["estimator"], folds["indices"]["train"]):
+        assert fitted.named_steps["embed"].model_info_["fine_tuning"]["n_samples"] == len(train_rows)
+
+
+def test_failed_photos_are_left_out_of_training(small_grocery, shared_weights, tmp_path):
+    paths, labels = small_grocery
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    embedder = quick_embedder(shared_weights, on_error="nan").fit([str(broken), *paths], [labels[0], *labels])
+    assert [error.path for error in embedder.errors_] == [str(broken)]
+    assert embedder.model_info_["fine_tuning"]["n_samples"] == len(paths)
+    with pytest.raises(Exception, match="broken.jpg"):
+        quick_embedder(shared_weights).fit([str(broken), *paths], [labels[0], *labels])
+
+
+def test_the_cache_keeps_fine_tuned_and_frozen_features_apart(small_grocery, shared_weights, tmp_path):
+    paths, labels = small_grocery
+    frozen = CNNImageEmbedder(weights=shared_weights, cache=tmp_path).fit().transform(paths[:4])
+    tuned = quick_embedder(shared_weights, cache=tmp_path).fit(paths, labels)
+    first = tuned.transform(paths[:4])
+    assert not np.allclose(first, frozen)
+    np.testing.assert_array_equal(tuned.transform(paths[:4]), first)  # served from its own namespace
+    assert len({folder.name for folder in tmp_path.iterdir()}) == 2
+
+
+def test_pickled_fine_tuned_embedder_gives_identical_features_in_a_fresh_process(
+    small_grocery, shared_weights, tmp_path
+):
+    paths, labels = small_grocery
+    embedder = quick_embedder(shared_weights).fit(paths, labels)
+    expected = embedder.transform(paths[:4])
+    model_file = tmp_path / "embedder.pkl"
+    model_file.write_bytes(pickle.dumps(embedder))
+    script = textwrap.dedent(
+        f"""
+        import pickle, numpy as np
+        embedder = pickle.loads(open({str(model_file)!r}, "rb").read())
+        np.save({str(tmp_path / "features.npy")!r}, embedder.transform({paths[:4]!r}))
+        print(embedder.model_info_["fine_tuning"]["task"])
+        """
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), expected)
+    assert result.stdout.strip() == "classification"
