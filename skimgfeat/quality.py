@@ -11,6 +11,7 @@ Size, file size and JPEG quality come from the file and its header.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
@@ -207,10 +208,14 @@ def measure_quality(path: str | os.PathLike, *, working_size: int = 512, max_pix
     >>> int(values["width"]), int(values["height"])
     (640, 427)
     """
-    image = load_rgb_image(path, max_pixels=max_pixels, draft_size=(working_size, working_size))
+    header = _read_header(path)
+    draft_size = header.draft_size(working_size) if header is not None else None
+    image = load_rgb_image(path, max_pixels=max_pixels, draft_size=draft_size)
     with image:
         pixels = _working_copy(image, working_size)
-    width, height, jpeg_quality = _header(path)
+    if header is None:  # the loader read a file whose header Pillow alone could not: rare
+        header = _Header(image.width, image.height, 1, float("nan"))
+    width, height = header.displayed_size
     luma = np.asarray(pixels.convert("L"), dtype=np.float32)
     rgb = np.asarray(pixels, dtype=np.float32)
     return np.array(
@@ -225,7 +230,7 @@ def measure_quality(path: str | os.PathLike, *, working_size: int = 512, max_pix
             height,
             width / height,
             os.stat(path).st_size,
-            jpeg_quality,
+            header.jpeg_quality,
         ],
         dtype=np.float64,
     )
@@ -237,14 +242,36 @@ def _working_copy(image: Image.Image, working_size: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR) if size != image.size else image.copy()
 
 
-def _header(path) -> tuple[int, int, float]:
-    """Displayed width and height, and the estimated JPEG quality (NaN for other formats)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if exif_orientation(image) in (5, 6, 7, 8):  # the transposing orientations
-            width, height = height, width
-        tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
-        return width, height, estimate_jpeg_quality(tables) if tables else float("nan")
+@dataclass(frozen=True)
+class _Header:
+    """What a file's header says: stored size, EXIF orientation, estimated JPEG quality."""
+
+    width: int
+    height: int
+    orientation: int
+    jpeg_quality: float
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        if self.orientation in (5, 6, 7, 8):  # the transposing orientations
+            return self.height, self.width
+        return self.width, self.height
+
+    def draft_size(self, working_size: int) -> tuple[int, int]:
+        """The smallest decoded size whose longer side still covers ``working_size``."""
+        scale = min(1.0, working_size / max(self.width, self.height))
+        return max(1, int(self.width * scale)), max(1, int(self.height * scale))
+
+
+def _read_header(path) -> _Header | None:
+    """The header of ``path``, or None when Pillow cannot read it (the loader then says why)."""
+    try:
+        with Image.open(path) as image:
+            tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+            quality = estimate_jpeg_quality(tables) if tables else float("nan")
+            return _Header(image.width, image.height, exif_orientation(image), quality)
+    except Exception:  # noqa: BLE001 - any unreadable header is the loader's to explain
+        return None
 
 
 def laplacian_variance(luma: np.ndarray) -> float:

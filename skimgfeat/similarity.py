@@ -5,9 +5,8 @@ A :class:`SimilarityIndex` holds the feature vectors of a table written by
 keyed by ``item_id``) and answers two questions with scikit-learn's exact
 :class:`~sklearn.neighbors.NearestNeighbors`: which rows are nearest to a query
 (:meth:`SimilarityIndex.search`, :func:`similar_items`), and which rows are near-copies
-of each other (:func:`find_duplicates`). Exact search is brute force: it answers a
-query over a million 1280-wide rows in well under a second, and a duplicate scan in
-minutes; an approximate index is the step beyond that (see the docs).
+of each other (:func:`find_duplicates`). The search is exact (brute force); for millions
+of rows an approximate index is the step beyond it (see docs/similarity.md).
 """
 
 from __future__ import annotations
@@ -291,7 +290,10 @@ def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None
         params = {name: value for name, value in model_info["params"].items() if name in valid}
     else:
         preprocessing = model_info.get("preprocessing") or {}
-        params = {"model_name": model_info["model_name"], "weights": model_info.get("weights")}
+        recorded = model_info.get("weights")
+        if isinstance(recorded, str) and recorded.startswith("file:"):  # how model info names a weights file
+            recorded = recorded.removeprefix("file:")
+        params = {"model_name": model_info["model_name"], "weights": recorded}
         if "resize_mode" in preprocessing:
             params["resize_mode"] = preprocessing["resize_mode"]
         if preprocessing.get("draft"):
