@@ -500,9 +500,7 @@ def run_similar(args: argparse.Namespace) -> int:
     from .io import atomic_path
     from .similarity import SimilarityIndex, similar_items
 
-    index = SimilarityIndex.read(args.features, by_item=args.by_item)
-    image_dir = args.image_dir or (index.model_info or {}).get("image_dir")
-    index.image_dir = Path(image_dir) if image_dir else args.features.parent
+    index = SimilarityIndex.read(args.features, by_item=args.by_item, image_dir=args.image_dir)
     weights = args.weights or os.environ.get(WEIGHTS_ENV) or None
     results = similar_items(index, args.queries, k=args.k, weights=weights)
     results.to_csv(sys.stdout, index=False, float_format="%.6f")

@@ -11,6 +11,7 @@ of rows an approximate index is the step beyond it (see docs/similarity.md).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -147,7 +148,7 @@ class SimilarityIndex:
         """An index over a table file written by ``skimgfeat extract`` (Parquet or CSV).
 
         The model info comes from the Parquet metadata, else from ``model_info.json``
-        beside the table.
+        beside the table. ``image_dir`` defaults to the photo folder recorded there.
         """
         path = Path(path)
         if not path.is_file():
@@ -155,9 +156,9 @@ class SimilarityIndex:
         model_info = read_model_info(path) if path.suffix.lower() == ".parquet" else None
         beside = path.parent / "model_info.json"
         if model_info is None and beside.is_file():
-            import json
-
             model_info = json.loads(beside.read_text(encoding="utf-8"))
+        if image_dir is None:
+            image_dir = (model_info or {}).get("image_dir")
         return cls.from_table(read_table(path), by_item=by_item, model_info=model_info, image_dir=image_dir)
 
     # -- queries ------------------------------------------------------------------

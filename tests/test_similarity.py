@@ -156,6 +156,8 @@ def test_similar_items_by_item_table(catalogue, shared_weights):
     assert found.columns.tolist() == ["query", "rank", "item_id", "distance"]
     assert found["item_id"].iloc[0] == "lot4"
     assert "lot8" not in set(found[found["query"] == "lot8"]["item_id"])
+    index = SimilarityIndex.read(output / "image_features_by_item.parquet")  # photos from the recorded folder
+    assert index.photo_path("lot8").resolve() == (root / "photos" / "lot8_1.jpg").resolve()
 
 
 @pytest.mark.shared
