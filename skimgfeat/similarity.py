@@ -369,9 +369,7 @@ def _indexed_name(index: SimilarityIndex, query: str) -> str | None:
             return None
         if relative in index:
             return relative
-        if index.key == ITEM_ID and item_id_from_name(relative) in index:
-            return None  # a photo of an item is a new query for the item search, not the item itself
-    return None
+    return None  # in an item search, a photo of an item is a new query: the item is not left out
 
 
 def _fitted_embedder(model_info: dict | None, weights):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import FeatureUnion, make_pipeline
 from test_cli import skimgfeat
 
@@ -115,6 +118,10 @@ def test_sklearn_protocol_and_pandas_output(synthetic_photos):
     assert table.columns.tolist() == list(QUALITY_FEATURES) and table.index.tolist() == [10, 11, 12]
     with pytest.raises(ValueError, match="working_size"):
         ImageQualityFeatures(working_size=0).fit()
+    with pytest.raises(NotFittedError):
+        ImageQualityFeatures().transform(column)
+    restored = pickle.loads(pickle.dumps(quality))
+    pd.testing.assert_frame_equal(restored.transform(column), table)
 
 
 def test_several_photos_per_sample_are_nan_padded_and_aggregate_per_item(synthetic_photos):
