@@ -1,31 +1,44 @@
-"""skimgfeat: image files to CNN feature vectors, the scikit-learn way."""
+"""skimgfeat: image files to CNN feature vectors, the scikit-learn way.
+
+The public names are imported on first use, so ``import skimgfeat`` (and
+``skimgfeat --version``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .aggregation import ItemAggregator, item_id_from_name  # noqa: E402
-from .embedder import CNNImageEmbedder  # noqa: E402
-from .exceptions import ImageLoadError, WeightsMismatchError  # noqa: E402
-from .extractor import ImageFeatureExtractor, aggregate_features_by_item  # noqa: E402
-from .quality import ImageQualityFeatures  # noqa: E402
-from .registry import MODEL_REGISTRY, list_models  # noqa: E402
-from .similarity import SimilarityIndex, embedder_from_model_info, find_duplicates, similar_items  # noqa: E402
-from .stacking import OutOfFoldPredictor  # noqa: E402
+# Public name -> the module defining it.
+_EXPORTS = {
+    "CNNImageEmbedder": "embedder",
+    "ImageFeatureExtractor": "extractor",
+    "ImageLoadError": "exceptions",
+    "ImageQualityFeatures": "quality",
+    "ItemAggregator": "aggregation",
+    "MODEL_REGISTRY": "registry",
+    "OutOfFoldPredictor": "stacking",
+    "SimilarityIndex": "similarity",
+    "WeightsMismatchError": "exceptions",
+    "aggregate_features_by_item": "tables",
+    "embedder_from_model_info": "similarity",
+    "find_duplicates": "similarity",
+    "item_id_from_name": "aggregation",
+    "list_models": "registry",
+    "similar_items": "similarity",
+}
 
-__all__ = [
-    "CNNImageEmbedder",
-    "ImageFeatureExtractor",
-    "ImageLoadError",
-    "ImageQualityFeatures",
-    "ItemAggregator",
-    "MODEL_REGISTRY",
-    "OutOfFoldPredictor",
-    "SimilarityIndex",
-    "WeightsMismatchError",
-    "aggregate_features_by_item",
-    "embedder_from_model_info",
-    "find_duplicates",
-    "item_id_from_name",
-    "list_models",
-    "similar_items",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -9,13 +9,11 @@ Backends:
 * ``"eager"``: a channels-last copy of the module, run op by op by PyTorch.
 * ``"torchscript"``: traced, frozen (weights become constants, batch norms folded into
   convolutions) and passed through ``optimize_for_inference``, which fuses
-  convolution + ReLU for oneDNN. About 1.8x eager on CPU for MobileNetV2 (see
-  ``benchmarks/README.md``); the float32 result differs from eager only by summation
-  order (per-image cosine > 0.99999).
+  convolution + ReLU for oneDNN. Faster than eager on the CPU (measured in
+  ``benchmarks/README.md``); the float32 result differs from eager only by summation order.
 * ``"onnxruntime"``: exported to ONNX (batch axis dynamic) and run by an ONNX Runtime
-  CPU session with its graph optimisations. Measured 2.3x the TorchScript graph per
-  thread for MobileNetV2 on this project's 2-core machine, same float32 results up to
-  summation order (cosine 0.9999998).
+  CPU session with its graph optimisations. Faster again than the TorchScript graph
+  (``benchmarks/README.md``), same float32 results up to summation order.
 * ``"auto"``: ``"onnxruntime"`` on the CPU in float32 (``"torchscript"`` when ONNX
   Runtime is not importable), ``"eager"`` elsewhere (cuDNN already fuses on CUDA, and
   a frozen graph would ignore autocast).
@@ -90,17 +88,19 @@ def prepare_module(
     eager = _prepare_eager(module, device)
     if concrete == "eager":
         return eager
+    # torch.jit and the TorchScript-based ONNX exporter are marked deprecated, but they
+    # work in the pinned torch and prepare in about a second, with no compiler. Their
+    # warnings go to the caller's filters: silencing them with warnings.catch_warnings()
+    # would swap the process-wide filter list, which is not thread-safe before Python
+    # 3.14 (another thread's filters would be lost). The exporter's DeprecationWarnings
+    # are hidden by Python's default filters; under "-W error" ignore torch's
+    # deprecations (``-W "ignore::DeprecationWarning:torch"``) or the preparation falls back.
     try:
-        with warnings.catch_warnings():
-            # torch.jit and the TorchScript-based ONNX exporter are marked deprecated, but
-            # they work in the pinned torch and prepare in about a second, with no compiler.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            example = _example_batch(device, input_size)
-            prepared = _PREPARERS[concrete](eager, example)
-            _check_matches(prepared, eager, example)
-            if graph_key is not None:
-                artifact_cache.store("onnx", graph_key, prepared.graph)
+        example = _example_batch(device, input_size)
+        prepared = _PREPARERS[concrete](eager, example)
+        _check_matches(prepared, eager, example)
+        if graph_key is not None:
+            artifact_cache.store("onnx", graph_key, prepared.graph)
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
         warnings.warn(
             f"backend {concrete!r} could not be prepared ({type(error).__name__}: {error}); using 'eager'",

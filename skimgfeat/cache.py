@@ -1,69 +1,262 @@
-"""An on-disk cache of per-image feature vectors.
+"""An on-disk cache of per-image feature vectors, never stale, shared safely by processes.
 
-One ``.npy`` file per (network, preprocessing, image file version). The key of an image
-is its absolute path, size and modification time, so an edited photo is embedded
-again. Files are written to a temporary name and renamed, so parallel workers (a
-grid search with ``n_jobs``) never read a half-written vector; a cache that cannot be
-written (disk full, read-only) costs a warning, never the computed features.
+One ``.npy`` file per (namespace, image file version). The namespace holds everything
+that changes the output (the network's parameters, the preprocessing, the precision,
+the pixel limit); the key of an image is taken from ``stat`` **before** it is decoded:
+absolute path, device, inode, size, modification and status-change times in
+nanoseconds. So
+
+* a file replaced while it is embedded stores its features under the key it had
+  when the run looked at it, which no longer matches the new file;
+* an edit that keeps the size and restores the modification time (``cp -p``,
+  ``rsync -t``, unzip, ``os.utime``) still changes the status-change time, which no
+  program can set back;
+* a file moved over another one has another inode.
+
+Entries are written to a temporary name and renamed, so a reader never sees half a
+vector. Before embedding a missing entry a process takes an exclusive ``flock`` on
+``ENTRY.lock``: parallel workers (grid-search folds with ``n_jobs``, two runs at once)
+embed each photo once, the others wait for its entry. Locks die with their process,
+so a killed worker never blocks the others. A cache that cannot be written costs a
+warning, never the computed features.
+
+:func:`cache_info` and :func:`prune_cache` (also ``skimgfeat cache``) show and trim it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .io import atomic_path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent processes may then embed a photo twice
+    fcntl = None
+
+ENTRY_SUFFIX = ".npy"
+LOCK_SUFFIX = ".lock"
+# Part of every namespace: entries of an older key scheme are never read.
+KEY_SCHEME = "2"
+
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def file_key(path) -> str | None:
+    """What identifies this version of the file at ``path`` now; None when it cannot be read."""
+    try:
+        absolute = os.path.abspath(os.fspath(path))
+        info = os.stat(absolute)
+    except (OSError, TypeError, ValueError):
+        return None
+    fields = (absolute, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return _digest("\0".join(map(str, fields)))
+
+
 class FeatureCache:
-    """Per-image feature vectors under ``directory``, separated by ``namespace``."""
+    """Per-image feature vectors under ``directory``, separated by ``namespace``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The cache folder, shared by any number of namespaces.
+    namespace : str
+        Everything that changes the features (see :class:`~skimgfeat.CNNImageEmbedder`).
+    """
 
     def __init__(self, directory: str | os.PathLike, namespace: str) -> None:
-        self.root = Path(directory) / _digest(namespace)[:16]
+        self.directory = Path(directory)
+        self.root = self.directory / _digest(f"{KEY_SCHEME}|{namespace}")[:16]
 
-    def _file(self, path) -> Path | None:
-        try:
-            absolute = os.path.abspath(os.fspath(path))
-            info = os.stat(absolute)
-        except (OSError, TypeError, ValueError):
-            return None
-        key = _digest(f"{absolute}\0{info.st_size}\0{info.st_mtime_ns}")
-        return self.root / key[:2] / f"{key}.npy"
+    def keys(self, paths: Sequence) -> list[str | None]:
+        """The entry key of each path as its file is now: take them before decoding."""
+        return [file_key(path) for path in paths]
 
-    def get_many(self, paths: list) -> dict[int, np.ndarray]:
-        """Cached vectors by position in ``paths``; misses are absent."""
+    def get_many(self, keys: Sequence[str | None]) -> dict[int, np.ndarray]:
+        """Cached vectors by position in ``keys``; misses are absent."""
         found = {}
-        for i, path in enumerate(paths):
-            file = self._file(path)
-            if file is not None and file.is_file():
-                try:
-                    found[i] = np.load(file, allow_pickle=False)
-                except (OSError, ValueError):
-                    continue  # a damaged entry is just a miss
+        for i, key in enumerate(keys):
+            vector = self.get(key)
+            if vector is not None:
+                found[i] = vector
         return found
 
-    def put_many(self, items: Iterable[tuple[object, np.ndarray]]) -> None:
-        """Store vectors; a cache that cannot be written warns once and is skipped."""
-        for path, vector in items:
-            file = self._file(path)
-            if file is None:
-                continue
-            try:
-                with atomic_path(file, durable=False) as temporary, open(temporary, "wb") as handle:
-                    np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            except OSError as error:
-                warnings.warn(
-                    f"feature cache {str(self.root)!r} cannot be written ({error}); these features are not cached",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return
+    def get(self, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        entry = self._entry(key)
+        try:
+            vector = np.load(entry, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # absent, or damaged: a miss
+        try:
+            os.utime(entry)  # last use, for prune_cache's least-recently-used order
+        except OSError:
+            pass  # a read-only cache still serves hits
+        return vector
+
+    def put(self, key: str | None, vector: np.ndarray) -> bool:
+        """Store one vector; False (with a warning) when the cache cannot be written."""
+        if key is None:
+            return True
+        try:
+            with atomic_path(self._entry(key), durable=False) as temporary, open(temporary, "wb") as handle:
+                np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        except OSError as error:
+            warnings.warn(
+                f"feature cache {str(self.root)!r} cannot be written ({error}); these features are not cached",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
+
+    @contextmanager
+    def claim(self, keys: Sequence[str | None]) -> Iterator[set[int]]:
+        """Lock the entries of ``keys`` that no other process is computing; yield their positions.
+
+        A position not yielded is being computed elsewhere: :meth:`wait` for it. An entry
+        that appeared meanwhile is not claimed either (``get`` finds it). Without
+        ``fcntl`` (Windows) every key is yielded.
+        """
+        held: dict[int, int] = {}
+        try:
+            for i, key in enumerate(keys):
+                if key is None:
+                    continue
+                descriptor = self._lock(key, blocking=False)
+                if descriptor is None:
+                    continue
+                if self._entry(key).is_file():  # finished by another process since we looked
+                    self._unlock(key, descriptor)
+                    continue
+                held[i] = descriptor
+            yield set(held) if fcntl is not None else {i for i, key in enumerate(keys) if key is not None}
+        finally:
+            for i, descriptor in held.items():
+                self._unlock(keys[i], descriptor)
+
+    def wait(self, key: str | None) -> np.ndarray | None:
+        """Wait until no process computes ``key``'s entry; return it, None if it was not stored."""
+        if key is None:
+            return None
+        descriptor = self._lock(key, blocking=True)
+        if descriptor is not None:
+            self._unlock(key, descriptor)
+        return self.get(key)
+
+    def info(self) -> CacheInfo:
+        """Entries and bytes of this namespace."""
+        return _info_of(_entries(self.root))
+
+    def prune(self, max_bytes: int | None = None, older_than: float | None = None) -> CacheInfo:
+        """Trim this namespace: see :func:`prune_cache`."""
+        return _prune(_entries(self.root), max_bytes, older_than)
+
+    # -- internals -------------------------------------------------------------
+
+    def _entry(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}{ENTRY_SUFFIX}"
+
+    def _lock(self, key: str, blocking: bool) -> int | None:
+        if fcntl is None:
+            return None
+        lock = self._entry(key).with_suffix(LOCK_SUFFIX)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None  # a read-only cache: nothing to coordinate
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError:
+            os.close(descriptor)
+            return None
+        return descriptor
+
+    def _unlock(self, key: str, descriptor: int) -> None:
+        lock = self._entry(key).with_suffix(LOCK_SUFFIX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+                lock.unlink()  # still ours: leave no lock file behind
+        except OSError:
+            pass
+        os.close(descriptor)  # releases the flock
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """How much a feature cache holds (or how much a prune removed)."""
+
+    entries: int
+    bytes: int
+
+
+def cache_info(directory: str | os.PathLike) -> CacheInfo:
+    """Entries and bytes of every namespace in the cache folder ``directory``.
+
+    >>> cache_info("no-such-cache")
+    CacheInfo(entries=0, bytes=0)
+    """
+    return _info_of(_entries(Path(directory)))
+
+
+def prune_cache(
+    directory: str | os.PathLike, max_bytes: int | None = None, older_than: float | None = None
+) -> CacheInfo:
+    """Delete entries of the cache folder ``directory``; return what was removed.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+    max_bytes : int or None
+        Remove the least recently used entries (a hit counts as a use) until at most
+        this many bytes remain. 0 empties the cache.
+    older_than : float or None
+        Remove entries not used for this many seconds.
+    """
+    return _prune(_entries(Path(directory)), max_bytes, older_than)
+
+
+def _entries(root: Path) -> list[tuple[Path, os.stat_result]]:
+    found = []
+    for entry in root.rglob(f"*{ENTRY_SUFFIX}") if root.is_dir() else ():
+        try:
+            found.append((entry, entry.stat()))
+        except OSError:
+            continue  # removed meanwhile
+    return found
+
+
+def _info_of(entries: list[tuple[Path, os.stat_result]]) -> CacheInfo:
+    return CacheInfo(len(entries), sum(info.st_size for _, info in entries))
+
+
+def _prune(entries: list[tuple[Path, os.stat_result]], max_bytes: int | None, older_than: float | None) -> CacheInfo:
+    oldest_first = sorted(entries, key=lambda item: item[1].st_mtime_ns)
+    remaining = sum(info.st_size for _, info in entries)
+    cutoff = None if older_than is None else time.time() - older_than
+    removed = []
+    for entry, info in oldest_first:
+        too_old = cutoff is not None and info.st_mtime < cutoff
+        too_big = max_bytes is not None and remaining > max_bytes
+        if not (too_old or too_big):
+            continue
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            pass
+        remaining -= info.st_size
+        removed.append((entry, info))
+    return _info_of(removed)

@@ -6,10 +6,16 @@ A checkpoint is a folder ``OUTPUT_DIR/.skimgfeat-checkpoint`` holding
   image folder, pattern), so that a resume with other settings is refused instead of
   mixing features of two networks in one table;
 * ``part-000000.npz``, ``part-000001.npz``, ...: the rows embedded so far, each part
-  written to a temporary name and renamed, so a ``kill -9`` loses only the batches
-  not yet in a part. A part holds, per image, its path relative to the image folder,
-  the file's size and modification time (a file changed since is embedded again),
-  the failure reason and detail (empty when it loaded) and its feature row.
+  written to a temporary name, flushed, renamed, and its folder flushed too, so a
+  ``kill -9`` or a power cut loses only the batches not yet in a part (on file
+  systems that honour ``fsync``). A part holds, per image, its path relative to the
+  image folder, the file's size and modification time (a file changed since is
+  embedded again), the failure reason and detail (empty when it loaded), its feature
+  row, and the run's fingerprint: a lost manifest is rebuilt from the parts, which are
+  never deleted except by ``--restart``.
+
+On ``--resume`` the images that failed are tried again (a file still being copied, a
+network share that hiccupped); their new row replaces the failed one.
 
 Parts are plain ``.npz`` arrays of numbers and fixed-width strings, loaded with
 ``allow_pickle=False``: a checkpoint can never run code.
@@ -30,7 +36,7 @@ from .io import atomic_path, write_json
 
 CHECKPOINT_DIR = ".skimgfeat-checkpoint"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -46,7 +52,11 @@ class FileStamp:
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> FileStamp:
-        stat = os.stat(path)
+        """The stamp of ``path`` now; a file that vanished gets ``(-1, -1)`` (and fails to load as "missing")."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return cls(-1, -1)
         return cls(stat.st_size, stat.st_mtime_ns)
 
 
@@ -88,7 +98,8 @@ class Checkpoint:
     def __init__(self, folder: Path, fingerprint: dict) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
-        self._next_part = len(self._part_files())
+        parts = self._part_files()
+        self._next_part = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
 
     @classmethod
     def open(cls, output_dir: str | os.PathLike, fingerprint: dict, *, resume: bool, restart: bool) -> Checkpoint:
@@ -97,24 +108,26 @@ class Checkpoint:
         An existing checkpoint is continued with ``resume``, discarded with ``restart``,
         and otherwise refused: forgetting ``--resume`` must not throw away hours of work.
         Continuing one made with another fingerprint raises :class:`CheckpointError`
-        naming what differs.
+        naming what differs. A checkpoint whose manifest was lost is recognised by its
+        parts, and its manifest rebuilt from them.
         """
         folder = Path(output_dir) / CHECKPOINT_DIR
         manifest = folder / MANIFEST
         if folder.exists() and restart:
             shutil.rmtree(folder)
-        elif manifest.is_file() and not resume:
+        saved = _saved_manifest(folder) if folder.exists() else None
+        if saved is not None and not resume:
             raise CheckpointError(
                 f"{os.fspath(output_dir)!r} holds the checkpoint of an interrupted run; "
                 "pass --resume to continue it or --restart to discard it"
             )
-        elif manifest.is_file():
-            _check_fingerprint(json.loads(manifest.read_text(encoding="utf-8")), fingerprint, folder)
+        if saved is not None:
+            _check_fingerprint(saved, fingerprint, folder)
+            if not manifest.is_file():
+                write_json(saved, manifest)  # rebuilt from the parts
             return cls(folder, fingerprint)
-        elif folder.exists():
-            shutil.rmtree(folder)  # killed before its manifest was written: nothing in it is usable
-        folder.mkdir(parents=True)
-        write_json({"format_version": FORMAT_VERSION, "fingerprint": fingerprint}, manifest)
+        folder.mkdir(parents=True, exist_ok=True)  # killed before its manifest and first part: nothing to keep
+        write_json(_manifest(fingerprint), manifest)
         return cls(folder, fingerprint)
 
     def write_part(self, rows: Rows) -> None:
@@ -128,6 +141,7 @@ class Checkpoint:
             "reason": np.asarray(rows.reasons, dtype=str),
             "detail": np.asarray(rows.details, dtype=str),
             "features": np.asarray(rows.features, dtype=np.float32),
+            "manifest": np.asarray(json.dumps(_manifest(self.fingerprint), default=str)),
         }
         with atomic_path(self.folder / f"part-{self._next_part:06d}.npz") as temporary:
             with open(temporary, "wb") as handle:
@@ -160,8 +174,35 @@ class Checkpoint:
 
 
 def pending(paths: Sequence[str], stamps: Sequence[FileStamp], done: dict) -> list[int]:
-    """Positions of ``paths`` not in ``done`` with the same file stamp: what is left to embed."""
-    return [i for i, (path, stamp) in enumerate(zip(paths, stamps)) if path not in done or done[path][0] != stamp]
+    """What is left to embed: positions of ``paths`` not in ``done`` with the same file
+    stamp, or whose checkpointed row is a failure (tried again)."""
+    return [
+        i
+        for i, (path, stamp) in enumerate(zip(paths, stamps))
+        if path not in done or done[path][0] != stamp or done[path][1] != ""
+    ]
+
+
+def _manifest(fingerprint: dict) -> dict:
+    return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint}
+
+
+def _saved_manifest(folder: Path) -> dict | None:
+    """The manifest of the checkpoint in ``folder``, rebuilt from its parts when it is lost; None: no checkpoint."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    parts = sorted(folder.glob("part-*.npz"))
+    if not parts:
+        return None
+    try:
+        with np.load(parts[-1], allow_pickle=False) as npz:
+            return json.loads(str(npz["manifest"]))
+    except (KeyError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {os.fspath(folder)!r} lost its manifest and its parts do not say which run they belong "
+            f"to ({type(error).__name__}: {error}); pass --restart to discard them"
+        ) from None
 
 
 def _check_fingerprint(manifest: dict, fingerprint: dict, folder: Path) -> None:

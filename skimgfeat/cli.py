@@ -22,10 +22,18 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .checkpoint import Checkpoint, FileStamp, Rows, pending
-from .extractor import ERROR, IMAGE_PATH, MODEL_INFO_FILE, features_table, list_images
+from .checkpoint import Checkpoint, CheckpointError, FileStamp, Rows, pending
 from .io import printable, write_json, write_table
 from .output import FEATURE_PREFIX, progress_bar
+from .tables import (
+    ERROR,
+    IMAGE_PATH,
+    MODEL_INFO_FILE,
+    aggregate_features_by_item,
+    features_table,
+    list_images,
+    run_model_info,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,9 +45,10 @@ EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}    success; images that could not be read do not fail the run: they are
        listed in image_errors.csv, in the summary and in the raw table's "error" column
-  {EXIT_FAILURE}    the run itself failed (weights not downloadable, disk full, unexpected error)
-  {EXIT_USAGE}    bad arguments: unknown model or weights, no such folder, no matching
-       image, a checkpoint that does not fit the run
+  {EXIT_FAILURE}    anything else failed (weights not downloadable, disk full, a bad environment
+       variable, an unexpected error): one line names the cause, --verbose adds the traceback
+  {EXIT_USAGE}    a mistake in the command: unknown option, model, weights or device, no such
+       folder, no matching image, a checkpoint that does not fit the run
   {EXIT_IMAGES_FAILED}    --strict was given and some images could not be read
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the work done so far is checkpointed, continue with --resume
 """
@@ -52,7 +61,11 @@ DEFAULT_CHECKPOINT_EVERY = 1
 
 
 class UsageError(ValueError):
-    """A problem with what the user asked for: exit code 2."""
+    """A mistake in the command that the command line itself detected: exit code 2.
+
+    Only these (and :class:`~skimgfeat.checkpoint.CheckpointError`) exit with 2; every
+    other exception is a failure of the run (exit code 1), whatever its type.
+    """
 
 
 # -- parser ------------------------------------------------------------------------
@@ -87,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     samples.add_argument("directory", type=Path, metavar="DIR", help="folder to write to (created)")
-    samples.add_argument("--photos-per-item", type=int, default=3, metavar="N", help="1 to 4 (default: 3)")
+    samples.add_argument("--photos-per-item", type=int, default=3, choices=range(1, 5), metavar="N",
+                         help="1 to 4 (default: 3)")
     samples.set_defaults(handler=run_sample_images)
     _add_similar(commands, common)
     _add_duplicates(commands, common)
@@ -161,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted; what was embedded is checkpointed, continue with --resume", args.verbose)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+    except (UsageError, CheckpointError) as error:
         _error(str(error), args.verbose)
         return EXIT_USAGE
     except Exception as error:  # noqa: BLE001 - one clear line, the traceback only with --verbose
@@ -225,6 +239,10 @@ def run_extract(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.resume and args.restart:
         raise UsageError("--resume and --restart exclude each other")
+    if not args.image_dir.is_dir():
+        raise UsageError(f"image folder {os.fspath(args.image_dir)!r} does not exist or is not a folder")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"output folder {os.fspath(args.output_dir)!r} is a file")
     paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
     if not paths:
         where = "under" if args.recursive else "in"
@@ -236,7 +254,7 @@ def run_extract(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint.open(args.output_dir, fingerprint, resume=args.resume, restart=args.restart)
     done = checkpoint.load(embedder.n_features_out_)
     todo = pending(relative, stamps, done)
-    list(embedder.iter_transform([]))  # prepares the network (copy, trace) now: not part of the throughput
+    embedder.prepare()  # the network's copy and export happen now: not part of the throughput
     embed_started = time.perf_counter()
     _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
     embed_seconds = time.perf_counter() - embed_started
@@ -268,6 +286,10 @@ def _fit_embedder(args: argparse.Namespace):
     )
     try:
         return embedder.fit()
+    except (ValueError, FileNotFoundError) as error:
+        # fit refuses its arguments this way: an unknown model, weights name or device,
+        # a weights file that is missing or does not fit the model.
+        raise UsageError(str(error)) from error
     except OSError as error:
         if weights is None or is_weights_file(weights):
             raise
@@ -327,8 +349,6 @@ def _batch_rows(batch, rows: list[int], relative: list[str], stamps: list[FileSt
 
 def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
     """Assemble the tables in listing order from the checkpoint and write every output atomically."""
-    from .extractor import aggregate_features_by_item, run_model_info
-
     rows = [done[path] for path in relative]
     features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
     messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
@@ -524,8 +544,8 @@ def run_duplicates(args: argparse.Namespace) -> int:
 def run_quality(args: argparse.Namespace) -> int:
     """Measure the photos, then write the per-image and per-item tables."""
     from .embedder import library_versions
-    from .extractor import aggregate_features_by_item
     from .quality import QUALITY_FEATURES, ImageQualityFeatures
+    from .tables import aggregate_features_by_item
 
     paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
     if not paths:

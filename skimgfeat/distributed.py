@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from .embedder import ON_ERROR, CNNImageEmbedder
-from .extractor import ERROR
+from .tables import ERROR
 
 
 def embed_partitions(paths, embedder: CNNImageEmbedder, on_error: str | None = None):

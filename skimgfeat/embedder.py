@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -23,7 +24,15 @@ from .backends import BACKENDS, prepare_module
 from .cache import FeatureCache
 from .exceptions import ImageLoadError
 from .finetune import TASKS, fine_tune_network, make_recipe
-from .inference import EmbeddedBatch, ModelRunner, decode_pixels, default_decode_workers, embed_stream
+from .image_loading import default_max_pixels
+from .inference import (
+    EmbeddedBatch,
+    ModelRunner,
+    decode_pixels,
+    default_decode_workers,
+    embed_stream,
+    shared_decode_pool,
+)
 from .inputs import ImageInput, parse_image_input
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
@@ -31,6 +40,13 @@ from .registry import DEFAULT_WEIGHTS, build_model, network_blocks, parameters_s
 
 ON_ERROR = ("raise", "nan")
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Cache entries locked per claim: bounds the open lock files of one call.
+_CLAIM_CHUNK = 256
+
+# Guards the creation of each embedder's own preparation lock (a lock cannot be pickled,
+# so every copy makes its own on first use).
+_LOCK_CREATION = threading.Lock()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -110,11 +126,17 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         float32, "torchscript" (traced, frozen, oneDNN-fused) there if ONNX Runtime is
         missing, "eager" otherwise. A backend that cannot be prepared falls back to "eager" with a warning.
     n_workers : int or None, default=None
-        Decode threads; None uses one per available core.
+        Decode threads of each call; None shares one process-wide pool sized to the CPUs
+        this process may use (affinity and cgroup quota; ``SKIMGFEAT_NUM_THREADS`` or a
+        ``dask.distributed`` worker's thread count when set), however many calls run at once.
     cache : str, os.PathLike or None, default=None
-        A folder where per-image features are kept, keyed by the network's parameters,
-        the preprocessing and each file's path, size and modification time. With it a
-        grid search or a re-run embeds every photo once.
+        A folder where per-image features are kept, keyed by everything that changes
+        them (the network's parameters, the preprocessing, precision and ``max_pixels``)
+        and by each file's version, read before it is decoded (path, inode, size,
+        modification and status-change times): an edited or replaced photo is embedded
+        again. Processes sharing the folder (grid-search folds with ``n_jobs``) lock
+        each missing entry, so a photo is embedded once however many need it. See
+        :mod:`skimgfeat.cache` to inspect and prune it.
     progress : bool, default=False
         Show a progress bar (tqdm) on stderr.
     random_state : int or None, default=None
@@ -150,8 +172,22 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         it came from (``recipe_source``), the estimator's parameters (``params``: enough
         to rebuild it with ``CNNImageEmbedder(**info["params"])``) and library
         versions: what produced the features.
+    n_embedded_ : int
+        How many images the last ``transform`` ran through the network: those it did
+        not find in the cache (like ``errors_``, the last call's).
     errors_ : list of ImageLoadError
-        Failures of the last ``transform`` (empty with ``on_error="raise"``).
+        Failures of the last ``transform`` (empty with ``on_error="raise"``). Set once,
+        when a call ends: with several threads transforming at once it holds the
+        failures of whichever call finished last, never a mix; concurrent callers get
+        their own failures from :meth:`iter_transform` (each batch's ``errors``) or
+        from the NaN rows.
+
+    Notes
+    -----
+    A fitted embedder may be shared by threads (Dask's threaded scheduler, a
+    ``dask.distributed`` worker running several tasks, joblib's threading backend):
+    the network is prepared once under a lock, each call keeps its own state, and no
+    process-wide setting is changed per call.
 
     Examples
     --------
@@ -251,7 +287,25 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         }
         if fine_tuning is not None:
             self.model_info_["fine_tuning"] = fine_tuning
+        self.n_embedded_ = 0
         self._runtime = None
+        return self
+
+    def prepare(self) -> CNNImageEmbedder:
+        """Prepare the network for the device now rather than at the first transform.
+
+        Copies the network to the device and builds the backend (ONNX export and
+        session, TorchScript trace): about a second on the CPU. It happens once per
+        fitted embedder, even when several threads ask at the same time; later calls
+        return at once. Useful before timing, or before sharing the embedder between
+        threads so no call pays for it.
+
+        Returns
+        -------
+        self : CNNImageEmbedder
+        """
+        check_is_fitted(self, "model_")
+        self._runner()
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -272,13 +326,13 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         """
         check_is_fitted(self, "model_")
         data = parse_image_input(X)
-        self.errors_ = []
         missing = self._missing_path_errors(data)
         paths = data.unique_paths()
-        matrix = self._embed_with_cache(paths)
+        matrix, errors, n_embedded = self._embed_with_cache(paths)
         features = data.assemble(paths, matrix)
-        if missing:
-            self.errors_ = missing + self.errors_
+        # Set once per call, so concurrent calls never mix their results.
+        self.errors_ = missing + errors
+        self.n_embedded_ = n_embedded
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -300,6 +354,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
         state.pop("_runtime", None)  # device copies and compiled graphs are rebuilt on load
+        state.pop("_lock", None)
         return state
 
     # -- streaming -------------------------------------------------------------
@@ -309,20 +364,23 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
         Yields :class:`~skimgfeat.inference.EmbeddedBatch` objects (``start``,
         ``features`` with NaN rows for failures, ``errors``). This is what the command
-        line uses to checkpoint long runs.
+        line uses to checkpoint long runs. Safe to call from several threads at once:
+        each call's batches carry only its own failures.
         """
         check_is_fitted(self, "model_")
         runner = self._runner()
         on_error = self.on_error if on_error is None else on_error
+        n_workers = self.n_workers or default_decode_workers()
         yield from embed_stream(
             paths,
             runner,
             self._decoder(),
             self.n_features_out_,
             self._batch_size(runner.device),
-            self.n_workers or default_decode_workers(),
+            n_workers,
             on_error,
             parallel_calls=runner.parallel_calls,
+            pool=shared_decode_pool(n_workers) if self.n_workers is None else None,
         )
 
     # -- internals -------------------------------------------------------------
@@ -405,10 +463,15 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return result.record
 
     def _runner(self) -> ModelRunner:
-        device = self._inference_device()
+        device = self.inference_device()
         key = (str(device), self.backend, self.precision, self.preprocessing_)
         runtime = getattr(self, "_runtime", None)
-        if runtime is None or runtime[0] != key:
+        if runtime is not None and runtime[0] == key:
+            return runtime[1]
+        with self._prepare_lock():
+            runtime = getattr(self, "_runtime", None)  # another thread may have prepared it meanwhile
+            if runtime is not None and runtime[0] == key:
+                return runtime[1]
             autocast_dtype = PRECISIONS[self.precision]
             module = prepare_module(
                 self.model_,
@@ -418,11 +481,19 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 autocast=autocast_dtype is not None,
             )
             runner = ModelRunner(module, device, self.preprocessing_, autocast_dtype)
-            self._runtime = runtime = (key, runner)
-        return runtime[1]
+            self._runtime = (key, runner)
+            return runner
 
-    def _inference_device(self) -> torch.device:
-        """The device to run on; a fitted model loaded where its device is absent runs on the CPU.
+    def _prepare_lock(self) -> threading.Lock:
+        with _LOCK_CREATION:
+            if getattr(self, "_lock", None) is None:
+                self._lock = threading.Lock()
+            return self._lock
+
+    def inference_device(self) -> torch.device:
+        """The device the network runs on.
+
+        The fitted ``device``; a fitted model loaded where its device is absent runs on the CPU.
 
         ``fit`` refuses a device that is not there. A pickle fitted on a GPU machine and
         loaded on a CPU-only one still works (the network is stored as CPU tensors): it
@@ -459,35 +530,77 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             raise errors[0]
         return errors
 
-    def _embed_with_cache(self, paths: list) -> np.ndarray:
+    def _embed_with_cache(self, paths: list) -> tuple[np.ndarray, list[ImageLoadError], int]:
+        """Features of ``paths`` (NaN rows for failures), the failures in input order, how many were embedded."""
         matrix = np.full((len(paths), self.n_features_out_), np.nan, dtype=np.float32)
-        cache = FeatureCache(self.cache, self._cache_namespace()) if self.cache is not None else None
-        todo = list(range(len(paths)))
-        if cache is not None:
-            hits = cache.get_many(paths)
-            for i, vector in hits.items():
-                matrix[i] = vector
-            todo = [i for i in todo if i not in hits]
-        todo_paths = [paths[i] for i in todo]
-        with progress_bar(len(todo_paths), enabled=self.progress) as bar:
-            for batch in self.iter_transform(todo_paths):
-                rows = todo[batch.start : batch.start + len(batch.features)]
-                matrix[rows] = batch.features
-                self.errors_.extend(error for _, error in batch.errors)
-                if cache is not None:
-                    failed = {position for position, _ in batch.errors}
-                    cache.put_many(
-                        (paths[row], batch.features[k])
-                        for k, row in enumerate(rows)
-                        if batch.start + k not in failed
-                    )
-                bar.update(len(batch.features))
-        return matrix
+        failures: list[tuple[int, ImageLoadError]] = []
+        if self.cache is None:
+            with progress_bar(len(paths), enabled=self.progress) as bar:
+                self._embed_rows(paths, list(range(len(paths))), matrix, failures, bar)
+            n_embedded = len(paths)
+        else:
+            n_embedded = self._embed_through_cache(paths, matrix, failures)
+        return matrix, [error for _, error in sorted(failures, key=lambda item: item[0])], n_embedded
+
+    def _embed_rows(self, paths: list, rows: list[int], matrix: np.ndarray, failures: list, bar, store=None) -> None:
+        """Embed ``paths[rows]`` into ``matrix[rows]``; ``store(row, vector)`` each success."""
+        if not rows:
+            return
+        for batch in self.iter_transform([paths[i] for i in rows]):
+            positions = rows[batch.start : batch.start + len(batch.features)]
+            matrix[positions] = batch.features
+            failures.extend((rows[position], error) for position, error in batch.errors)
+            failed = {position for position, _ in batch.errors}
+            for k, row in enumerate(positions):
+                if store is not None and batch.start + k not in failed:
+                    store(row, batch.features[k])
+            bar.update(len(batch.features))
+
+    def _embed_through_cache(self, paths: list, matrix: np.ndarray, failures: list) -> int:
+        cache = FeatureCache(self.cache, self._cache_namespace())
+        # Keys from the files as they are before decoding: a file changed meanwhile never
+        # gets these features under the key of its new version.
+        keys = cache.keys(paths)
+        hits = cache.get_many(keys)
+        for i, vector in hits.items():
+            matrix[i] = vector
+        misses = [i for i in range(len(paths)) if i not in hits]
+        writable = True
+
+        def store(row: int, vector: np.ndarray) -> None:
+            nonlocal writable
+            writable = writable and cache.put(keys[row], vector)  # one warning, then no more tries
+
+        embedded, elsewhere = [], []
+        with progress_bar(len(misses), enabled=self.progress) as bar:
+            for start in range(0, len(misses), _CLAIM_CHUNK):
+                chunk = misses[start : start + _CLAIM_CHUNK]
+                with cache.claim([keys[i] for i in chunk]) as claimed:
+                    mine = [chunk[k] for k in sorted(claimed)]
+                    self._embed_rows(paths, mine, matrix, failures, bar, store)
+                embedded += mine
+                elsewhere += [row for k, row in enumerate(chunk) if k not in claimed]
+            left = []
+            for row in elsewhere:  # another process was embedding these: take its results
+                vector = cache.wait(keys[row])
+                if vector is None:
+                    left.append(row)
+                else:
+                    matrix[row] = vector
+                    bar.update(1)
+            self._embed_rows(paths, left, matrix, failures, bar, store)
+        return len(embedded) + len(left)
 
     def _cache_namespace(self) -> str:
         info = self.model_info_
+        max_pixels = default_max_pixels() if self.max_pixels is None else self.max_pixels
         return "|".join(
-            [info["parameters_sha256"], repr(sorted(self.preprocessing_.to_dict().items())), self.precision]
+            [
+                info["parameters_sha256"],
+                repr(sorted(self.preprocessing_.to_dict().items())),
+                self.precision,
+                f"max_pixels={max_pixels}",
+            ]
         )
 
 def _device_type(device) -> str | None:

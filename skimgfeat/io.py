@@ -54,8 +54,9 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
 
     Parent folders are created. On failure the temporary file is removed and ``path``
-    is left as it was. ``durable`` flushes the file to disk before the rename (off for
-    data that can be recomputed, such as cache entries).
+    is left as it was. ``durable`` flushes the file to disk before the rename and the
+    folder after it, so the new name survives a power cut too (off for data that can be
+    recomputed, such as cache entries).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,8 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         if durable:
             _fsync(temporary)
         os.replace(temporary, final)
+        if durable:
+            _fsync_folder(final.parent)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -134,3 +137,17 @@ def _write_parquet(table: pd.DataFrame, path: Path, model_info: dict | None) -> 
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename just made); not possible on Windows, where it is skipped."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems refuse to fsync a folder; the rename itself is done
+    finally:
+        os.close(descriptor)

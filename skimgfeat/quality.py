@@ -21,7 +21,7 @@ from sklearn.utils import check_scalar
 from sklearn.utils.validation import check_is_fitted
 
 from .image_loading import exif_orientation, load_rgb_image
-from .inference import default_decode_workers, iter_decoded
+from .inference import default_decode_workers, iter_decoded, shared_decode_pool
 from .inputs import parse_image_input
 from .output import OutputContainerMixin, wrap_output
 
@@ -166,7 +166,8 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         paths = data.unique_paths()
         matrix = np.full((len(paths), self.n_features_out_), np.nan)
         n_workers = self.n_workers or default_decode_workers()
-        measured = iter_decoded(paths, self._measure, n_workers, window=4 * n_workers)
+        shared = shared_decode_pool(n_workers) if self.n_workers is None else None  # one pool per process
+        measured = iter_decoded(paths, self._measure, n_workers, window=4 * n_workers, pool=shared)
         for row, result in enumerate(measured):
             if isinstance(result, Exception):
                 if self.on_error == "raise":

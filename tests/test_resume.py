@@ -175,3 +175,35 @@ def test_an_interrupted_write_leaves_the_final_file_as_it_was(tmp_path):
         raise RuntimeError("killed")
     assert final.read_text() == "previous complete table"
     assert [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+
+
+def test_a_lost_manifest_is_rebuilt_from_the_parts_which_are_kept(tmp_path):
+    checkpoint = Checkpoint.open(tmp_path, {"model": "a"}, resume=False, restart=False)
+    checkpoint.write_part(rows(["x.webp", "y.webp"], 1.0))
+    folder = tmp_path / CHECKPOINT_DIR
+    (folder / "manifest.json").unlink()  # lost: a crash, a careless clean-up
+
+    with pytest.raises(CheckpointError, match="--resume"):  # still an interrupted run: not silently restarted
+        Checkpoint.open(tmp_path, {"model": "a"}, resume=False, restart=False)
+    with pytest.raises(CheckpointError, match="model: 'a' then, 'b' now"):
+        Checkpoint.open(tmp_path, {"model": "b"}, resume=True, restart=False)
+    assert (folder / "part-000000.npz").is_file()  # refusing never deletes
+
+    resumed = Checkpoint.open(tmp_path, {"model": "a"}, resume=True, restart=False)
+    assert sorted(resumed.load(n_features=3)) == ["x.webp", "y.webp"]
+    assert (folder / "manifest.json").is_file()
+    resumed.write_part(rows(["z.webp"], 2.0))
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "part-000000.npz", "part-000001.npz"]
+
+
+def test_failed_rows_are_tried_again_on_resume(tmp_path):
+    checkpoint = Checkpoint.open(tmp_path, {}, resume=False, restart=False)
+    failed = rows(["ok.webp", "broken.webp"], 1.0)
+    failed.reasons[1], failed.details[1] = "truncated", "file ends early"
+    checkpoint.write_part(failed)
+    stamps = [FileStamp(10, 20), FileStamp(10, 20)]
+    assert pending(["ok.webp", "broken.webp"], stamps, checkpoint.load(n_features=3)) == [1]
+
+
+def test_a_file_deleted_after_listing_gets_a_stamp_and_fails_as_missing(tmp_path):
+    assert FileStamp.of(tmp_path / "gone.webp") == FileStamp(-1, -1)

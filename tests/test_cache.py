@@ -1,0 +1,153 @@
+"""The feature cache is never stale, embeds a photo once across processes, and can be seen and pruned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skimgfeat import CNNImageEmbedder
+from skimgfeat.cache import FeatureCache, cache_info, prune_cache
+
+
+def _embedder(cache=None, **params) -> CNNImageEmbedder:
+    return CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, random_state=0, cache=cache, **params).fit()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A photo and a same-size, same-format edit of it (other pixels, same byte count)."""
+    path = tmp_path / "photos" / "lot_1.png"
+    path.parent.mkdir()
+    _write_pixels(path, seed=0)
+    return path
+
+
+def _write_pixels(path, seed: int) -> None:
+    # Stored (uncompressed) PNG: the file size depends on the dimensions only.
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=0)
+
+
+def _fresh(path) -> np.ndarray:
+    return _embedder().transform([path])
+
+
+def test_a_same_size_edit_with_its_modification_time_restored_is_embedded_again(tmp_path, photo):
+    cache = tmp_path / "cache"
+    before = _embedder(cache).transform([photo])
+    stat = os.stat(photo)
+    _write_pixels(photo, seed=1)  # what `cp -p`, `rsync -t` or unzip leave: new content, old size and mtime
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(photo).st_size, os.stat(photo).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    after = _embedder(cache).transform([photo])
+    np.testing.assert_array_equal(after, _fresh(photo))
+    assert not np.array_equal(after, before)
+
+
+def test_a_file_replaced_while_it_is_embedded_never_leaves_its_old_features_under_the_new_file(tmp_path, photo):
+    cache_dir = tmp_path / "cache"
+    embedder = _embedder(cache_dir)
+    cache = FeatureCache(cache_dir, embedder._cache_namespace())
+    keys = cache.keys([photo])  # the run looks at the file ...
+    old_features = _fresh(photo)  # ... decodes and embeds it ...
+    replacement = photo.with_name("incoming.png")
+    _write_pixels(replacement, seed=2)
+    os.replace(replacement, photo)  # ... the file is replaced before the result is stored ...
+    cache.put(keys[0], old_features[0])  # ... and stored under the key the run took
+
+    np.testing.assert_array_equal(embedder.transform([photo]), _fresh(photo))
+    assert embedder.n_embedded_ == 1
+
+
+def test_a_file_replaced_between_transforms_is_embedded_again(tmp_path, photo):
+    embedder = _embedder(tmp_path / "cache")
+    embedder.transform([photo])
+    replacement = photo.with_name("incoming.png")
+    _write_pixels(replacement, seed=3)
+    shutil.copystat(photo, replacement)
+    os.replace(replacement, photo)
+    np.testing.assert_array_equal(embedder.transform([photo]), _fresh(photo))
+
+
+def test_max_pixels_is_part_of_the_key(tmp_path, photo):
+    cache = tmp_path / "cache"
+    _embedder(cache, on_error="nan").transform([photo])
+    small = _embedder(cache, on_error="nan", max_pixels=100)
+    assert np.isnan(small.transform([photo])).all()  # refused from its header, not served from the cache
+    assert [error.reason for error in small.errors_] == ["too many pixels"]
+
+
+def test_hits_are_counted_and_the_cache_can_be_seen_and_pruned(tmp_path, synthetic_photos):
+    cache = tmp_path / "cache"
+    embedder = _embedder(cache)
+    embedder.transform(synthetic_photos)
+    assert embedder.n_embedded_ == len(synthetic_photos)
+    embedder.transform(synthetic_photos)
+    assert embedder.n_embedded_ == 0
+
+    info = cache_info(cache)
+    assert info.entries == len(synthetic_photos) and info.bytes > 0
+    one_entry = info.bytes // info.entries
+    assert prune_cache(cache, older_than=3600).entries == 0  # all used just now
+    assert prune_cache(cache, max_bytes=2 * one_entry).entries == len(synthetic_photos) - 2
+    assert cache_info(cache).entries == 2
+    embedder.transform(synthetic_photos)
+    assert embedder.n_embedded_ == len(synthetic_photos) - 2
+    assert not list(cache.rglob("*.lock"))  # no lock file outlives its run
+
+
+_FILL = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from skimgfeat import CNNImageEmbedder
+
+    cache, ready, *paths = sys.argv[1:]
+    embedder = CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, random_state=0, cache=cache).fit().prepare()
+    Path(ready, str(len(list(Path(ready).iterdir())))).touch()
+    while len(list(Path(ready).iterdir())) < 2:  # start embedding together
+        time.sleep(0.01)
+    embedder.transform(paths)
+    print(embedder.n_embedded_)
+    """
+)
+
+
+def test_two_processes_filling_one_cache_embed_each_photo_once(tmp_path, synthetic_photos):
+    cache, ready = tmp_path / "cache", tmp_path / "ready"
+    ready.mkdir()
+    photos = [str(p) for p in synthetic_photos]
+    command = [sys.executable, "-c", _FILL, str(cache), str(ready), *photos]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    counts = [int(run.communicate(timeout=300)[0]) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert sum(counts) == len(photos)
+    assert cache_info(cache).entries == len(photos)
+    np.testing.assert_array_equal(_embedder(cache).transform(photos), _fresh_many(photos))
+
+
+def _fresh_many(paths) -> np.ndarray:
+    return _embedder().transform(paths)
+
+
+def test_a_cache_entry_is_used_again_by_its_last_use_time(tmp_path, synthetic_photos):
+    cache = tmp_path / "cache"
+    embedder = _embedder(cache)
+    embedder.transform(synthetic_photos[:2])
+    entries = sorted(cache.rglob("*.npy"))
+    past = time.time() - 7200
+    for entry in entries:
+        os.utime(entry, (past, past))
+    embedder.transform(synthetic_photos[:1])  # a hit marks its entry as used now
+    assert prune_cache(cache, older_than=3600).entries == 1
+    embedder.transform(synthetic_photos[:1])
+    assert embedder.n_embedded_ == 0  # the entry in use survived
