@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
 
@@ -108,13 +109,12 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
         """Check the method and record the feature width (and names, for tables)."""
         self._check_method()
         self.table_input_ = isinstance(X, pd.DataFrame) and self._is_table(X)
-        if isinstance(X, pd.DataFrame):
+        if self.table_input_:
             columns = _feature_columns(X, self._id_column(X))
             self.feature_names_in_ = np.asarray(columns, dtype=object)
             self.n_features_in_ = len(columns)
         else:
-            self.n_features_in_ = _as_photo_array(X).shape[2]
-            self.__dict__.pop("feature_names_in_", None)  # names of an earlier table fit no longer apply
+            self._validated_photos(X, reset=True)
         return self
 
     def transform(self, X):
@@ -123,7 +123,7 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
         if isinstance(X, pd.DataFrame) and self._is_table(X):
             return self._aggregate_table(X)
         index = X.index if isinstance(X, pd.DataFrame) else None
-        photos = _as_photo_array(X)
+        photos = self._validated_photos(X, reset=False)
         values, counts = reduce_photos(photos, self.method)
         if self.count_images:
             values = np.column_stack([values, counts.astype(values.dtype)])
@@ -155,6 +155,32 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
         return tags
 
     # -- internals -------------------------------------------------------------
+
+    def _validated_photos(self, X, reset: bool) -> np.ndarray:
+        """X as a ``(n_items, max_images, n_features)`` float array, checked by scikit-learn.
+
+        ``reset`` (fit) records ``n_features_in_`` (and a DataFrame's column names);
+        otherwise a fitted aggregator refuses another feature width.
+        """
+        fitted = hasattr(self, "n_features_in_")
+        values = check_array(X, allow_nd=True, ensure_all_finite="allow-nan", dtype=FLOAT_DTYPES)
+        if values.ndim == 2:
+            if reset or fitted:  # a transform before any fit (none is needed) has nothing to check
+                values = validate_data(self, X, reset=reset, ensure_all_finite="allow-nan", dtype=FLOAT_DTYPES)
+            return values[:, None, :]
+        if values.ndim != 3:
+            raise ValueError(
+                f"expected a (n_items, max_images, n_features) or (n_items, n_features) array, got shape {values.shape}"
+            )
+        if reset:
+            self.n_features_in_ = values.shape[2]
+            self.__dict__.pop("feature_names_in_", None)  # names of an earlier fit no longer apply
+        elif fitted and values.shape[2] != self.n_features_in_:
+            raise ValueError(
+                f"X has {values.shape[2]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return values
 
     def _check_method(self) -> None:
         if self.method not in METHODS:
@@ -223,19 +249,6 @@ def _feature_columns(table: pd.DataFrame, id_column: str | None) -> list[str]:
 def _default_names(n_features: int, count_images: bool) -> np.ndarray:
     names = feature_names(n_features)
     return np.append(names, COUNT_COLUMN) if count_images else names
-
-
-def _as_photo_array(X) -> np.ndarray:
-    values = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X)
-    if values.dtype != np.float64:  # float64 input keeps its precision; the embedder's float32 stays
-        values = values.astype(np.float32)
-    if values.ndim == 2:
-        return values[:, None, :]
-    if values.ndim != 3:
-        raise ValueError(
-            f"expected a (n_items, max_images, n_features) or (n_items, n_features) array, got shape {values.shape}"
-        )
-    return values
 
 
 def reduce_photos(photos: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``--max-images 50`` the original ``test_image_features.py``), ``models``,
 ``sample-images``, and the uses of a feature table: ``similar``, ``duplicates`` and
-``quality``. Run ``skimgfeat COMMAND --help`` for the options.
+``quality``; ``cache`` shows and prunes a feature cache folder. Run
+``skimgfeat COMMAND --help`` for the options.
 """
 
 from __future__ import annotations
@@ -90,14 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     models.set_defaults(handler=run_models)
-    samples = commands.add_parser(
-        "sample-images", parents=[common], help="write a few sample item photos (no download needed)",
-        description=textwrap.fill(
-            "Write scikit-learn's sample photos (china, flower) as <item>_<n>.webp files, "
-            "several views per item: a small input for demos.",
-            width=88,
-        ),
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    samples = _command(
+        commands, common, "sample-images", "write a few sample item photos (no download needed)",
+        "Write scikit-learn's sample photos (china, flower) as <item>_<n>.webp files, "
+        "several views per item: a small input for demos.",
     )
     samples.add_argument("directory", type=Path, metavar="DIR", help="folder to write to (created)")
     samples.add_argument("--photos-per-item", type=int, default=3, choices=range(1, 5), metavar="N",
@@ -106,7 +103,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_similar(commands, common)
     _add_duplicates(commands, common)
     _add_quality(commands, common)
+    _add_cache(commands, common)
     return parser
+
+
+def _command(commands, common: argparse.ArgumentParser, name: str, summary: str, description: str):
+    """A subcommand with the common options, a wrapped description and the exit codes."""
+    return commands.add_parser(
+        name, parents=[common], help=summary, description=textwrap.fill(description, width=88),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_cache(commands, common: argparse.ArgumentParser) -> None:
+    cache = _command(
+        commands, common, "cache", "show (and prune) a feature cache folder: entries and size",
+        "Show how many feature vectors the cache folder DIR (CNNImageEmbedder(cache=DIR)) holds and their "
+        "size; with --max-size or --older-than, first remove the least recently used entries.",
+    )
+    cache.add_argument("directory", type=Path, metavar="DIR", help="the cache folder")
+    cache.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+                       help="remove least recently used entries until at most SIZE remain (e.g. 500M, 2G, 0)")
+    cache.add_argument("--older-than", type=_positive_float, default=None, metavar="DAYS",
+                       help="remove entries not used for DAYS days")
+    cache.set_defaults(handler=run_cache)
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _size(text: str) -> int:
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}")
+    return int(value)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _add_extract(commands, common: argparse.ArgumentParser) -> None:
@@ -214,6 +260,21 @@ def run_sample_images(args: argparse.Namespace) -> int:
     paths = write_sample_images(args.directory, photos_per_item=args.photos_per_item)
     if not args.quiet:
         print(f"wrote {len(paths)} sample photos to {args.directory}")
+    return EXIT_OK
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """Prune the cache folder when asked, then print what it holds."""
+    from .cache import cache_info, prune_cache
+
+    if not args.directory.is_dir():
+        raise UsageError(f"cache folder {os.fspath(args.directory)!r} does not exist or is not a folder")
+    if args.max_size is not None or args.older_than is not None:
+        older_than = None if args.older_than is None else args.older_than * 86400
+        removed = prune_cache(args.directory, max_bytes=args.max_size, older_than=older_than)
+        print(f"removed {removed.entries} entries ({removed.bytes / 2**20:.1f} MiB)")
+    info = cache_info(args.directory)
+    print(f"{args.directory}: {info.entries} entries, {info.bytes / 2**20:.1f} MiB")
     return EXIT_OK
 
 

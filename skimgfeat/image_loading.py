@@ -18,10 +18,8 @@ for odd inputs live in one place:
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -37,6 +35,7 @@ from .exceptions import (
     UNSUPPORTED,
     ImageLoadError,
 )
+from .inputs import is_missing_path
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
@@ -51,15 +50,6 @@ _TRANSPOSE_FOR_ORIENTATION = {
 _ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _WHITE = (255, 255, 255, 255)
-
-
-def is_missing_path(path: Any) -> bool:
-    """True for the placeholders that mean "no photo here": None, NaN, pandas NA."""
-    if path is None:
-        return True
-    if isinstance(path, (float, np.floating)) and math.isnan(path):
-        return True
-    return type(path).__name__ in {"NAType", "NaTType"}
 
 
 def default_max_pixels() -> int | None:

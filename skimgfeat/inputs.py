@@ -9,14 +9,24 @@ padding, not photos.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .exceptions import MISSING, ImageLoadError
-from .image_loading import is_missing_path
+
+
+def is_missing_path(path: Any) -> bool:
+    """True for the placeholders that mean "no photo here": None, NaN, pandas NA."""
+    if path is None:
+        return True
+    if isinstance(path, (float, np.floating)) and math.isnan(path):
+        return True
+    return type(path).__name__ in {"NAType", "NaTType"}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skimgfeat import ItemAggregator, item_id_from_name
 
@@ -147,3 +148,16 @@ def test_feature_names_out_are_the_columns_of_the_output(count_images):
     assert aggregator.get_feature_names_out().tolist() == aggregator.transform(table).columns.tolist()
     on_arrays = ItemAggregator(count_images=count_images).fit(PHOTOS)
     assert len(on_arrays.get_feature_names_out()) == on_arrays.transform(PHOTOS).shape[1]
+
+
+@parametrize_with_checks([ItemAggregator(), ItemAggregator(method="max", count_images=True)])
+def test_scikit_learn_common_checks(estimator, check):
+    check(estimator)
+
+
+def test_transform_refuses_another_feature_width():
+    aggregator = ItemAggregator().fit(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="X has 5 features, but ItemAggregator is expecting 4"):
+        aggregator.transform(np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match="X has 5 features"):
+        aggregator.transform(np.zeros((2, 5)))

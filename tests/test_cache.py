@@ -151,3 +151,18 @@ def test_a_cache_entry_is_used_again_by_its_last_use_time(tmp_path, synthetic_ph
     assert prune_cache(cache, older_than=3600).entries == 1
     embedder.transform(synthetic_photos[:1])
     assert embedder.n_embedded_ == 0  # the entry in use survived
+
+
+def test_the_cache_command_shows_and_prunes_the_folder(tmp_path, synthetic_photos):
+    cache = tmp_path / "cache"
+    _embedder(cache).transform(synthetic_photos[:3])
+
+    def skimgfeat(*args):
+        return subprocess.run([sys.executable, "-m", "skimgfeat", "cache", str(cache), *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    shown = skimgfeat()
+    assert shown.returncode == 0 and ": 3 entries" in shown.stdout
+    pruned = skimgfeat("--max-size", "0")
+    assert pruned.returncode == 0 and "removed 3 entries" in pruned.stdout and ": 0 entries" in pruned.stdout
+    assert skimgfeat("--max-size", "lots").returncode == 2

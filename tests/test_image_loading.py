@@ -24,7 +24,8 @@ from skimgfeat.exceptions import (
     TRUNCATED,
     ImageLoadError,
 )
-from skimgfeat.image_loading import default_max_pixels, is_missing_path, load_rgb_image, to_rgb
+from skimgfeat.image_loading import default_max_pixels, load_rgb_image, to_rgb
+from skimgfeat.inputs import is_missing_path
 
 
 @pytest.fixture(scope="module")
