@@ -29,11 +29,13 @@ and unpickled copies of the same network load it instead of exporting and checki
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
 import io
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -199,7 +201,7 @@ def onnx_session_threads() -> int:
 
 def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
     buffer = io.BytesIO()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), _without_attention_fastpath():
         torch.onnx.export(
             eager,
             example.contiguous(),
@@ -211,6 +213,18 @@ def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
         )
     return OnnxRuntimeModule(buffer.getvalue(), onnx_session_threads())
+
+
+@contextlib.contextmanager
+def _without_attention_fastpath() -> Iterator[None]:
+    """Trace ``nn.MultiheadAttention`` as plain ops: its inference fast path (one fused
+    native op, taken by OpenCLIP's towers) has no ONNX export."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 _PREPARERS = {"torchscript": _prepare_torchscript, "onnxruntime": _prepare_onnxruntime}

@@ -172,12 +172,15 @@ def _add_extract(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT", help="folder for the outputs")
     extract.add_argument("--pattern", default="*.webp", help='glob pattern of the image files (default: "*.webp")')
     extract.add_argument("--recursive", action="store_true", help="search sub-folders of IMAGE_DIR too (default: no)")
-    extract.add_argument("--model", default="mobilenet_v2", help="see `skimgfeat models` (default: %(default)s)")
+    extract.add_argument(
+        "--model", default="mobilenet_v2",
+        help="a name from `skimgfeat models`, timm:<name> or open_clip:<arch> (default: %(default)s)",
+    )
     extract.add_argument(
         "--weights", default=None,
-        help=f"torchvision weights name, a local state-dict file, or 'none' for a random network seeded by --seed "
-        f"(default: ${WEIGHTS_ENV} when set, else the model's default torchvision weights, downloaded once "
-        "and cached under $TORCH_HOME)",
+        help=f"'pretrained', a torchvision weights name, an OpenCLIP pretrained tag, a local state-dict file, or "
+        f"'none' for a random network seeded by --seed (default: ${WEIGHTS_ENV} when set, else 'pretrained': the "
+        "model's default pretrained weights, downloaded once and cached by torchvision, timm or OpenCLIP)",
     )
     extract.add_argument("--seed", type=int, default=0, help="seed of --weights none (default: 0)")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
@@ -240,16 +243,20 @@ def _error(message: str, verbose: bool) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """Print one line per model: name, feature width, default weights."""
+    """Print one line per torchvision model (name, width, default weights, recipe), then how to name the others."""
     import torch
 
     from .registry import MODEL_REGISTRY
 
-    print(f"{'model':<22}{'features':>9}  default weights")
+    print(f"{'model':<22}{'features':>9}  {'default weights':<16}recipe")
     for name, spec in sorted(MODEL_REGISTRY.items()):
         with torch.device("meta"):  # shapes only: no memory, no initialisation, no download
             _, width = spec.strip_head(spec.build_classifier(None))
-        print(f"{name:<22}{width:>9}  {spec.default_weights}")
+        weights = spec.resolve_weights("pretrained")
+        print(f"{name:<22}{width:>9}  {weights.name:<16}{spec.recipe(weights).describe()}")
+    print()
+    print("timm models:    --model timm:<name>, e.g. timm:convnext_tiny.fb_in22k (pip install 'skimgfeat[timm]')")
+    print("OpenCLIP image: --model open_clip:<arch>, e.g. open_clip:ViT-B-32 (pip install 'skimgfeat[clip]')")
     return EXIT_OK
 
 
@@ -355,7 +362,7 @@ def _fit_embedder(args: argparse.Namespace):
         if weights is None or is_weights_file(weights):
             raise
         raise RuntimeError(
-            f"cannot get torchvision weights {weights!r} for {args.model} ({error}); offline, pass --weights "
+            f"cannot get weights {weights!r} for {args.model} ({error}); offline, pass --weights "
             f"PATH of a local state-dict file or set {WEIGHTS_ENV}"
         ) from error
 

@@ -105,6 +105,11 @@ class Preprocessing:
             return _normalize_by_lookup(batch.numpy(), _lookup_table(self.mean, self.std), memory_format)
         return _normalize_with_tensor_ops(batch, self.mean, self.std).contiguous(memory_format=memory_format)
 
+    def describe(self) -> str:
+        """One line, e.g. ``"256 shorter side -> crop 224, bilinear"``."""
+        mode = "x".join([str(self.resize)] * 2) if self.resize_mode == "square" else f"{self.resize} shorter side"
+        return f"{mode} -> crop {self.crop}, {self.interpolation}"
+
     def to_dict(self) -> dict:
         record = asdict(self)
         record["color"] = "RGB; alpha composited onto white; EXIF orientation applied"

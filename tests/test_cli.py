@@ -199,9 +199,9 @@ def test_sample_images_then_extract_is_the_demo(tmp_path):
 def test_models_lists_names_widths_and_default_weights():
     result = skimgfeat("models")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
-    assert rows["mobilenet_v2"] == ["1280", "IMAGENET1K_V1"]
-    assert rows["shufflenet_v2_x1_0"] == ["1024", "IMAGENET1K_V1"]
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert rows["mobilenet_v2"] == ["1280", "IMAGENET1K_V1", "256x256", "->", "crop", "224,", "bilinear"]
+    assert rows["shufflenet_v2_x1_0"][:2] == ["1024", "IMAGENET1K_V1"]
 
 
 def test_the_console_script_documents_the_exit_codes():

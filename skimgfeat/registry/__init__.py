@@ -17,15 +17,16 @@ from typing import Any
 
 from torch import nn
 
-from . import timm_models, torchvision_models
+from . import open_clip_models, timm_models, torchvision_models
 from .built_model import BuiltModel
+from .open_clip_models import OpenClipModel
 from .timm_models import TimmModel
 from .torchvision_models import PRETRAINED, TORCHVISION_MODELS, TorchvisionModel
 from .weights_files import check_state_dict, file_sha256, is_weights_file, parameters_sha256, read_state_dict
 
 MODEL_REGISTRY: dict[str, TorchvisionModel] = TORCHVISION_MODELS
 DEFAULT_WEIGHTS = PRETRAINED
-FAMILY_PREFIXES = {"timm:": "timm", "open_clip:": "open_clip"}
+FAMILIES = {timm_models.PREFIX: TimmModel, open_clip_models.PREFIX: OpenClipModel}
 
 __all__ = [
     "BuiltModel",
@@ -45,8 +46,9 @@ __all__ = [
 
 def get_spec(model_name: str):
     """The registry entry for ``model_name``, or a ValueError saying how to name models."""
-    if isinstance(model_name, str) and model_name.startswith("timm:") and len(model_name) > 5:
-        return TimmModel(model_name.removeprefix("timm:"))
+    for prefix, family in FAMILIES.items():
+        if isinstance(model_name, str) and model_name.startswith(prefix) and len(model_name) > len(prefix):
+            return family(model_name.removeprefix(prefix))
     try:
         return MODEL_REGISTRY[model_name]
     except (KeyError, TypeError):
@@ -93,10 +95,15 @@ def network_blocks(model_name: str, module: nn.Module) -> list[nn.Module]:
     features (up to float rounding).
 
     timm: the model's coarse parameter groups (``group_matcher(coarse=True)``: stem,
-    stages or transformer blocks, final norm joined to the last); they group
+    stages or transformer blocks, final norm joined to the last); OpenCLIP ViT towers:
+    stem, each residual block, post-norm and projection joined to the last. These group
     parameters and are not run in sequence.
     """
     return get_spec(model_name).blocks(module)
 
 
-_BUILDERS = {"torchvision": torchvision_models.build, "timm": timm_models.build}
+_BUILDERS = {
+    "torchvision": torchvision_models.build,
+    "timm": timm_models.build,
+    "open_clip": open_clip_models.build,
+}

@@ -42,3 +42,19 @@ def frozen_eval(module: nn.Module) -> nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+class ParameterGroup(nn.Module):
+    """Modules and loose parameters of one block of a network (shared with it, not copied)."""
+
+    def __init__(self, modules: list[nn.Module], parameters: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(modules)
+        self.loose = nn.ParameterList(parameters)
+
+    def absorb(self, other: ParameterGroup) -> None:
+        self.layers.extend(other.layers)
+        self.loose.extend(other.loose)
+
+    def forward(self, *args):
+        raise TypeError("a parameter group is not run on its own: run the whole model")

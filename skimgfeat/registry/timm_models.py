@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..preprocessing import Preprocessing
-from .built_model import BuiltModel, frozen_eval, seeded
+from .built_model import BuiltModel, ParameterGroup, frozen_eval, seeded
 from .optional import import_optional
 from .weights_files import file_sha256, is_weights_file, load_checked
 
@@ -81,7 +81,7 @@ class TimmModel:
         parameter_groups = group_parameters(model, matcher)
         blocks = []
         for group in sorted(parameter_groups):
-            block = _ParameterGroup(
+            block = ParameterGroup(
                 [model.get_submodule(name) for name in module_groups.get(group, [])],
                 [model.get_parameter(name) for name in parameter_groups[group] if "." not in name],
             )
@@ -92,23 +92,7 @@ class TimmModel:
         return blocks
 
 
-class _ParameterGroup(nn.Module):
-    """Modules and loose parameters of one timm parameter group (shared, not copied)."""
-
-    def __init__(self, modules: list[nn.Module], parameters: list[nn.Parameter]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(modules)
-        self.loose = nn.ParameterList(parameters)
-
-    def absorb(self, other: _ParameterGroup) -> None:
-        self.layers.extend(other.layers)
-        self.loose.extend(other.loose)
-
-    def forward(self, *args):
-        raise TypeError("a timm parameter group is not run on its own: run the whole model")
-
-
-def _only_normalisation(block: _ParameterGroup) -> bool:
+def _only_normalisation(block: ParameterGroup) -> bool:
     norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
     return len(block.loose) == 0 and all(isinstance(layer, norms) for layer in block.layers)
 

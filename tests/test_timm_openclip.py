@@ -1,0 +1,134 @@
+"""timm and OpenCLIP models wherever torchvision ones work: default backend, pickles, CLI.
+
+Random weights (no model hub here); parity with the libraries' own pipelines is in
+test_recipe_parity.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skimgfeat import CNNImageEmbedder
+from skimgfeat.registry import network_blocks
+
+timm = pytest.importorskip("timm")
+open_clip = pytest.importorskip("open_clip")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300
+    )
+
+
+def test_importing_skimgfeat_imports_neither_library():
+    result = run_python(
+        "import sys, skimgfeat\n"
+        "skimgfeat.CNNImageEmbedder(weights=None).fit()\n"
+        "print(sorted(name for name in ('timm', 'open_clip') if name in sys.modules))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("model_name", "extra"), [("timm:resnet18", "timm"), ("open_clip:ViT-B-32", "clip")])
+def test_a_missing_library_names_the_extra_to_install(model_name, extra):
+    library = model_name.split(":")[0]
+    result = run_python(
+        f"import sys; sys.modules[{library!r}] = None  # as if it were not installed\n"
+        "from skimgfeat import CNNImageEmbedder\n"
+        f"CNNImageEmbedder({model_name!r}, weights=None).fit()"
+    )
+    assert result.returncode != 0
+    assert f"pip install 'skimgfeat[{extra}]'" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("model_name", ["timm:vit_small_patch16_224", "open_clip:ViT-B-32"])
+def test_the_default_cpu_backend_runs_transformers_exported_to_onnx(model_name, synthetic_photos):
+    paths = [str(p) for p in synthetic_photos[:5]]  # batches of 3 and 2: the exported batch axis is dynamic
+    eager = CNNImageEmbedder(model_name, weights=None, random_state=0, backend="eager", batch_size=3).fit()
+    default = CNNImageEmbedder(model_name, weights=None, random_state=0, device="cpu", batch_size=3).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
+        fast = default.transform(paths)
+    assert type(default._runner().module).__name__ == "OnnxRuntimeModule"
+    expected = eager.transform(paths)
+    cosine = (fast * expected).sum(1) / (np.linalg.norm(fast, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() > 0.9999
+
+
+def test_a_fitted_timm_embedder_pickles_self_contained_and_loads_offline(synthetic_photos, tmp_path):
+    embedder = CNNImageEmbedder("timm:vit_small_patch16_224", weights=None, random_state=0, backend="eager").fit()
+    paths = [str(p) for p in synthetic_photos[:3]]
+    np.save(tmp_path / "expected.npy", embedder.transform(paths))
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(embedder))
+    result = run_python(
+        "import pickle, sys, numpy as np\n"
+        f"embedder = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())\n"
+        f"got = embedder.transform({paths!r})\n"
+        f"assert np.array_equal(got, np.load({str(tmp_path / 'expected.npy')!r})), 'features differ'\n"
+        "print(embedder.model_info_['model_name'])"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "timm:vit_small_patch16_224"
+
+
+def test_open_clip_pickles_hold_the_image_tower_only():
+    embedder = CNNImageEmbedder("open_clip:ViT-B-32", weights=None, random_state=0).fit()
+    n_parameters = sum(p.numel() for p in embedder.model_.parameters())
+    assert 80e6 < n_parameters < 95e6  # the ViT-B/32 image tower; the whole CLIP model is 151M
+    assert len(pickle.dumps(embedder)) < n_parameters * 4 * 1.05
+
+
+def test_model_info_records_the_recipe_and_rebuilds_the_embedder():
+    embedder = CNNImageEmbedder("timm:vit_small_patch16_224", weights=None, random_state=0, crop_size=192).fit()
+    info = json.loads(json.dumps(embedder.model_info_))
+    assert info["preprocessing"]["resize"] == 248 and info["preprocessing"]["crop"] == 192
+    assert info["preprocessing"]["interpolation"] == "bicubic"
+    assert info["recipe_source"].startswith("timm resolve_data_config") and "crop_size=192" in info["recipe_source"]
+    rebuilt = CNNImageEmbedder(**info["params"]).fit()
+    assert rebuilt.model_info_["parameters_sha256"] == info["parameters_sha256"]
+
+
+def test_timm_blocks_let_the_last_ones_train():
+    embedder = CNNImageEmbedder("timm:resnet18", weights=None, random_state=0).fit()
+    blocks = network_blocks(embedder.model_name, embedder.model_)
+    blocks[-1].requires_grad_(True)
+    assert embedder.model_.layer4[1].conv2.weight.requires_grad and not embedder.model_.conv1.weight.requires_grad
+
+
+def test_the_cli_extracts_with_a_timm_model(synthetic_photos, tmp_path):
+    folder = synthetic_photos[0].parent
+    result = subprocess.run(
+        [sys.executable, "-m", "skimgfeat", "extract", str(folder), "-o", str(tmp_path / "out"), "--pattern", "*.jpg",
+         "--model", "timm:resnet18", "--weights", "none", "--quiet"],
+        capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_parquet(next((tmp_path / "out").glob("*raw*.parquet")))
+    assert len(table) == 3 and table.filter(like="img_feature_").shape[1] == 512
+    info = json.loads(next((tmp_path / "out").glob("*model*.json")).read_text())
+    assert info["model_name"] == "timm:resnet18"
+
+
+def test_models_lists_torchvision_names_and_how_to_name_the_others():
+    result = subprocess.run([sys.executable, "-m", "skimgfeat", "models"], capture_output=True, text=True,
+                            env={**os.environ, **OFFLINE}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    efficientnet_b3 = next(line for line in lines if line.startswith("efficientnet_b3 ")).split()
+    assert efficientnet_b3[1:3] == ["1536", "IMAGENET1K_V1"]
+    assert "320 shorter side -> crop 300, bicubic" in " ".join(lines)
+    assert any("timm:<name>" in line for line in lines) and any("open_clip:<arch>" in line for line in lines)
