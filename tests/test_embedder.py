@@ -262,8 +262,10 @@ def test_feature_cache_serves_repeated_transforms(tmp_path, synthetic_photos):
     cache = tmp_path / "cache"
     first = random_embedder(cache=cache).fit().transform(synthetic_photos)
     assert len(list(cache.rglob("*.npy"))) == len(synthetic_photos)
-    cached = random_embedder(cache=cache).fit().transform(synthetic_photos)
+    served = random_embedder(cache=cache).fit()
+    cached = served.transform(synthetic_photos)
     np.testing.assert_array_equal(cached, first)
+    assert served._runtime is None  # every vector came from the cache: no backend was prepared for nothing
     other_model = CNNImageEmbedder(weights=None, random_state=1, cache=cache).fit().transform(synthetic_photos[:1])
     assert not np.allclose(other_model[0], first[0])
 
