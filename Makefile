@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES ?= out/sample_photos
 OUT ?= out/features
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,20 @@ demo: setup
 	$(VENV)/bin/skimgfeat extract $(IMAGES) --output-dir $(OUT) --pattern "*.webp"
 
 test: setup
-	$(PY) -m ruff check skimgfeat tests benchmarks
+	$(PY) -m ruff check skimgfeat tests benchmarks examples
 	$(PY) -m pytest -n 2 --durations=15
 
 bench: setup
 	$(PY) benchmarks/throughput.py
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $@
+
+## The documentation site, warnings as errors, in docs/_build/html (index.html is the guide).
+## It runs every examples/plot_*.py on the full data; SKIMGFEAT_EXAMPLE_SUBSET=1 for a quick subset.
+docs: $(VENV)/.installed-docs
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache docs/_build docs/generated docs/auto_examples

@@ -118,8 +118,8 @@ class ImageFeatureExtractor:
         Parameters
         ----------
         image_dir : str or os.PathLike
-        pattern : str, default="*.webp"
-            Glob pattern on file names.
+        pattern : str
+            Glob pattern on file names; default ``"*.webp"``.
         max_images : int or None, default=None
             Only the first ``max_images`` files (in sorted order): a quick test run.
         recursive : bool, default=False

@@ -125,8 +125,9 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        predictions : ndarray of shape (n_samples, n_features_out_)
-            Row i predicted by an estimator fitted on the folds without row i.
+        predictions : ndarray of shape (n_samples, n_outputs)
+            Row i predicted by an estimator fitted on the folds without row i; one
+            column per target, or per class with ``predict_proba``.
         """
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
@@ -151,7 +152,7 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        predictions : ndarray of shape (n_samples, n_features_out_)
+        predictions : ndarray of shape (n_samples, n_outputs)
         """
         check_is_fitted(self, "estimator_")
         X = validate_data(self, X, reset=False, ensure_all_finite=self._ensure_all_finite())

@@ -37,8 +37,9 @@ def list_images(
     ----------
     image_dir : str or os.PathLike
         An existing folder; NotADirectoryError otherwise.
-    pattern : str, default="*.webp"
-        A :mod:`glob` pattern matched against file names (case-sensitive on Linux).
+    pattern : str
+        A :mod:`glob` pattern matched against file names (case-sensitive on Linux);
+        default ``"*.webp"``.
     recursive : bool, default=False
         Search sub-folders too. The original module looked in ``image_dir`` only.
     max_images : int or None, default=None

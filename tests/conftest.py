@@ -23,6 +23,12 @@ def _require(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The whole shared folder (photos and weights), as the gallery examples read it."""
+    return _require(SHARED)
+
+
+@pytest.fixture(scope="session")
 def shared_weights() -> Path:
     """Real ImageNet MobileNetV2 weights (dequantized from torchvision's int8 file)."""
     return _require(WEIGHTS)

@@ -24,6 +24,8 @@ from .timm_models import TimmModel
 from .torchvision_models import PRETRAINED, TORCHVISION_MODELS, TorchvisionModel
 from .weights_files import check_state_dict, file_sha256, is_weights_file, parameters_sha256, read_state_dict
 
+#: Every torchvision model name :class:`~skimgfeat.CNNImageEmbedder` accepts, mapped to its
+#: builder, default weights and feature width (:func:`~skimgfeat.list_models` lists the names).
 MODEL_REGISTRY: dict[str, TorchvisionModel] = TORCHVISION_MODELS
 DEFAULT_WEIGHTS = PRETRAINED
 FAMILIES = {timm_models.PREFIX: TimmModel, open_clip_models.PREFIX: OpenClipModel}
