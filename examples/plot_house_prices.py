@@ -178,23 +178,28 @@ print(results.round(3).to_string())
 results.round(3)
 
 # %%
-# With the full data (225 training and 75 test houses; ``python
-# examples/plot_house_prices.py``), this run measured:
+# With the full data (225 training and 75 test houses), ``python
+# examples/plot_house_prices.py`` measured (about 5 CPU minutes, most of them for the
+# forests on 1284 columns):
 #
-# ====================  =========  ===============  ============================  ===========
-# features              test MAPE  test median APE  chosen model, aggregation     CV MAPE
-# ====================  =========  ===============  ============================  ===========
-# tabular only          FULL_TAB_MAPE      FULL_TAB_MED            FULL_TAB_CHOICE       FULL_TAB_CV
-# naive concatenation   FULL_NAIVE_MAPE    FULL_NAIVE_MED          FULL_NAIVE_CHOICE     FULL_NAIVE_CV
-# stacking              FULL_STACK_MAPE    FULL_STACK_MED          FULL_STACK_CHOICE     FULL_STACK_CV
-# ====================  =========  ===============  ============================  ===========
+# ====================  =========  ===============  ================================  =======
+# features              test MAPE  test median APE  chosen model, aggregation         CV MAPE
+# ====================  =========  ===============  ================================  =======
+# tabular only          0.255      0.165            random forest                     0.369
+# naive concatenation   0.395      0.286            extra trees, mean                 0.463
+# stacking              0.276      0.197            random forest, max                0.364
+# ====================  =========  ===============  ================================  =======
 #
-# 1280 raw image features swamp 4 tabular columns: a tree model spends its splits on
-# them, and 225 houses are too few to learn which of them matter. Stacking gives the
-# tree one column that already says what the photos imply for the price, learnt
-# out-of-fold so that the tree sees it exactly as noisy as it will be on new houses.
-# 75 test houses make these numbers noisy (a few points of MAPE); the cross-validated
-# MAPE on the training houses tells the same story.
+# Naive concatenation makes the model clearly worse: 1280 raw image features swamp 4
+# tabular columns, the trees spend their splits on them, and 225 houses are too few to
+# learn which of them matter. Stacking keeps the photos without that damage: the tree
+# gets one column that already says what the photos imply for the price, learnt
+# out-of-fold so that it is exactly as noisy on the training houses as on new ones. Its
+# cross-validated error matches the table alone (0.364 against 0.369); on the 75 test
+# houses it is two points behind, a gap that so few houses cannot resolve. Alone, the photos do
+# carry the price: the out-of-fold prediction from the photos correlates 0.58 with the
+# log price, more than the living area (0.50); but here the zip code and the area
+# already tell the forest most of what the photos tell.
 
 fig, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4.5))
 results[["test MAPE", "test median APE"]].plot.barh(ax=bars)
