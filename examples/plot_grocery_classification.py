@@ -90,9 +90,9 @@ print(f"product accuracy: {product_accuracy:.3f}   category accuracy: {category_
 # %%
 # With the full splits (2640 training and 296 validation photos), ``python
 # examples/plot_grocery_classification.py`` measured a product accuracy of 0.740 and a
-# category accuracy of 0.855 on the validation photos (77 of 296 photos misread). The confusions are mostly between look-alike products of one
-# category (two apple varieties, two oat milks), which is why the category accuracy is
-# higher.
+# category accuracy of 0.855 on the validation photos (77 of 296 photos misread). The
+# confusions are mostly between look-alike products of one category (two apple
+# varieties, two oat milks), which is why the category accuracy is higher.
 #
 # Which categories are confused
 # -----------------------------

@@ -91,7 +91,7 @@ print(f"precision at 4: {np.mean(hits):.2f} over {len(every_product)} products")
 
 # %%
 # Duplicates: copies hidden in the catalogue
-# -----------------------------------------
+# ------------------------------------------
 # Eight photos are re-uploaded in altered form: resized to 60%, recompressed at JPEG
 # quality 30, cropped to 90% or brightened by 30%. The copies join the table, and
 # :func:`~skimgfeat.find_duplicates` should link each to its original and nothing else.
