@@ -2,7 +2,11 @@
 
 A fitted :class:`~skimgfeat.CNNImageEmbedder` pickles with its network as CPU tensors
 and rebuilds its fast backend on first use, so it travels to Dask workers (processes on
-this machine or a ``dask.distributed`` cluster) as one object of the task graph. Each
+this machine or a ``dask.distributed`` cluster) as one object of the task graph. With
+Dask's default threaded scheduler, or several threads per worker, the partitions of one
+process share that one embedder: it is prepared once, and its decode and inference
+threads are sized to the worker's ``threads_per_worker`` (see
+:func:`skimgfeat.inference.cpu_budget`). Each
 partition is embedded with ``iter_transform`` (threaded decoding, batched inference) and
 comes back as a table with the partition's index, so features stay aligned with
 whatever else the collection holds.

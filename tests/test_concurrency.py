@@ -25,8 +25,9 @@ def listing(synthetic_photos, tmp_path) -> list[str]:
     return [str(p) for p in synthetic_photos[:3]] + [str(empty)] + [str(p) for p in synthetic_photos[3:]]
 
 
-def _decode_threads() -> int:
-    return sum(thread.name.startswith("skimgfeat-decode") for thread in threading.enumerate())
+def _pool_threads() -> dict[str, int]:
+    names = [thread.name for thread in threading.enumerate()]
+    return {kind: sum(name.startswith(f"skimgfeat-{kind}") for name in names) for kind in ("decode", "infer")}
 
 
 def test_four_threads_sharing_one_unprepared_embedder_get_the_serial_result(listing):
@@ -37,7 +38,7 @@ def test_four_threads_sharing_one_unprepared_embedder_get_the_serial_result(list
     shared = _embedder().fit()  # not prepared: the four threads race to prepare it
     start = threading.Barrier(4)
     results: dict[int, tuple] = {}
-    most_decoders = 0
+    most = {"decode": 0, "infer": 0}
 
     def work(k: int) -> None:
         start.wait()
@@ -51,7 +52,7 @@ def test_four_threads_sharing_one_unprepared_embedder_get_the_serial_result(list
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
-        most_decoders = max(most_decoders, _decode_threads())
+        most = {kind: max(most[kind], count) for kind, count in _pool_threads().items()}
         time.sleep(0.01)
 
     assert sorted(results) == [0, 1, 2, 3]
@@ -61,8 +62,8 @@ def test_four_threads_sharing_one_unprepared_embedder_get_the_serial_result(list
             np.testing.assert_array_equal(features, expected[order])
             assert sorted(errors) == sorted(expected_errors)  # each call sees its own failures only
     assert [(e.path, e.reason) for e in shared.errors_] == expected_errors  # the last call's, not a mix
-    # One process-wide decode pool, however many calls run at once.
-    assert most_decoders <= cpu_budget()
+    # One process-wide decode pool and one inference pool, however many calls run at once.
+    assert most["decode"] <= cpu_budget() and most["infer"] <= cpu_budget()
 
 
 def test_prepare_builds_the_runtime_once_ahead_of_the_first_transform(listing):
