@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
+from skimgfeat import CNNImageEmbedder
 from skimgfeat.registry import MODEL_REGISTRY, build_model, network_blocks
 from skimgfeat.registry.built_model import seeded
 
@@ -75,3 +77,51 @@ def test_timm_blocks_are_its_parameter_groups_covering_every_parameter_once(name
     assert len(blocks) >= 5
     assert id(headless.get_parameter(stem_parameter)) in {id(p) for p in blocks[0].parameters()}
     assert id(headless.get_parameter(last_parameter)) in {id(p) for p in blocks[-1].parameters()}
+
+
+def test_weights_are_named_by_short_or_full_name_or_enum_member():
+    spec = MODEL_REGISTRY["resnet50"]
+    weights = torchvision.models.ResNet50_Weights
+    assert spec.resolve_weights("pretrained") is weights.IMAGENET1K_V1
+    assert spec.resolve_weights("IMAGENET1K_V2") is weights.IMAGENET1K_V2
+    assert spec.resolve_weights("ResNet50_Weights.IMAGENET1K_V2") is weights.IMAGENET1K_V2
+    assert spec.resolve_weights(weights.IMAGENET1K_V2) is weights.IMAGENET1K_V2
+    assert spec.resolve_weights("DEFAULT") is weights.DEFAULT
+    with pytest.raises(ValueError, match="IMAGENET1K_V2"):
+        spec.resolve_weights("IMAGENET2K")
+    with pytest.raises(ValueError, match="unknown weights"):
+        spec.resolve_weights(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1)
+
+
+def test_each_weights_brings_its_own_recipe():
+    spec = MODEL_REGISTRY["resnet50"]
+    weights = torchvision.models.ResNet50_Weights
+    assert (spec.recipe(weights.IMAGENET1K_V1).resize, spec.recipe(weights.IMAGENET1K_V1).crop) == (256, 224)
+    assert (spec.recipe(weights.IMAGENET1K_V2).resize, spec.recipe(weights.IMAGENET1K_V2).crop) == (232, 224)
+
+
+def test_the_user_overrides_any_part_of_the_recipe_and_model_info_says_so():
+    embedder = CNNImageEmbedder(
+        "resnet18", weights=None, resize_mode="square", resize_size=288, crop_size=256, interpolation="bicubic"
+    ).fit()
+    recipe = embedder.preprocessing_
+    assert (recipe.resize, recipe.crop, recipe.resize_mode, recipe.interpolation) == (288, 256, "square", "bicubic")
+    assert embedder.model_info_["input_size"] == [3, 256, 256]
+    assert embedder.model_info_["recipe_source"] == (
+        "torchvision ResNet18_Weights.IMAGENET1K_V1.transforms(); overridden by resize_mode='square', "
+        "resize_size=288, crop_size=256, interpolation='bicubic'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"interpolation": "cubic"}, "interpolation must be one of"),
+        ({"crop_size": 300}, "need 0 < crop <= resize"),
+        ({"resize_size": 0}, "resize_size must be a positive int"),
+        ({"resize_mode": "fit"}, "resize_mode must be one of"),
+    ],
+)
+def test_bad_recipe_overrides_are_refused_at_fit(params, message):
+    with pytest.raises(ValueError, match=message):
+        CNNImageEmbedder("resnet18", weights=None, **params).fit()
