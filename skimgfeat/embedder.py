@@ -36,7 +36,8 @@ from .inference import (
 from .inputs import ImageInput, parse_image_input
 from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
-from .registry import DEFAULT_WEIGHTS, build_model, network_blocks, parameters_sha256
+from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks, parameters_sha256
+from .registry.multi_scale import multi_scale_network, stage_feature_names
 
 ON_ERROR = ("raise", "nan")
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -158,6 +159,12 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     fine_tune_options : dict or None, default=None
         Overrides of the training recipe by name (:class:`skimgfeat.finetune.Recipe`:
         ``train_size``, ``learning_rate``, ``validation_fraction``, ``patience``, ...).
+    multi_scale : int, default=1
+        1: the final feature vector only. N > 1: the globally average-pooled outputs of
+        the N-1 stages (runs of blocks at one resolution) before the last one, then the
+        final vector, concatenated; their columns are named ``img_feature_stage{k}_{i}``
+        (k = 1 nearest the input), the final vector's ``img_feature_{i}`` as usual.
+        torchvision and timm models (timm's ``forward_intermediates``).
 
     Attributes
     ----------
@@ -223,6 +230,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         fine_tune_task: str = "auto",
         fine_tune_epochs: int = 10,
         fine_tune_options: dict | None = None,
+        multi_scale: int = 1,
     ) -> None:
         self.model_name = model_name
         self.weights = weights
@@ -245,6 +253,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.fine_tune_task = fine_tune_task
         self.fine_tune_epochs = fine_tune_epochs
         self.fine_tune_options = fine_tune_options
+        self.multi_scale = multi_scale
 
     # -- scikit-learn protocol -------------------------------------------------
 
@@ -269,12 +278,18 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.preprocessing_ = self._recipe(built.recipe)
         self.errors_ = []
         fine_tuning = self._fine_tune(X, y) if self.fine_tune != 0 else None
+        self.stage_columns_ = None
+        if self.multi_scale > 1:
+            self.model_, self.stage_columns_ = multi_scale_network(
+                get_spec(self.model_name), self.model_, self.multi_scale, self.preprocessing_.crop
+            )
+            self.n_features_out_ = sum(column.width for column in self.stage_columns_)
         self.model_info_ = {
             "model_name": self.model_name,
             "weights": built.weights,
             "weights_sha256": built.weights_sha256,
-            "parameters_sha256": parameters_sha256(built.module),
-            "n_features": built.n_features,
+            "parameters_sha256": parameters_sha256(self.model_),
+            "n_features": self.n_features_out_,
             "feature_names": f"{FEATURE_PREFIX}0 ... {FEATURE_PREFIX}{built.n_features - 1}",
             "output": built.output,
             "input_size": [3, self.preprocessing_.crop, self.preprocessing_.crop],
@@ -287,6 +302,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         }
         if fine_tuning is not None:
             self.model_info_["fine_tuning"] = fine_tuning
+        if self.stage_columns_ is not None:
+            names = self.get_feature_names_out()
+            self.model_info_["feature_names"] = f"{names[0]} ... {names[-1]}"
+            self.model_info_["output"] += "; before it, the global average pool of earlier stages' outputs"
+            self.model_info_["multi_scale"] = [dataclasses.asdict(column) for column in self.stage_columns_]
         self.n_embedded_ = 0
         self._runtime = None
         return self
@@ -336,8 +356,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """``img_feature_0 ... img_feature_{n_features_out_ - 1}``."""
+        """``img_feature_0 ... img_feature_{n_features_out_ - 1}`` (with ``multi_scale``: stage columns first)."""
         check_is_fitted(self, "n_features_out_")
+        if getattr(self, "stage_columns_", None):
+            return np.asarray(stage_feature_names(self.stage_columns_, FEATURE_PREFIX), dtype=object)
         return feature_names(self.n_features_out_)
 
     def __sklearn_tags__(self):
@@ -433,6 +455,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         if not _is_int_at_least(self.fine_tune_epochs, 1):
             raise ValueError(f"fine_tune_epochs must be a positive int, got {self.fine_tune_epochs!r}")
         make_recipe(self.fine_tune_options)
+        if not _is_int_at_least(self.multi_scale, 1):
+            raise ValueError(f"multi_scale must be a positive int, got {self.multi_scale!r}")
         resolve_device(self.device)
 
     def _fine_tune(self, X, y) -> dict:

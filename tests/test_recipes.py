@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.registry import MODEL_REGISTRY, build_model, network_blocks
+from skimgfeat.inference import decode_pixels
+from skimgfeat.registry import MODEL_REGISTRY, build_model, get_spec, network_blocks
 from skimgfeat.registry.built_model import seeded
+from skimgfeat.registry.multi_scale import multi_scale_network
 
 # Small inputs keep the 24 forward passes to seconds; the architectures are size-agnostic.
 SMALL_BATCH = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -125,3 +128,46 @@ def test_the_user_overrides_any_part_of_the_recipe_and_model_info_says_so():
 def test_bad_recipe_overrides_are_refused_at_fit(params, message):
     with pytest.raises(ValueError, match=message):
         CNNImageEmbedder("resnet18", weights=None, **params).fit()
+
+
+# -- multi-scale features --------------------------------------------------------------
+
+
+def test_multi_scale_adds_pooled_earlier_stages_before_the_final_vector(synthetic_photos):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    paths = [str(p) for p in synthetic_photos[:3]]
+    single = CNNImageEmbedder("mobilenet_v2", weights=None, random_state=0, backend="eager").fit()
+    multi = CNNImageEmbedder("mobilenet_v2", weights=None, random_state=0, multi_scale=3).fit()  # default backend
+    names = multi.get_feature_names_out()
+    assert multi.n_features_out_ == len(names) == 32 + 96 + 1280
+    assert list(names[:2]) == ["img_feature_stage3_0", "img_feature_stage3_1"]
+    assert names[32] == "img_feature_stage4_0" and list(names[-1280:]) == list(single.get_feature_names_out())
+    features = multi.transform(paths)
+    np.testing.assert_allclose(features[:, -1280:], single.transform(paths), rtol=1e-3, atol=1e-5)
+    # the stage columns are torchvision's own intermediate outputs (28x28 and 14x14 stage ends), pooled
+    stages = create_feature_extractor(single.model_, {"features.6": "stage3", "features.13": "stage4"})
+    pixels = torch.from_numpy(np.stack([decode_pixels(p, multi.preprocessing_, None) for p in paths]))
+    with torch.no_grad():
+        outputs = stages(multi.preprocessing_.normalize(pixels, torch.contiguous_format))
+    expected = torch.cat([outputs["stage3"].mean((2, 3)), outputs["stage4"].mean((2, 3))], 1).numpy()
+    np.testing.assert_allclose(features[:, :128], expected, rtol=1e-3, atol=1e-5)
+    assert multi.model_info_["multi_scale"][-1] == {"stage": 5, "width": 1280, "final": True}
+
+
+def test_multi_scale_with_a_timm_model_uses_its_intermediates(synthetic_photos):
+    pytest.importorskip("timm")
+    paths = [str(p) for p in synthetic_photos[:2]]
+    single = CNNImageEmbedder("timm:resnet18", weights=None, random_state=0, backend="eager").fit()
+    multi = CNNImageEmbedder("timm:resnet18", weights=None, random_state=0, backend="eager", multi_scale=2).fit()
+    assert multi.n_features_out_ == 256 + 512 and multi.get_feature_names_out()[0] == "img_feature_stage4_0"
+    np.testing.assert_allclose(multi.transform(paths)[:, 256:], single.transform(paths), rtol=1e-4, atol=1e-6)
+
+
+def test_multi_scale_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="multi_scale is not available for open_clip"):
+        multi_scale_network(get_spec("open_clip:ViT-B-32"), None, 2, 224)
+    with pytest.raises(ValueError, match="multi_scale=9 but resnet18 has 4 stages"):
+        CNNImageEmbedder("resnet18", weights=None, multi_scale=9).fit()
+    with pytest.raises(ValueError, match="multi_scale must be a positive int"):
+        CNNImageEmbedder("resnet18", weights=None, multi_scale=0).fit()
