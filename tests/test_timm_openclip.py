@@ -132,3 +132,17 @@ def test_models_lists_torchvision_names_and_how_to_name_the_others():
     assert efficientnet_b3[1:3] == ["1536", "IMAGENET1K_V1"]
     assert "320 shorter side -> crop 300, bicubic" in " ".join(lines)
     assert any("timm:<name>" in line for line in lines) and any("open_clip:<arch>" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "weights", "message"),
+    [
+        ("timm:no_such_net", None, "unknown timm model 'no_such_net'"),
+        ("timm:resnet18", "IMAGENET1K_V1", "unknown weights 'IMAGENET1K_V1' for timm:resnet18"),
+        ("open_clip:ViT-B-32", "laion5b", "unknown weights 'laion5b' for open_clip:ViT-B-32; .* laion2b_s34b_b79k"),
+        ("open_clip:NoSuchArch", None, "unknown OpenCLIP architecture 'NoSuchArch'"),
+    ],
+)
+def test_unknown_names_and_weights_are_clear_errors(model_name, weights, message):
+    with pytest.raises(ValueError, match=message):
+        CNNImageEmbedder(model_name, weights=weights).fit()

@@ -7,7 +7,6 @@ recipe is OpenCLIP's validation transform, read from the model's preprocess conf
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,17 +59,12 @@ class OpenClipModel:
                 f"unknown weights {pretrained!r} for open_clip:{self.name}; use 'pretrained', one of the tags "
                 f"{tags}, None for random weights, or the path of a local state-dict file"
             )
-        logger = logging.getLogger()
-        level = logger.level
-        logger.setLevel(max(level, logging.ERROR))  # "no pretrained weights loaded" is what None asks for
         try:
             return open_clip.create_model(self.name, pretrained=pretrained)
         except RuntimeError as error:
             if pretrained is not None and "download" in str(error).lower():
                 raise OSError(f"cannot get OpenCLIP weights {pretrained!r} for {self.name}: {error}") from error
             raise
-        finally:
-            logger.setLevel(level)
 
     def recipe(self, model: nn.Module) -> Preprocessing:
         open_clip = import_optional("open_clip")
