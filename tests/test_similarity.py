@@ -75,6 +75,15 @@ def test_embedder_from_model_info_uses_the_recorded_parameters_with_other_weight
         embedder_from_model_info({})
 
 
+def test_a_file_inside_the_photo_folder_is_its_row_of_the_table(synthetic_photos):
+    folder = synthetic_photos[0].parent
+    names = [path.name for path in synthetic_photos[:3]]
+    index = SimilarityIndex(names, np.eye(3) + 0.1, image_dir=folder)  # no model info: nothing can be embedded
+    found = similar_items(index, [synthetic_photos[0]], k=2)
+    assert found["query"].iloc[0] == str(synthetic_photos[0])
+    assert names[0] not in set(found["image_path"])
+
+
 def test_a_query_that_is_neither_a_file_nor_a_row_is_refused():
     index = SimilarityIndex(["a", "b"], np.eye(2))
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
