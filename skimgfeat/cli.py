@@ -15,7 +15,8 @@ import sys
 import textwrap
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,14 +308,7 @@ def run_extract(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.resume and args.restart:
         raise UsageError("--resume and --restart exclude each other")
-    if not args.image_dir.is_dir():
-        raise UsageError(f"image folder {os.fspath(args.image_dir)!r} does not exist or is not a folder")
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise UsageError(f"output folder {os.fspath(args.output_dir)!r} is a file")
-    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
-    if not paths:
-        where = "under" if args.recursive else "in"
-        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+    paths = _input_images(args)
     embedder = _fit_embedder(args)
     relative = [path.relative_to(args.image_dir).as_posix() for path in paths]
     stamps = [FileStamp.of(path) for path in paths]
@@ -336,6 +330,19 @@ def run_extract(args: argparse.Namespace) -> int:
         print_summary(result, args)
     n_failed = int((result.raw[ERROR] != "").sum())
     return EXIT_IMAGES_FAILED if args.strict and n_failed else EXIT_OK
+
+
+def _input_images(args: argparse.Namespace) -> list[Path]:
+    """The images ``args`` select (IMAGE_DIR, --pattern, --recursive, --max-images); UsageError if none."""
+    if not args.image_dir.is_dir():
+        raise UsageError(f"image folder {os.fspath(args.image_dir)!r} does not exist or is not a folder")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"output folder {os.fspath(args.output_dir)!r} is a file")
+    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
+    if not paths:
+        where = "under" if args.recursive else "in"
+        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+    return paths
 
 
 def _fit_embedder(args: argparse.Namespace):
@@ -583,14 +590,24 @@ def _add_quality(commands, common: argparse.ArgumentParser) -> None:
     quality.set_defaults(handler=run_quality)
 
 
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Report what the API refuses in the user's arguments (ValueError, FileNotFoundError) as exit code 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from error
+
+
 def run_similar(args: argparse.Namespace) -> int:
     """Print the nearest rows of each query as CSV; draw the contact sheet if asked."""
     from .io import atomic_path
     from .similarity import SimilarityIndex, similar_items
 
-    index = SimilarityIndex.read(args.features, by_item=args.by_item, image_dir=args.image_dir)
     weights = args.weights or os.environ.get(WEIGHTS_ENV) or None
-    results = similar_items(index, args.queries, k=args.k, weights=weights)
+    with _usage_errors():  # a missing table, an unknown query, a query file that is no image
+        index = SimilarityIndex.read(args.features, by_item=args.by_item, image_dir=args.image_dir)
+        results = similar_items(index, args.queries, k=args.k, weights=weights)
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
     if args.sheet is not None:
         from .contact_sheet import contact_sheet
@@ -604,7 +621,8 @@ def run_duplicates(args: argparse.Namespace) -> int:
     """Print the groups of near-duplicates as CSV."""
     from .similarity import SimilarityIndex, find_duplicates
 
-    groups = find_duplicates(SimilarityIndex.read(args.features), threshold=args.threshold)
+    with _usage_errors():  # a missing or foreign table, a threshold out of range
+        groups = find_duplicates(SimilarityIndex.read(args.features), threshold=args.threshold)
     groups.to_csv(sys.stdout, index=False)
     return EXIT_OK
 
@@ -615,10 +633,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from .quality import QUALITY_FEATURES, ImageQualityFeatures
     from .tables import aggregate_features_by_item
 
-    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
-    if not paths:
-        where = "under" if args.recursive else "in"
-        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+    paths = _input_images(args)
     measure = ImageQualityFeatures(on_error="nan", n_workers=args.workers).fit()
     started = time.perf_counter()
     values = measure.transform([str(path) for path in paths])

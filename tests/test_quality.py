@@ -65,6 +65,11 @@ def test_strict_quality_run_exits_3_on_a_broken_file(altered_photos, tmp_path):
     assert result.returncode == 3 and result.stdout == ""
 
 
+def test_quality_of_a_missing_folder_exits_2_naming_it(tmp_path):
+    result = skimgfeat("quality", tmp_path / "nowhere", "-o", tmp_path / "out")
+    assert result.returncode == 2 and "nowhere" in result.stderr
+
+
 def test_on_error_raise_names_the_file_and_nan_keeps_the_other_rows(synthetic_photos, tmp_path):
     broken = tmp_path / "cut.jpg"
     broken.write_bytes(synthetic_photos[0].read_bytes()[:300])
