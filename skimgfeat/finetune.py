@@ -168,9 +168,10 @@ class Targets:
         return cls(task, torch.from_numpy(standardised.astype(np.float32)), numbers.shape[1])
 
     def loss(self, outputs: torch.Tensor, rows: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        truth = self.values[rows.cpu()].to(outputs.device)
         if self.task == "classification":
-            return functional.cross_entropy(outputs, self.values[rows], label_smoothing=label_smoothing)
-        return functional.mse_loss(outputs, self.values[rows])
+            return functional.cross_entropy(outputs, truth, label_smoothing=label_smoothing)
+        return functional.mse_loss(outputs, truth)
 
     def score(self, outputs: torch.Tensor, rows: torch.Tensor) -> float:
         """Accuracy for classes, R^2 (mean over targets) for numbers: higher is better."""
@@ -409,6 +410,8 @@ class _Trainer:
 
     def probe_head(self, head: nn.Module) -> None:
         """Fit the head on frozen features of the whole photos (the LP of LP-FT)."""
+        if self.recipe.probe_epochs == 0:
+            return
         self.trunk.eval()
         with torch.no_grad():
             inputs = self._in_chunks(
@@ -496,8 +499,7 @@ class _Trainer:
                     rows, owners = self.photo_rows(self.photos, sample_rows)
                     inputs = self.training_inputs(rows, epoch)
                     outputs = head(self.sample_features(inputs, owners, len(sample_rows)))
-                    loss = self.targets.loss(outputs, torch.as_tensor(sample_rows).to(self.device),
-                                             recipe.label_smoothing)
+                    loss = self.targets.loss(outputs, torch.as_tensor(sample_rows), recipe.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
