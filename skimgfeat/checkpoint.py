@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,6 +80,16 @@ class Rows:
             [detail for part in parts for detail in part.details],
             np.concatenate([part.features for part in parts]),
         )
+
+
+class RowLocation(NamedTuple):
+    """One checkpointed row: its file stamp, failure reason and detail, and where its features are."""
+
+    stamp: FileStamp
+    reason: str
+    detail: str
+    part: Path
+    row: int
 
 
 class Checkpoint:
@@ -153,17 +164,38 @@ class Checkpoint:
 
         A path embedded twice (its file changed between runs) keeps its latest row.
         """
-        rows: dict[str, tuple[FileStamp, str, str, np.ndarray]] = {}
+        index = self.index()
+        features = self.read_features(list(index.values()), n_features)
+        return {path: (at.stamp, at.reason, at.detail, row) for (path, at), row in zip(index.items(), features)}
+
+    def index(self) -> dict[str, RowLocation]:
+        """Where each checkpointed row is, without its features: relative path -> RowLocation.
+
+        A path embedded twice (its file changed between runs) keeps its latest row. Only
+        the small per-row arrays are read, so this stays cheap for millions of rows.
+        """
+        rows: dict[str, RowLocation] = {}
         for part in self._part_files():
             with np.load(part, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}  # each npz[name] reads the file again
-            if arrays["features"].shape[1:] != (n_features,):
-                raise CheckpointError(f"checkpoint part {part.name} has features of another width")
-            columns = zip(arrays["image_path"].tolist(), arrays["size"].tolist(), arrays["mtime_ns"].tolist(),
-                          arrays["reason"].tolist(), arrays["detail"].tolist(), arrays["features"])
-            for path, size, mtime_ns, reason, detail, features in columns:
-                rows[path] = (FileStamp(size, mtime_ns), reason, detail, features)
+                columns = zip(npz["image_path"].tolist(), npz["size"].tolist(), npz["mtime_ns"].tolist(),
+                              npz["reason"].tolist(), npz["detail"].tolist())
+                for row, (path, size, mtime_ns, reason, detail) in enumerate(columns):
+                    rows[path] = RowLocation(FileStamp(size, mtime_ns), reason, detail, part, row)
         return rows
+
+    def read_features(self, rows: Sequence[RowLocation], n_features: int) -> np.ndarray:
+        """The feature rows at ``rows``, in that order; each part file is read once per call."""
+        out = np.empty((len(rows), n_features), dtype=np.float32)
+        by_part: dict[Path, list[int]] = {}
+        for i, at in enumerate(rows):
+            by_part.setdefault(at.part, []).append(i)
+        for part, positions in by_part.items():
+            with np.load(part, allow_pickle=False) as npz:
+                features = npz["features"]
+            if features.shape[1:] != (n_features,):
+                raise CheckpointError(f"checkpoint part {part.name} has features of another width")
+            out[positions] = features[[rows[i].row for i in positions]]
+        return out
 
     def remove(self) -> None:
         """Delete the checkpoint: the run it belongs to is complete."""

@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import __version__
 from .checkpoint import Checkpoint, CheckpointError, FileStamp, Rows, pending
-from .io import printable, write_json, write_table
-from .output import FEATURE_PREFIX, progress_bar
+from .io import printable, write_json, write_table, write_table_chunks
+from .output import FEATURE_PREFIX, feature_names, progress_bar
+from .table_stream import FeatureStatistics, item_table_chunks, raw_table_chunks
 from .tables import (
     ERROR,
     IMAGE_PATH,
@@ -291,10 +291,12 @@ def run_cache(args: argparse.Namespace) -> int:
 
 @dataclass
 class ExtractResult:
-    """What one ``extract`` run did: for the summary."""
+    """What one ``extract`` run did: for the summary (the tables themselves are only on disk)."""
 
-    raw: pd.DataFrame
-    by_item: pd.DataFrame | None
+    n_images: int
+    failures: list[tuple[str, str]]
+    statistics: FeatureStatistics
+    n_items: int | None
     outputs: list[Path]
     n_resumed: int
     n_embedded: int
@@ -314,22 +316,18 @@ def run_extract(args: argparse.Namespace) -> int:
     stamps = [FileStamp.of(path) for path in paths]
     fingerprint = _fingerprint(args, embedder)
     checkpoint = Checkpoint.open(args.output_dir, fingerprint, resume=args.resume, restart=args.restart)
-    done = checkpoint.load(embedder.n_features_out_)
-    todo = pending(relative, stamps, done)
+    todo = pending(relative, stamps, checkpoint.index())
     embedder.prepare()  # the network's copy and export happen now: not part of the throughput
     embed_started = time.perf_counter()
     _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
     embed_seconds = time.perf_counter() - embed_started
-    raw, by_item, outputs, model_info = _write_outputs(args, checkpoint.load(embedder.n_features_out_), relative,
-                                                        embedder)
+    result = _write_outputs(args, checkpoint, relative, embedder)
     checkpoint.remove()
-    result = ExtractResult(raw, by_item, outputs, n_resumed=len(paths) - len(todo), n_embedded=len(todo),
-                           embed_seconds=embed_seconds, wall_seconds=time.perf_counter() - started,
-                           model_info=model_info)
+    result.n_resumed, result.n_embedded = len(paths) - len(todo), len(todo)
+    result.embed_seconds, result.wall_seconds = embed_seconds, time.perf_counter() - started
     if not args.quiet:
         print_summary(result, args)
-    n_failed = int((result.raw[ERROR] != "").sum())
-    return EXIT_IMAGES_FAILED if args.strict and n_failed else EXIT_OK
+    return EXIT_IMAGES_FAILED if args.strict and result.failures else EXIT_OK
 
 
 def _input_images(args: argparse.Namespace) -> list[Path]:
@@ -422,28 +420,38 @@ def _batch_rows(batch, rows: list[int], relative: list[str], stamps: list[FileSt
     )
 
 
-def _write_outputs(args, done: dict, relative: list[str], embedder) -> tuple:
-    """Assemble the tables in listing order from the checkpoint and write every output atomically."""
-    rows = [done[path] for path in relative]
-    features = np.stack([row[3] for row in rows]) if rows else np.empty((0, embedder.n_features_out_), np.float32)
-    messages = {i: _message(reason, detail) for i, (_, reason, detail, _) in enumerate(rows) if reason}
-    raw = features_table(relative, features, messages)
+def _write_outputs(args, checkpoint: Checkpoint, relative: list[str], embedder) -> ExtractResult:
+    """Stream the tables in listing order from the checkpoint and write every output atomically."""
+    index = checkpoint.index()
+    rows = [index[path] for path in relative]
+    del index
+    width = embedder.n_features_out_
+    messages = {i: _message(row.reason, row.detail) for i, row in enumerate(rows) if row.reason}
     model_info = dict(run_model_info(embedder), image_dir=os.fspath(args.image_dir.resolve()))
     output_dir, suffix = args.output_dir, f".{args.format}"
     _remove_leftovers(output_dir)
-    outputs = [write_table(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
-    by_item = None
+    statistics = FeatureStatistics(width)
+    columns = list(feature_names(width))
+    raw = raw_table_chunks(checkpoint, relative, rows, messages, width, features_table,
+                           on_chunk=lambda table: statistics.add(table, columns, (table[ERROR] == "").to_numpy()))
+    outputs = [write_table_chunks(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
+    n_items = None
     if args.aggregate != "none":
-        by_item = aggregate_features_by_item(raw, method=args.aggregate)
+        counted = []
+        by_item = item_table_chunks(checkpoint, relative, rows, width, features_table,
+                                    lambda table: aggregate_features_by_item(table, method=args.aggregate),
+                                    on_chunk=lambda table: counted.append(len(table)))
         item_info = dict(model_info, aggregation=args.aggregate)
-        outputs.append(write_table(by_item, output_dir / f"{ITEM_TABLE}{suffix}", model_info=item_info))
+        outputs.append(write_table_chunks(by_item, output_dir / f"{ITEM_TABLE}{suffix}", model_info=item_info))
+        n_items = sum(counted)
+    failures = [(printable(relative[i]), messages[i]) for i in sorted(messages)]
     errors = pd.DataFrame(
-        [(raw[IMAGE_PATH].iat[i], rows[i][1], printable(rows[i][2])) for i in sorted(messages)],
+        [(path, rows[i].reason, printable(rows[i].detail)) for (path, _), i in zip(failures, sorted(messages))],
         columns=[IMAGE_PATH, "reason", "detail"],
     )
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
-    return raw, by_item, outputs, model_info
+    return ExtractResult(len(relative), failures, statistics, n_items, outputs, 0, 0, 0.0, 0.0, model_info)
 
 
 def _remove_leftovers(output_dir: Path) -> None:
@@ -462,49 +470,48 @@ def _message(reason: str, detail: str) -> str:
 
 def print_summary(result: ExtractResult, args: argparse.Namespace, n_failures_shown: int = 20) -> None:
     """The end-of-run report of the original test script, on stdout."""
-    raw = result.raw
-    failed = raw[raw[ERROR] != ""]
+    failed = result.failures
     info = result.model_info
     rate = result.n_embedded / result.embed_seconds if result.embed_seconds > 0 else float("nan")
     print("Image feature extraction summary")
-    print(f"  images:          {len(raw)} ({len(raw) - len(failed)} done, {len(failed)} failed)")
+    print(f"  images:          {result.n_images} ({result.n_images - len(failed)} done, {len(failed)} failed)")
     print(f"  resumed:         {result.n_resumed} images from the checkpoint, {result.n_embedded} embedded now")
     print(f"  model:           {info['model_name']} ({info['weights']}), on {info.get('device')}")
     print(f"  feature width:   {info['n_features']}")
     print(f"  wall time:       {result.wall_seconds:.1f} s")
     embedded = f"{result.n_embedded} images embedded in {result.embed_seconds:.2f} s"
     print(f"  throughput:      {rate:.1f} images/s ({embedded})")
-    if result.by_item is not None:
-        print(f"  items:           {len(result.by_item)} ({args.aggregate} of each item's photos)")
+    if result.n_items is not None:
+        print(f"  items:           {result.n_items} ({args.aggregate} of each item's photos)")
     print("  outputs:")
     for path in result.outputs:
         print(f"    {path}")
-    if len(failed):
+    if failed:
         print(f"Failed images ({len(failed)}, all listed in {ERRORS_FILE}):")
-        for path, message in zip(failed[IMAGE_PATH][:n_failures_shown], failed[ERROR][:n_failures_shown]):
+        for path, message in failed[:n_failures_shown]:
             print(f"  {path}: {message}")
         if len(failed) > n_failures_shown:
             print(f"  ... and {len(failed) - n_failures_shown} more")
-    _print_statistics(raw[raw[ERROR] == ""])
+    _print_statistics(result.statistics)
 
 
-def _print_statistics(good: pd.DataFrame) -> None:
-    columns = [c for c in good.columns if str(c).startswith(FEATURE_PREFIX)]
-    if good.empty:
+def _print_statistics(stats: FeatureStatistics) -> None:
+    if not stats.count:
         print("Feature statistics: no image could be embedded")
         return
-    values = good[columns].to_numpy(dtype=np.float64)
-    per_feature_mean, per_feature_std = values.mean(axis=0), values.std(axis=0)
-    print(f"Feature statistics ({values.shape[0]} images x {values.shape[1]} features):")
-    print(f"  all values:       mean {values.mean():.4f}, std {values.std():.4f}, "
-          f"min {values.min():.4f}, max {values.max():.4f}")
-    print(f"  per-feature mean: from {per_feature_mean.min():.4f} to {per_feature_mean.max():.4f}")
-    print(f"  per-feature std:  from {per_feature_std.min():.4f} to {per_feature_std.max():.4f}")
-    print(f"  zero features:    {int((values == 0).all(axis=0).sum())} always 0; "
-          f"sparsity {float((values == 0).mean()):.1%}")
+    mean, std = stats.per_feature_mean(), stats.per_feature_std()
+    width = len(mean)
+    print(f"Feature statistics ({stats.count} images x {width} features):")
+    print(f"  all values:       mean {stats.overall_mean():.4f}, std {stats.overall_std():.4f}, "
+          f"min {stats.minimum:.4f}, max {stats.maximum:.4f}")
+    print(f"  per-feature mean: from {mean.min():.4f} to {mean.max():.4f}")
+    print(f"  per-feature std:  from {std.min():.4f} to {std.max():.4f}")
+    print(f"  zero features:    {int((stats.zeros == stats.count).sum())} always 0; "
+          f"sparsity {float(stats.zeros.sum() / (stats.count * width)):.1%}")
     print("Sample rows:")
+    columns = [f"{FEATURE_PREFIX}{i}" for i in range(min(5, width))]
     with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
-        print(good[["image_name", *columns[:5]]].head(3).to_string(index=False))
+        print(stats.sample[["image_name", *columns]].to_string(index=False))
 
 
 # -- similar, duplicates, quality ----------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import platform
 import threading
@@ -20,7 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from .backends import BACKENDS, prepare_module
+from .backends import BACKENDS, OnnxRuntimeModule, onnx_session_threads, prepare_module
 from .cache import FeatureCache
 from .exceptions import ImageLoadError
 from .finetune import TASKS, fine_tune_network, make_recipe
@@ -40,7 +41,8 @@ from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks, pa
 from .registry.multi_scale import multi_scale_network, stage_feature_names
 
 ON_ERROR = ("raise", "nan")
-PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Autocast dtype of each precision; "int8" runs a quantised ONNX graph instead (skimgfeat.quantization).
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": None}
 
 # Cache entries locked per claim: bounds the open lock files of one call.
 _CLAIM_CHUNK = 256
@@ -119,8 +121,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     draft : bool, default=False
         Let JPEG decode at reduced scale before resizing: faster on big photos, not
         bit-exact (see the docs for the measured deviation).
-    precision : {"float32", "float16", "bfloat16"}, default="float32"
+    precision : {"float32", "float16", "bfloat16", "int8"}, default="float32"
         Run the network under autocast in a lower precision (opt-in, lossy).
+        ``"int8"`` (CPU): the ONNX graph statically quantised by ONNX Runtime, calibrated
+        in ``fit(X)`` on up to 64 of the photos X (required), using the CPU's integer
+        dot-product instructions where present; see the docs for its accuracy.
     backend : {"auto", "eager", "torchscript", "onnxruntime"}, default="auto"
         How the network is executed; "auto" picks the fastest exact one for the device:
         "onnxruntime" (exported to ONNX, run by an ONNX Runtime CPU session) on the CPU in
@@ -188,6 +193,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         failures of whichever call finished last, never a mix; concurrent callers get
         their own failures from :meth:`iter_transform` (each batch's ``errors``) or
         from the NaN rows.
+    quantized_graph_ : bytes or None
+        With ``precision="int8"``: the calibrated int8 ONNX graph that runs; else None.
 
     Notes
     -----
@@ -263,7 +270,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         Parameters
         ----------
         X : image input as in :meth:`transform`, or None
-            Used only when ``fine_tune`` is not 0.
+            Used when ``fine_tune`` is not 0, and by ``precision="int8"``: up to 64 of
+            these photos, evenly spread, calibrate the quantisation.
         y : array-like of shape (n_samples,) or (n_samples, n_targets), or None
             Class labels or numbers; required when ``fine_tune`` is not 0.
 
@@ -308,6 +316,9 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             self.model_info_["output"] += "; before it, the global average pool of earlier stages' outputs"
             self.model_info_["multi_scale"] = [dataclasses.asdict(column) for column in self.stage_columns_]
         self.n_embedded_ = 0
+        self.quantized_graph_ = None
+        if self.precision == "int8":
+            self.quantized_graph_, self.model_info_["calibration"] = self._calibrate(X)
         self._runtime = None
         return self
 
@@ -457,7 +468,27 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         make_recipe(self.fine_tune_options)
         if not _is_int_at_least(self.multi_scale, 1):
             raise ValueError(f"multi_scale must be a positive int, got {self.multi_scale!r}")
-        resolve_device(self.device)
+        device = resolve_device(self.device)
+        if self.precision == "int8" and (device.type != "cpu" or self.backend not in ("auto", "onnxruntime")):
+            raise ValueError(
+                f"precision='int8' runs an ONNX Runtime graph on the CPU: needs device='cpu' and backend 'auto' or "
+                f"'onnxruntime', got device={self.device!r}, backend={self.backend!r}"
+            )
+
+    def _calibrate(self, X) -> tuple[bytes, dict]:
+        """The int8 graph calibrated on photos of X, and what identifies the calibration."""
+        from .quantization import calibration_paths, calibration_pixels, quantize_graph
+
+        if X is None:
+            raise ValueError("precision='int8' calibrates on real photos: pass image paths to fit(X)")
+        paths = calibration_paths(parse_image_input(X).unique_paths())
+        pixels = calibration_pixels(paths, self._decoder(), self.n_workers or default_decode_workers())
+        cpu, size = torch.device("cpu"), self.preprocessing_.crop
+        float_module = prepare_module(self.model_, cpu, "onnxruntime", input_size=size)
+        if not isinstance(float_module, OnnxRuntimeModule):
+            raise RuntimeError("precision='int8' needs the network exported to ONNX, which failed (see the warning)")
+        quantized = quantize_graph(float_module.graph, pixels, self.preprocessing_)
+        return quantized, {"n_images": len(pixels), "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
 
     def _fine_tune(self, X, y) -> dict:
         """Train ``model_`` on (X, y); failed photos are left out and listed in ``errors_``."""
@@ -497,13 +528,16 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             if runtime is not None and runtime[0] == key:
                 return runtime[1]
             autocast_dtype = PRECISIONS[self.precision]
-            module = prepare_module(
-                self.model_,
-                device,
-                self.backend,
-                input_size=self.preprocessing_.crop,
-                autocast=autocast_dtype is not None,
-            )
+            if getattr(self, "quantized_graph_", None) is not None:
+                module = OnnxRuntimeModule(self.quantized_graph_, onnx_session_threads())
+            else:
+                module = prepare_module(
+                    self.model_,
+                    device,
+                    self.backend,
+                    input_size=self.preprocessing_.crop,
+                    autocast=autocast_dtype is not None,
+                )
             runner = ModelRunner(module, device, self.preprocessing_, autocast_dtype)
             self._runtime = (key, runner)
             return runner
@@ -625,6 +659,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 self.precision,
                 f"max_pixels={max_pixels}",
             ]
+            + ([info["calibration"]["pixels_sha256"]] if "calibration" in info else [])
         )
 
 def _device_type(device) -> str | None:

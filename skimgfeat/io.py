@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,12 +90,27 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, model_info: dict |
     -------
     path : Path
     """
+    return write_table_chunks([table], path, model_info)
+
+
+def write_table_chunks(
+    chunks: Iterable[pd.DataFrame], path: str | os.PathLike, model_info: dict | None = None
+) -> Path:
+    """Write the rows of ``chunks`` one after the other as one table, atomically.
+
+    Each chunk is written as it comes (a Parquet row group, or CSV lines) and then
+    dropped, so peak memory is one chunk however long the table. Columns and types
+    are those of the first chunk; there must be at least one (it may be empty).
+    Otherwise as :func:`write_table`.
+    """
     kind = table_format(path)
     with atomic_path(path) as temporary:
         if kind == "csv":
-            table.to_csv(temporary, index=False)
+            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+                for i, chunk in enumerate(chunks):
+                    chunk.to_csv(handle, index=False, header=i == 0)
         else:
-            _write_parquet(table, temporary, model_info)
+            _write_parquet(chunks, temporary, model_info)
     return Path(path)
 
 
@@ -122,16 +137,26 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _write_parquet(table: pd.DataFrame, path: Path, model_info: dict | None) -> None:
+def _write_parquet(chunks: Iterable[pd.DataFrame], path: Path, model_info: dict | None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    if model_info is not None:
-        metadata = dict(arrow.schema.metadata or {})
-        metadata[MODEL_INFO_KEY] = json.dumps(model_info, default=str).encode()
-        arrow = arrow.replace_schema_metadata(metadata)
-    pq.write_table(arrow, path)
+    writer = schema = None
+    try:
+        for chunk in chunks:
+            if writer is None:
+                schema = pa.Schema.from_pandas(chunk, preserve_index=False)
+                if model_info is not None:
+                    metadata = dict(schema.metadata or {})
+                    metadata[MODEL_INFO_KEY] = json.dumps(model_info, default=str).encode()
+                    schema = schema.with_metadata(metadata)
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"no rows to write to {os.fspath(path)!r}: a table needs at least one chunk")
 
 
 def _fsync(path: Path) -> None:
