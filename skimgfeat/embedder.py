@@ -121,6 +121,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     draft : bool, default=False
         Let JPEG decode at reduced scale before resizing: faster on big photos, not
         bit-exact (see the docs for the measured deviation).
+    decode_device : str or None, default=None
+        None decodes with Pillow in the decode threads (exact). ``"cuda"`` decodes JPEG
+        files in batches on the GPU (``torchvision.io.decode_jpeg``, nvJPEG) and resizes
+        them there: opt-in, not bit-exact (see the docs); other formats stay on Pillow.
     precision : {"float32", "float16", "bfloat16", "int8"}, default="float32"
         Run the network under autocast in a lower precision (opt-in, lossy).
         ``"int8"`` (CPU): the ONNX graph statically quantised by ONNX Runtime, calibrated
@@ -227,6 +231,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         on_error: str = "raise",
         max_pixels: int | None = None,
         draft: bool = False,
+        decode_device: str | None = None,
         precision: str = "float32",
         backend: str = "auto",
         n_workers: int | None = None,
@@ -250,6 +255,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.on_error = on_error
         self.max_pixels = max_pixels
         self.draft = draft
+        self.decode_device = decode_device
         self.precision = precision
         self.backend = backend
         self.n_workers = n_workers
@@ -469,6 +475,8 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         if not _is_int_at_least(self.multi_scale, 1):
             raise ValueError(f"multi_scale must be a positive int, got {self.multi_scale!r}")
         device = resolve_device(self.device)
+        if self.decode_device is not None:
+            resolve_device(self.decode_device)
         if self.precision == "int8" and (device.type != "cpu" or self.backend not in ("auto", "onnxruntime")):
             raise ValueError(
                 f"precision='int8' runs an ONNX Runtime graph on the CPU: needs device='cpu' and backend 'auto' or "
@@ -580,6 +588,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         def decode(path):
             return decode_pixels(path, preprocessing, max_pixels)
 
+        if getattr(self, "decode_device", None) is not None:
+            from .gpu_decode import decode_jpeg_batch
+
+            device = torch.device(self.decode_device)
+            decode.decode_batch = lambda paths: decode_jpeg_batch(paths, preprocessing, device, decode, max_pixels)
         return decode
 
     def _missing_path_errors(self, data: ImageInput) -> list[ImageLoadError]:

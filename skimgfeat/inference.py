@@ -134,6 +134,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_shared_pools)
 
 
+def iter_decoded_in_batches(
+    paths: Sequence, decode_batch: Callable[[Sequence], list], batch_size: int
+) -> Iterator[np.ndarray | ImageLoadError]:
+    """Decode ``paths`` ``batch_size`` at a time by ``decode_batch``, one batch ahead on a thread."""
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(1, thread_name_prefix="skimgfeat-decode") as pool:
+        ahead: deque[Future] = deque()
+        for start in starts:
+            ahead.append(pool.submit(decode_batch, paths[start : start + batch_size]))
+            if len(ahead) > 1:
+                yield from ahead.popleft().result()
+        while ahead:
+            yield from ahead.popleft().result()
+
+
 def _lower_decode_priority() -> None:
     """Run this decode thread at a lower scheduling priority than the model's thread.
 
@@ -250,7 +265,11 @@ def embed_stream(
     ``pool``: decode there (see :func:`iter_decoded`).
     """
     window = max(batch_size * 2, n_workers * 4)
-    decoded = iter_decoded(paths, decode, n_workers, window, pool)
+    decode_batch = getattr(decode, "decode_batch", None)
+    if decode_batch is not None:
+        decoded = iter_decoded_in_batches(paths, decode_batch, batch_size)
+    else:
+        decoded = iter_decoded(paths, decode, n_workers, window, pool)
     batches = _decoded_batches(decoded, len(paths), n_features, batch_size, on_error)
     if parallel_calls <= 1:
         for batch, pixels in batches:
