@@ -40,7 +40,11 @@ def cache_dir() -> Path | None:
 
 
 def digest(*parts: str | bytes) -> str:
-    """sha256 of ``parts``, each length-prefixed so that no two lists collide."""
+    """sha256 of ``parts``, each length-prefixed so that no two lists collide.
+
+    >>> digest("ab", "c") == digest("ab", "c") != digest("a", "bc")
+    True
+    """
     hasher = hashlib.sha256()
     for part in parts:
         data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape")
