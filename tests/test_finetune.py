@@ -92,6 +92,27 @@ def test_random_state_makes_fine_tuning_deterministic(small_grocery, shared_weig
     assert not np.array_equal(first.transform(paths[:2]), other_seed.transform(paths[:2]))
 
 
+def test_fine_tuned_features_beat_frozen_ones_on_held_out_photos(shared_weights):
+    """Five apple varieties, three pears and three melons: products the frozen features confuse.
+
+    Measured here: frozen 0.62, fine-tuned 0.76 on the 42 val photos of these classes (fit ~70 s).
+    """
+    classes = [0, 1, 2, 3, 4, 11, 12, 13, 20, 21, 22]
+    train_paths, y_train = grocery_split("train", classes, per_class=24)
+    val_paths, y_val = grocery_split("val", classes)
+
+    def accuracy(embedder):
+        probe = LogisticRegression(max_iter=2000).fit(embedder.transform(train_paths), y_train)
+        return probe.score(embedder.transform(val_paths), y_val)
+
+    frozen = accuracy(CNNImageEmbedder(weights=shared_weights).fit())
+    tuned = CNNImageEmbedder(
+        weights=shared_weights, fine_tune="all", fine_tune_epochs=6, random_state=0,
+        fine_tune_options={"train_size": 112, "source_size": 145, "validation_fraction": 0.0},
+    ).fit(train_paths, y_train)
+    assert accuracy(tuned) >= frozen + 0.05
+
+
 def test_house_prices_train_the_network_through_a_pipeline_with_item_aggregator(shared_weights):
     houses = pd.read_csv(_require(SHARED / "images" / "houses" / "houses.csv")).head(16)
     rooms = ("bathroom", "bedroom", "frontal", "kitchen")
