@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 
-from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
+from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
 
 METHODS = ("mean", "max", "first")
 ITEM_ID = "item_id"

@@ -6,7 +6,7 @@ this machine or a ``dask.distributed`` cluster) as one object of the task graph.
 Dask's default threaded scheduler, or several threads per worker, the partitions of one
 process share that one embedder: it is prepared once, and its decode and inference
 threads are sized to the worker's ``threads_per_worker`` (see
-:func:`skimgfeat.inference.cpu_budget`). Each
+:func:`skimgfeat.engine.inference.cpu_budget`). Each
 partition is embedded with ``iter_transform`` (threaded decoding, batched inference) and
 comes back as a table with the partition's index, so features stay aligned with
 whatever else the collection holds.
@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from .embedder import ON_ERROR, CNNImageEmbedder
-from .tables import ERROR
+from .storage.tables import ERROR
 
 
 def embed_partitions(paths, embedder: CNNImageEmbedder, on_error: str | None = None):

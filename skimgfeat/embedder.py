@@ -21,12 +21,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from .backends import BACKENDS, OnnxRuntimeModule, onnx_session_threads, prepare_module
-from .cache import FeatureCache
-from .exceptions import ImageLoadError
-from .finetune import TASKS, fine_tune_network, make_recipe
-from .image_loading import default_max_pixels
-from .inference import (
+from .engine.backends import BACKENDS, OnnxRuntimeModule, onnx_session_threads, prepare_module
+from .engine.finetune import TASKS, fine_tune_network, make_recipe
+from .engine.image_loading import default_max_pixels
+from .engine.inference import (
     EmbeddedBatch,
     ModelRunner,
     decode_pixels,
@@ -34,14 +32,16 @@ from .inference import (
     embed_stream,
     shared_decode_pool,
 )
-from .inputs import ImageInput, parse_image_input
-from .output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
-from .preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
+from .engine.inputs import ImageInput, parse_image_input
+from .engine.preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
+from .exceptions import ImageLoadError
 from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks, parameters_sha256
 from .registry.multi_scale import multi_scale_network, stage_feature_names
+from .storage.cache import FeatureCache
+from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
 
 ON_ERROR = ("raise", "nan")
-# Autocast dtype of each precision; "int8" runs a quantised ONNX graph instead (skimgfeat.quantization).
+# Autocast dtype of each precision; "int8" runs a quantised ONNX graph instead (skimgfeat.engine.quantization).
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": None}
 
 # Cache entries locked per claim: bounds the open lock files of one call.
@@ -146,7 +146,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         modification and status-change times): an edited or replaced photo is embedded
         again. Processes sharing the folder (grid-search folds with ``n_jobs``) lock
         each missing entry, so a photo is embedded once however many need it. See
-        :mod:`skimgfeat.cache` to inspect and prune it.
+        :mod:`skimgfeat.storage.cache` to inspect and prune it.
     progress : bool, default=False
         Show a progress bar (tqdm) on stderr.
     random_state : int or None, default=None
@@ -157,7 +157,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         ``"all"``: the whole network, each with a temporary head on y that is then dropped;
         ``transform`` returns the fine-tuned features (same width and names). Photos of a
         sample with several photos are mean-pooled before the head, as
-        :class:`~skimgfeat.ItemAggregator` pools them. See :mod:`skimgfeat.finetune`
+        :class:`~skimgfeat.ItemAggregator` pools them. See :mod:`skimgfeat.engine.finetune`
         for the recipe.
     fine_tune_task : {"auto", "classification", "regression"}, default="auto"
         The head's task; "auto" reads y as scikit-learn does (``type_of_target``):
@@ -166,7 +166,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         Most passes over the training photos (early stopping on a validation split
         may stop sooner).
     fine_tune_options : dict or None, default=None
-        Overrides of the training recipe by name (:class:`skimgfeat.finetune.Recipe`:
+        Overrides of the training recipe by name (:class:`skimgfeat.engine.finetune.Recipe`:
         ``train_size``, ``learning_rate``, ``validation_fraction``, ``patience``, ...).
     multi_scale : int, default=1
         1: the final feature vector only. N > 1: the globally average-pooled outputs of
@@ -351,7 +351,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         Parameters
         ----------
         X : sequence of paths, single-column DataFrame, or one sequence of paths per sample
-            See :mod:`skimgfeat.inputs` for every accepted form.
+            See :mod:`skimgfeat.engine.inputs` for every accepted form.
 
         Returns
         -------
@@ -401,7 +401,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     def iter_transform(self, paths: Sequence, on_error: str | None = None) -> Iterator[EmbeddedBatch]:
         """Embed ``paths`` batch by batch, in order, with flat memory.
 
-        Yields :class:`~skimgfeat.inference.EmbeddedBatch` objects (``start``,
+        Yields :class:`~skimgfeat.engine.inference.EmbeddedBatch` objects (``start``,
         ``features`` with NaN rows for failures, ``errors``). This is what the command
         line uses to checkpoint long runs. Safe to call from several threads at once:
         each call's batches carry only its own failures.
@@ -485,7 +485,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
     def _calibrate(self, X) -> tuple[bytes, dict]:
         """The int8 graph calibrated on photos of X, and what identifies the calibration."""
-        from .quantization import calibration_paths, calibration_pixels, quantize_graph
+        from .engine.quantization import calibration_paths, calibration_pixels, quantize_graph
 
         if X is None:
             raise ValueError("precision='int8' calibrates on real photos: pass image paths to fit(X)")
@@ -589,7 +589,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             return decode_pixels(path, preprocessing, max_pixels)
 
         if getattr(self, "decode_device", None) is not None:
-            from .gpu_decode import decode_jpeg_batch
+            from .engine.gpu_decode import decode_jpeg_batch
 
             device = torch.device(self.decode_device)
             decode.decode_batch = lambda paths: decode_jpeg_batch(paths, preprocessing, device, decode, max_pixels)

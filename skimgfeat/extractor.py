@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .embedder import CNNImageEmbedder
-from .io import write_json, write_table
-from .tables import (  # noqa: F401 - IMAGE_NAME, ERROR, aggregate_features_by_item: this module's public names
+from .storage.io import write_json, write_table
+from .storage.tables import (  # noqa: F401 - IMAGE_NAME, ERROR, aggregate_features_by_item: this module's public names
     ERROR,
     IMAGE_NAME,
     IMAGE_PATH,
@@ -148,7 +148,7 @@ class ImageFeatureExtractor:
         """Write ``df`` to ``output_path``: Parquet or CSV by suffix, atomically.
 
         Parent folders are created. A Parquet file carries :attr:`model_info` in its
-        schema metadata (see :func:`skimgfeat.io.read_model_info`).
+        schema metadata (see :func:`skimgfeat.storage.io.read_model_info`).
         """
         return write_table(df, output_path, model_info=self.model_info)
 

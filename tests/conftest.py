@@ -83,7 +83,7 @@ def grocery_items() -> tuple[list[list[str]], np.ndarray]:
 @pytest.fixture(scope="session", autouse=True)
 def private_artifact_cache(tmp_path_factory):
     """Prepared graphs and weight digests go to a folder of this test session, never ~/.cache."""
-    from skimgfeat.artifact_cache import CACHE_DIR_ENV
+    from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
     previous = os.environ.get(CACHE_DIR_ENV)
     os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("artifact-cache"))

@@ -11,7 +11,7 @@ import torch
 from sklearn.base import clone
 
 from skimgfeat import CNNImageEmbedder, artifact_cache
-from skimgfeat.artifact_cache import CACHE_DIR_ENV
+from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 
 @pytest.fixture

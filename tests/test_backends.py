@@ -19,9 +19,9 @@ from torch import nn
 from torchvision import transforms
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.backends import BACKENDS, OnnxRuntimeModule, prepare_module, resolve_backend
-from skimgfeat.inference import DECODE_NICENESS, ModelRunner, default_inference_threads, iter_decoded
-from skimgfeat.preprocessing import Preprocessing
+from skimgfeat.engine.backends import BACKENDS, OnnxRuntimeModule, prepare_module, resolve_backend
+from skimgfeat.engine.inference import DECODE_NICENESS, ModelRunner, default_inference_threads, iter_decoded
+from skimgfeat.engine.preprocessing import Preprocessing
 
 MIN_COSINE = 0.9999
 FAST_BACKENDS = [b for b in BACKENDS if b not in ("eager",)]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.cache import FeatureCache, cache_info, prune_cache
+from skimgfeat.storage.cache import FeatureCache, cache_info, prune_cache
 
 
 def _embedder(cache=None, **params) -> CNNImageEmbedder:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skimgfeat.io import read_model_info
+from skimgfeat.storage.io import read_model_info
 
 FEATURES = [f"img_feature_{i}" for i in range(1280)]
 RAW_COLUMNS = ["image_path", "image_name", *FEATURES, "error"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.inference import available_cpus, cgroup_cpu_limit, cpu_budget
+from skimgfeat.engine.inference import available_cpus, cgroup_cpu_limit, cpu_budget
 
 
 def _embedder() -> CNNImageEmbedder:

@@ -17,7 +17,7 @@ from skimgfeat import (
     ItemAggregator,
     aggregate_features_by_item,
 )
-from skimgfeat.io import read_model_info, read_table
+from skimgfeat.storage.io import read_model_info, read_table
 
 FEATURES = [f"img_feature_{i}" for i in range(1280)]
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from skimgfeat.engine.image_loading import load_rgb_image
 from skimgfeat.exceptions import REASONS, ImageLoadError
-from skimgfeat.image_loading import load_rgb_image
 
 HANG_SECONDS = 30
 # Mutated headers can claim any size; a 1 Mpx limit keeps a fuzzed "valid" image from

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from skimgfeat import CNNImageEmbedder
+from skimgfeat.engine.gpu_decode import decode_jpeg_batch
+from skimgfeat.engine.inference import decode_pixels
+from skimgfeat.engine.preprocessing import Preprocessing
 from skimgfeat.exceptions import TOO_MANY_PIXELS, ImageLoadError
-from skimgfeat.gpu_decode import decode_jpeg_batch
-from skimgfeat.inference import decode_pixels
-from skimgfeat.preprocessing import Preprocessing
 
 CPU = torch.device("cpu")
 

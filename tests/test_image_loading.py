@@ -13,6 +13,8 @@ import pytest
 from _corpus import BROKEN, CorpusFile, build_corpus, png_header_only, source_from_fixtures
 from PIL import Image
 
+from skimgfeat.engine.image_loading import default_max_pixels, load_rgb_image, to_rgb
+from skimgfeat.engine.inputs import is_missing_path
 from skimgfeat.exceptions import (
     CORRUPT,
     EMPTY,
@@ -24,8 +26,6 @@ from skimgfeat.exceptions import (
     TRUNCATED,
     ImageLoadError,
 )
-from skimgfeat.image_loading import default_max_pixels, load_rgb_image, to_rgb
-from skimgfeat.inputs import is_missing_path
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_a_60000_square_header_is_refused_fast_without_allocating(tmp_path):
     script = textwrap.dedent(
         """
         import resource, sys
-        from skimgfeat.image_loading import load_rgb_image
+        from skimgfeat.engine.image_loading import load_rgb_image
         from skimgfeat.exceptions import ImageLoadError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from skimgfeat.preprocessing import Preprocessing
+from skimgfeat.engine.preprocessing import Preprocessing
 
 TORCHVISION_RESIZE = {"square": (256, 256), "shorter_side": 256}
 

@@ -15,7 +15,7 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 from test_cli import skimgfeat
 
 from skimgfeat import CNNImageEmbedder, ImageLoadError, ImageQualityFeatures, ItemAggregator
-from skimgfeat.quality import QUALITY_FEATURES, estimate_jpeg_quality
+from skimgfeat.uses.quality import QUALITY_FEATURES, estimate_jpeg_quality
 
 
 def features(table: pd.DataFrame, name: str) -> pd.Series:

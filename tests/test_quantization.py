@@ -12,8 +12,8 @@ import pytest
 from sklearn.base import clone
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.artifact_cache import CACHE_DIR_ENV
-from skimgfeat.quantization import calibration_paths
+from skimgfeat.engine.quantization import calibration_paths
+from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skimgfeat.checkpoint import CHECKPOINT_DIR, Checkpoint, CheckpointError, FileStamp, Rows, pending
-from skimgfeat.io import atomic_path
+from skimgfeat.storage.checkpoint import CHECKPOINT_DIR, Checkpoint, CheckpointError, FileStamp, Rows, pending
+from skimgfeat.storage.io import atomic_path
 
 N_PHOTOS = 80
 

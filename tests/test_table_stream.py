@@ -7,10 +7,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from skimgfeat import table_stream
-from skimgfeat.checkpoint import Checkpoint, FileStamp, Rows
 from skimgfeat.extractor import aggregate_features_by_item, features_table
-from skimgfeat.io import read_model_info, read_table, write_table_chunks
+from skimgfeat.storage import table_stream
+from skimgfeat.storage.checkpoint import Checkpoint, FileStamp, Rows
+from skimgfeat.storage.io import read_model_info, read_table, write_table_chunks
 
 WIDTH = 4
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..preprocessing import Preprocessing
+from ..engine.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..preprocessing import Preprocessing
+from ..engine.preprocessing import Preprocessing
 from .built_model import BuiltModel, ParameterGroup, frozen_eval, seeded
 from .optional import import_optional
 from .weights_files import file_sha256, is_weights_file, load_checked

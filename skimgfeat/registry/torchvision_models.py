@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..preprocessing import Preprocessing
+from ..engine.preprocessing import Preprocessing
 from .built_model import BuiltModel, frozen_eval, seeded
 from .weights_files import cached_file_sha256, file_sha256, is_weights_file, load_checked
 

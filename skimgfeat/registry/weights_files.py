@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifact_cache import file_sha256
 from ..exceptions import WeightsMismatchError
+from ..storage.artifact_cache import file_sha256
 
 _WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 

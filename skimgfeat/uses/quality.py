@@ -20,10 +20,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from .image_loading import exif_orientation, load_rgb_image
-from .inference import default_decode_workers, iter_decoded, shared_decode_pool
-from .inputs import parse_image_input
-from .output import OutputContainerMixin, wrap_output
+from ..engine.image_loading import exif_orientation, load_rgb_image
+from ..engine.inference import default_decode_workers, iter_decoded, shared_decode_pool
+from ..engine.inputs import parse_image_input
+from ..storage.output import OutputContainerMixin, wrap_output
 
 QUALITY_FEATURES = (
     "sharpness",
@@ -150,7 +150,7 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         Parameters
         ----------
         X : sequence of paths, single-column DataFrame, or one sequence of paths per sample
-            See :mod:`skimgfeat.inputs`.
+            See :mod:`skimgfeat.engine.inputs`.
 
         Returns
         -------
@@ -200,8 +200,8 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
 def measure_quality(path: str | os.PathLike, *, working_size: int = 512, max_pixels: int | None = None) -> np.ndarray:
     """The :data:`QUALITY_FEATURES` of one image file; ImageLoadError if it cannot be read.
 
-    >>> from skimgfeat.quality import QUALITY_FEATURES, measure_quality
-    >>> from skimgfeat.samples import write_sample_images
+    >>> from skimgfeat.uses.quality import QUALITY_FEATURES, measure_quality
+    >>> from skimgfeat.storage.samples import write_sample_images
     >>> import tempfile
     >>> photo = write_sample_images(tempfile.mkdtemp(), photos_per_item=1)[0]
     >>> values = dict(zip(QUALITY_FEATURES, measure_quality(photo)))

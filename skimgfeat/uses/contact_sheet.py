@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .exceptions import ImageLoadError
-from .image_loading import load_rgb_image
+from ..engine.image_loading import load_rgb_image
+from ..exceptions import ImageLoadError
 from .similarity import SimilarityIndex
 
 BACKGROUND = (255, 255, 255)
@@ -43,7 +43,7 @@ def contact_sheet(results: pd.DataFrame, index: SimilarityIndex, *, thumbnail: i
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.similarity import SimilarityIndex
+    >>> from skimgfeat.uses.similarity import SimilarityIndex
     >>> index = SimilarityIndex(["a.jpg", "b.jpg", "c.jpg"], np.eye(3) + 0.1)
     >>> sheet = contact_sheet(index.similar(["a.jpg"], k=2), index, thumbnail=64)
     >>> sheet.width  # the query and its 2 neighbours, 64 px each

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import MISSING, ImageLoadError
+from ..exceptions import MISSING, ImageLoadError
 
 
 def is_missing_path(path: Any) -> bool:

@@ -41,10 +41,10 @@ from sklearn.utils.multiclass import type_of_target
 from torch import nn
 from torch.nn import functional
 
-from .exceptions import ImageLoadError
+from ..exceptions import ImageLoadError
+from ..storage.output import progress_bar
 from .inference import _torch_threads, decode_pixels, default_decode_workers, iter_decoded
 from .inputs import ImageInput
-from .output import progress_bar
 from .preprocessing import Preprocessing
 
 TASKS = ("auto", "classification", "regression")

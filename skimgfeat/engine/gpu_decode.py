@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .exceptions import ImageLoadError
+from ..exceptions import ImageLoadError
 from .inference import _decode_or_error
 
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -22,7 +22,7 @@ A backend that fails to prepare, or whose output does not match eager on a probe
 falls back to ``"eager"`` with a warning: a slower run, never a failed or wrong one.
 
 An exported ONNX graph that passed that check is kept in the artifact cache
-(:mod:`skimgfeat.artifact_cache`) under a digest of the network's parameters and
+(:mod:`skimgfeat.storage.artifact_cache`) under a digest of the network's parameters and
 architecture, the input size, the opset and the library versions; later fits, clones
 and unpickled copies of the same network load it instead of exporting and checking again.
 """
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifact_cache
+from ..storage import artifact_cache
 
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 
@@ -167,7 +167,7 @@ def onnx_graph_key(module: nn.Module, input_size: int) -> str:
     The parameters are hashed here rather than taken from ``model_info_``, so a network
     whose weights were changed after fit never meets the graph of its former self.
     """
-    from .registry import parameters_sha256
+    from ..registry import parameters_sha256
 
     versions = [torch.__version__, *(_version(name) for name in ("onnx", "onnxruntime"))]
     return artifact_cache.digest(
@@ -193,7 +193,7 @@ def _load_onnx_graph(key: str) -> OnnxRuntimeModule | None:
 
 
 def onnx_session_threads() -> int:
-    """Intra-op threads of one ONNX Runtime session: see :func:`skimgfeat.inference.inference_layout`."""
+    """Intra-op threads of one ONNX Runtime session: see :func:`skimgfeat.engine.inference.inference_layout`."""
     from .inference import inference_layout
 
     return inference_layout().threads_per_call

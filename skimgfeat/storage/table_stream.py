@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregation import item_id_from_name
+from ..aggregation import item_id_from_name
 from .checkpoint import Checkpoint, RowLocation
 from .io import printable
 from .output import FEATURE_PREFIX

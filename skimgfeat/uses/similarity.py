@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregation import ITEM_ID, ItemAggregator, image_number, item_id_from_name
-from .io import read_model_info, read_table
-from .output import FEATURE_PREFIX
+from ..aggregation import ITEM_ID, ItemAggregator, image_number, item_id_from_name
+from ..storage.io import read_model_info, read_table
+from ..storage.output import FEATURE_PREFIX
 
 IMAGE_PATH = "image_path"
 KEY_COLUMNS = (IMAGE_PATH, ITEM_ID)
@@ -62,7 +62,7 @@ class SimilarityIndex:
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.similarity import SimilarityIndex
+    >>> from skimgfeat.uses.similarity import SimilarityIndex
     >>> index = SimilarityIndex(["a.jpg", "b.jpg", "c.jpg"], np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
     >>> index.similar(["a.jpg"], k=2)
        query  rank image_path  distance
@@ -261,7 +261,7 @@ def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None
     Parameters
     ----------
     model_info : dict
-        A table's model info (:func:`skimgfeat.io.read_model_info`, ``model_info.json``).
+        A table's model info (:func:`skimgfeat.storage.io.read_model_info`, ``model_info.json``).
         Its ``params`` (the embedder's ``get_params``) are used when present, else its
         ``model_name``, ``weights`` and ``preprocessing``.
     weights : str, os.PathLike or None, default=None
@@ -276,12 +276,12 @@ def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None
 
     Examples
     --------
-    >>> from skimgfeat.similarity import embedder_from_model_info
+    >>> from skimgfeat.uses.similarity import embedder_from_model_info
     >>> info = {"model_name": "mobilenet_v2", "weights": "IMAGENET1K_V1", "preprocessing": {"resize_mode": "square"}}
     >>> embedder_from_model_info(info, weights="weights.pth").get_params()["weights"]
     'weights.pth'
     """
-    from .embedder import CNNImageEmbedder
+    from ..embedder import CNNImageEmbedder
 
     if not model_info or "model_name" not in model_info and "params" not in model_info:
         raise ValueError("the table carries no model info: cannot tell which network embeds new photos")
@@ -338,7 +338,7 @@ def similar_items(
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.similarity import SimilarityIndex, similar_items
+    >>> from skimgfeat.uses.similarity import SimilarityIndex, similar_items
     >>> index = SimilarityIndex(["7", "8", "9"], np.eye(3)[[0, 0, 1]] + 0.1, key="item_id")
     >>> similar_items(index, ["7"], k=1)
       query  rank item_id  distance
@@ -410,7 +410,7 @@ def find_duplicates(index: SimilarityIndex, threshold: float = DEFAULT_DUPLICATE
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.similarity import SimilarityIndex, find_duplicates
+    >>> from skimgfeat.uses.similarity import SimilarityIndex, find_duplicates
     >>> vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.99, 0.02], [0.01, 1.0]])
     >>> find_duplicates(SimilarityIndex(["a", "b", "c", "d"], vectors), threshold=0.01)
        group image_path

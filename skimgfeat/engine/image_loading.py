@@ -24,7 +24,7 @@ import stat
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .exceptions import (
+from ..exceptions import (
     CORRUPT,
     EMPTY,
     MISSING,

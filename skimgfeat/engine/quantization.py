@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import artifact_cache
-from .exceptions import ImageLoadError
+from ..exceptions import ImageLoadError
+from ..storage import artifact_cache
 from .inference import iter_decoded
 from .preprocessing import Preprocessing
 

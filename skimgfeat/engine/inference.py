@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import ImageLoadError
+from ..exceptions import ImageLoadError
 from .image_loading import load_rgb_image
 from .preprocessing import Preprocessing
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregation import ITEM_ID, ItemAggregator
+from ..aggregation import ITEM_ID, ItemAggregator
 from .io import printable
 from .output import feature_names
 
@@ -79,7 +79,7 @@ def features_table(
     ----------
     relative_paths : sequence of str
         Paths relative to the image folder, POSIX separators. Bytes of a name that are
-        not UTF-8 appear as ``\\xNN`` (see :func:`skimgfeat.io.printable`).
+        not UTF-8 appear as ``\\xNN`` (see :func:`skimgfeat.storage.io.printable`).
     features : ndarray of shape (n_images, n_features)
     errors : mapping from row to message, or None
         With a mapping, an ``error`` column is added: the message for failed rows

@@ -1,0 +1,52 @@
+"""``skimgfeat similar``: the rows of a feature table nearest to query photos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import EXIT_OK, WEIGHTS_ENV, add_command, positive_int, usage_errors, weights_from_env
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    """Add ``similar``."""
+    similar = add_command(
+        commands, common, "similar", "find the photos (or items) nearest to query photos in a feature table",
+        "Print, as CSV on stdout (query,rank,image_path,distance; item_id with --by-item), the K rows of "
+        "FEATURES nearest to each QUERY by cosine distance. A QUERY is an image_path or item_id of the "
+        "table (left out of its own results) or an image file, embedded with the network recorded in the "
+        "table's model info.",
+    )
+    similar.add_argument("queries", nargs="+", metavar="QUERY", help="image file, image_path or item_id")
+    similar.add_argument("--features", type=Path, required=True, metavar="FEATURES",
+                         help="a table written by `skimgfeat extract` (raw or by item; .parquet or .csv)")
+    similar.add_argument("-k", type=positive_int, default=5, help="neighbours per query (default: %(default)s)")
+    similar.add_argument("--by-item", action="store_true",
+                         help="rank items (a raw table is first averaged per item) instead of photos")
+    similar.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
+                         help="also draw a contact sheet: each query beside its neighbours, labelled")
+    similar.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                         help="the folder the table's photos are in, for --sheet (default: the one recorded by "
+                              "extract)")
+    similar.add_argument("--weights", default=None,
+                         help=f"state-dict file replacing the recorded weights to embed query files offline "
+                              f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+    similar.set_defaults(handler=run_similar)
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    """Print the nearest rows of each query as CSV; draw the contact sheet if asked."""
+    from ..storage.io import atomic_path
+    from ..uses.similarity import SimilarityIndex, similar_items
+
+    with usage_errors():  # a missing table, an unknown query, a query file that is no image
+        index = SimilarityIndex.read(args.features, by_item=args.by_item, image_dir=args.image_dir)
+        results = similar_items(index, args.queries, k=args.k, weights=weights_from_env(args.weights))
+    results.to_csv(sys.stdout, index=False, float_format="%.6f")
+    if args.sheet is not None:
+        from ..uses.contact_sheet import contact_sheet
+
+        with atomic_path(args.sheet) as temporary:
+            contact_sheet(results, index).save(temporary, format="PNG")
+    return EXIT_OK

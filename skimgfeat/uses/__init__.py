@@ -1,0 +1,1 @@
+"""The uses of features: similarity search, duplicates, photo quality, stacking."""
