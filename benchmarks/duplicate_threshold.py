@@ -6,7 +6,7 @@ quality 25-50), cropped (85-93% of each side, off centre), re-exposed (brightnes
 x0.65-0.8 or x1.2-1.4) and all of these at once (milder). Grocery photos without copies
 are added as distractors: shots of the same products from other angles, the hard
 negatives of a shop catalogue. Every photo is embedded with MobileNetV2 (the shared
-ImageNet weights); :func:`skimgfeat.uses.similarity.find_duplicates` groups them at each
+ImageNet weights); :func:`skimgfeat.uses.duplicates.find_duplicates` groups them at each
 threshold and pairs are scored: a pair is a true duplicate when both photos come from
 one source.
 
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from skimgfeat import CNNImageEmbedder  # noqa: E402
-from skimgfeat.uses.similarity import DEFAULT_DUPLICATE_THRESHOLD, SimilarityIndex, find_duplicates  # noqa: E402
+from skimgfeat.uses.duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates  # noqa: E402
+from skimgfeat.uses.similarity import SimilarityIndex  # noqa: E402
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth"

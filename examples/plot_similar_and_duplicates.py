@@ -32,7 +32,7 @@ from PIL import Image, ImageEnhance
 
 from skimgfeat import CNNImageEmbedder, SimilarityIndex, find_duplicates, similar_items
 from skimgfeat.uses.contact_sheet import contact_sheet
-from skimgfeat.uses.similarity import DEFAULT_DUPLICATE_THRESHOLD
+from skimgfeat.uses.duplicates import DEFAULT_DUPLICATE_THRESHOLD
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GROCERY = SHARED / "images" / "grocery"

@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from skimgfeat import CNNImageEmbedder, artifact_cache
+from skimgfeat import CNNImageEmbedder
+from skimgfeat.storage import artifact_cache
 from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 

@@ -11,7 +11,7 @@ from .common import EXIT_OK, add_command, usage_errors
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``duplicates``."""
-    from ..uses.similarity import DEFAULT_DUPLICATE_THRESHOLD
+    from ..uses.duplicates import DEFAULT_DUPLICATE_THRESHOLD
 
     duplicates = add_command(
         commands, common, "duplicates", "list groups of near-duplicate photos in a feature table",
@@ -30,7 +30,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_duplicates(args: argparse.Namespace) -> int:
     """Print the groups of near-duplicates as CSV."""
-    from ..uses.similarity import SimilarityIndex, find_duplicates
+    from ..uses.duplicates import find_duplicates
+    from ..uses.similarity import SimilarityIndex
 
     with usage_errors():  # a missing or foreign table, a threshold out of range
         groups = find_duplicates(SimilarityIndex.read(args.features), threshold=args.threshold)

@@ -5,7 +5,7 @@ A :class:`SimilarityIndex` holds the feature vectors of a table written by
 keyed by ``item_id``) and answers two questions with scikit-learn's exact
 :class:`~sklearn.neighbors.NearestNeighbors`: which rows are nearest to a query
 (:meth:`SimilarityIndex.search`, :func:`similar_items`), and which rows are near-copies
-of each other (:func:`find_duplicates`). The search is exact (brute force); for millions
+of each other (:func:`skimgfeat.uses.duplicates.find_duplicates`). The search is exact (brute force); for millions
 of rows an approximate index is the step beyond it (see docs/similarity.md).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,14 +20,13 @@ import numpy as np
 import pandas as pd
 
 from ..aggregation import ITEM_ID, ItemAggregator, image_number, item_id_from_name
+from ..model_info import fitted_embedder_from_model_info
 from ..storage.io import read_model_info, read_table
 from ..storage.output import FEATURE_PREFIX
 
 IMAGE_PATH = "image_path"
 KEY_COLUMNS = (IMAGE_PATH, ITEM_ID)
 SEARCH_COLUMNS = ("query", "rank", "distance")
-# Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
-DEFAULT_DUPLICATE_THRESHOLD = 0.1
 
 
 class SimilarityIndex:
@@ -255,56 +253,6 @@ def _photos_of_items(image_dir: Path) -> dict[str, str]:
 # -- queries given by users -----------------------------------------------------------
 
 
-def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None = None, **overrides):
-    """The (unfitted) :class:`~skimgfeat.CNNImageEmbedder` that produced a feature table.
-
-    Parameters
-    ----------
-    model_info : dict
-        A table's model info (:func:`skimgfeat.storage.io.read_model_info`, ``model_info.json``).
-        Its ``params`` (the embedder's ``get_params``) are used when present, else its
-        ``model_name``, ``weights`` and ``preprocessing``.
-    weights : str, os.PathLike or None, default=None
-        Replaces the recorded weights: a local state-dict file for offline use. None
-        keeps the recorded ones.
-    **overrides
-        Further embedder parameters to replace (``device``, ``n_workers``, ...).
-
-    Returns
-    -------
-    CNNImageEmbedder
-
-    Examples
-    --------
-    >>> from skimgfeat.uses.similarity import embedder_from_model_info
-    >>> info = {"model_name": "mobilenet_v2", "weights": "IMAGENET1K_V1", "preprocessing": {"resize_mode": "square"}}
-    >>> embedder_from_model_info(info, weights="weights.pth").get_params()["weights"]
-    'weights.pth'
-    """
-    from ..embedder import CNNImageEmbedder
-
-    if not model_info or "model_name" not in model_info and "params" not in model_info:
-        raise ValueError("the table carries no model info: cannot tell which network embeds new photos")
-    embedder = CNNImageEmbedder()
-    valid = embedder.get_params()
-    if "params" in model_info:
-        params = {name: value for name, value in model_info["params"].items() if name in valid}
-    else:
-        preprocessing = model_info.get("preprocessing") or {}
-        recorded = model_info.get("weights")
-        if isinstance(recorded, str) and recorded.startswith("file:"):  # how model info names a weights file
-            recorded = recorded.removeprefix("file:")
-        params = {"model_name": model_info["model_name"], "weights": recorded}
-        if "resize_mode" in preprocessing:
-            params["resize_mode"] = preprocessing["resize_mode"]
-        if preprocessing.get("draft"):
-            params["draft"] = True
-    if weights is not None:
-        params["weights"] = os.fspath(weights)
-    params.update(overrides)
-    return embedder.set_params(**params)
-
-
 def similar_items(
     index: SimilarityIndex,
     queries: Sequence[str | os.PathLike],
@@ -352,7 +300,7 @@ def similar_items(
             raise FileNotFoundError(f"query {label!r} is neither an image file nor a {index.key} of the table")
     embedded = {}
     if files:
-        embedder = embedder if embedder is not None else _fitted_embedder(index.model_info, weights)
+        embedder = embedder if embedder is not None else fitted_embedder_from_model_info(index.model_info, weights)
         embedded = dict(zip(files, np.asarray(embedder.transform(files))))
     vectors = [index.vector(name) if name is not None else embedded[label] for label, name in zip(labels, names)]
     matrix = np.stack(vectors) if vectors else np.empty((0, index.vectors.shape[1]), dtype=np.float32)
@@ -370,69 +318,3 @@ def _indexed_name(index: SimilarityIndex, query: str) -> str | None:
         if relative in index:
             return relative
     return None  # in an item search, a photo of an item is a new query: the item is not left out
-
-
-def _fitted_embedder(model_info: dict | None, weights):
-    embedder = embedder_from_model_info(model_info or {}, weights, on_error="raise").fit()
-    recorded = (model_info or {}).get("parameters_sha256")
-    if recorded and embedder.model_info_["parameters_sha256"] != recorded:
-        warnings.warn(
-            f"the network built for the queries ({embedder.model_info_['weights']}) has other parameters than the "
-            "one that wrote the table: their distances to the table's rows are not comparable",
-            UserWarning,
-            stacklevel=3,
-        )
-    return embedder
-
-
-# -- duplicates -----------------------------------------------------------------------
-
-
-def find_duplicates(index: SimilarityIndex, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> pd.DataFrame:
-    """Groups of near-duplicate photos: rows linked by pairs closer than ``threshold``.
-
-    Two rows whose cosine distance is at most ``threshold`` are duplicates; groups are
-    the connected components of those pairs, so a copy of a copy joins its original.
-
-    Parameters
-    ----------
-    index : SimilarityIndex
-    threshold : float, default=DEFAULT_DUPLICATE_THRESHOLD
-        Cosine distance; the default was measured on resized, recompressed, cropped and
-        re-exposed copies of real photos (see the docs for its precision and recall).
-
-    Returns
-    -------
-    DataFrame
-        Columns ``group`` (numbered from 0 in table order) and the key column, one row
-        per member of a group of two or more, in table order within each group.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skimgfeat.uses.similarity import SimilarityIndex, find_duplicates
-    >>> vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.99, 0.02], [0.01, 1.0]])
-    >>> find_duplicates(SimilarityIndex(["a", "b", "c", "d"], vectors), threshold=0.01)
-       group image_path
-    0      0          a
-    1      0          c
-    2      1          b
-    3      1          d
-    """
-    from scipy.sparse.csgraph import connected_components
-
-    if not 0 <= threshold <= 2:
-        raise ValueError(f"threshold must be a cosine distance between 0 and 2, got {threshold!r}")
-    if len(index) < 2:
-        return pd.DataFrame({"group": pd.Series(dtype=int), index.key: pd.Series(dtype=object)})
-    graph = index._nearest().radius_neighbors_graph(index.vectors, radius=threshold, mode="connectivity")
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    members = np.flatnonzero(sizes[labels] >= 2)
-    # Groups numbered by their first member in table order.
-    first_seen: dict[int, int] = {}
-    for row in members:
-        first_seen.setdefault(int(labels[row]), len(first_seen))
-    groups = np.asarray([first_seen[int(labels[row])] for row in members], dtype=int)
-    order = np.argsort(groups, kind="stable")
-    return pd.DataFrame({"group": groups[order], index.key: index.names[members][order]})
