@@ -17,16 +17,22 @@ _EXPORTS = {
     "ImageLoadError": "exceptions",
     "ImageQualityFeatures": "uses.quality",
     "ItemAggregator": "aggregation",
+    "LocalFeatureStore": "uses.local_features",
     "MODEL_REGISTRY": "registry",
+    "ObjectMatcher": "uses.object_match",
     "OutOfFoldPredictor": "uses.stacking",
     "SimilarityIndex": "uses.similarity",
     "WeightsMismatchError": "exceptions",
+    "add_same_object_verdicts": "uses.object_match",
     "aggregate_features_by_item": "storage.tables",
     "embedder_from_model_info": "model_info",
     "find_duplicates": "uses.duplicates",
     "item_id_from_name": "aggregation",
     "list_models": "registry",
+    "match_sheet": "uses.object_match",
     "similar_items": "uses.similarity",
+    "verify_pair": "uses.verification",
+    "write_local_features": "uses.local_features",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -3,7 +3,7 @@
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``--max-images 50`` the original ``test_image_features.py``), ``models``,
 ``sample-images``, and the uses of a feature table: ``similar``, ``duplicates`` and
-``quality``; ``cache`` shows and prunes a feature cache folder. Run
+``quality``, and ``match`` (the same object in new photos); ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
 parser with ``add_parser(commands, common)`` and sets its handler.
 """
@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import admin, duplicates, extract, quality, similar
+from . import admin, duplicates, extract, match, quality, similar
 from .common import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -27,7 +27,7 @@ from .common import (
     UsageError,
 )
 
-SUBCOMMANDS = (extract, admin, similar, duplicates, quality)
+SUBCOMMANDS = (extract, admin, similar, duplicates, quality, match)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,6 +76,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
     extract.add_argument("--checkpoint-every", type=positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
                          help="write a checkpoint part every N batches (default: %(default)s)")
+    add_local_features_option(extract)
     extract.set_defaults(handler=run_extract)
 
 
@@ -111,7 +112,9 @@ def run_extract(args: argparse.Namespace) -> int:
     embed_started = time.perf_counter()
     _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
     embed_seconds = time.perf_counter() - embed_started
+    local_features = write_local_features_of_run(args, paths)  # before the checkpoint goes: --resume continues it
     result = _write_outputs(args, checkpoint, relative, embedder)
+    result.outputs += local_features
     checkpoint.remove()
     result.n_resumed, result.n_embedded = len(paths) - len(todo), len(todo)
     result.embed_seconds, result.wall_seconds = embed_seconds, time.perf_counter() - started
@@ -282,3 +285,26 @@ def _print_statistics(stats: FeatureStatistics) -> None:
     columns = [f"{FEATURE_PREFIX}{i}" for i in range(min(5, width))]
     with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
         print(stats.sample[["image_name", *columns]].to_string(index=False))
+
+
+# -- local features for `skimgfeat match` ----------------------------------------------------------------------------
+
+
+def add_local_features_option(parser: argparse.ArgumentParser) -> None:
+    """--local-features."""
+    parser.add_argument("--local-features", action="store_true",
+                        help="also store the photos' local features (ORB keypoints, at most 500 per photo) in "
+                             "OUT/local_features, for `skimgfeat match`; photos stored by an earlier run are kept "
+                             "(needs the match extra: OpenCV)")
+
+
+def write_local_features_of_run(args: argparse.Namespace, paths: list[Path]) -> list[Path]:
+    """Store the local features of ``paths`` not stored yet when ``--local-features`` is given."""
+    if not args.local_features:
+        return []
+    from ..uses.local_features import LOCAL_FEATURES_DIR, write_local_features
+
+    folder = args.output_dir / LOCAL_FEATURES_DIR
+    with progress_bar(len(paths), enabled=not args.quiet and sys.stderr.isatty()) as bar:
+        write_local_features(paths, folder, image_dir=args.image_dir, on_progress=bar.update)
+    return [folder]
