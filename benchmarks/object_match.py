@@ -54,6 +54,10 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=None, help="shortlist size (default: the matcher's)")
     parser.add_argument("--backgrounds", type=int, default=10, help="background photos for the composites")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    parser.add_argument("--from-records", type=Path, default=None,
+                        help="score the pairs measured by an earlier run (--records) with today's thresholds")
+    parser.add_argument("--detectors", type=int, default=0, metavar="N",
+                        help="also time ORB against SIFT on the first N photos (decode excluded)")
     parser.add_argument("--records", type=Path, default=None,
                         help="write every verified pair's measurements here (.npz), to study thresholds")
     args = parser.parse_args()
@@ -62,7 +66,7 @@ def main() -> None:
 
     from skimgfeat.uses.local_features import detect_local_features
     from skimgfeat.uses.object_match import DEFAULT_SHORTLIST
-    from skimgfeat.uses.verification import is_same_object, verify_pair
+    from skimgfeat.uses.verification import is_same_object
 
     cv2.setNumThreads(1)
     k = args.k or DEFAULT_SHORTLIST
@@ -71,21 +75,15 @@ def main() -> None:
     objects = np.asarray([name.split("_")[0] for name in names])
     results: dict = {"load_before": os.getloadavg(), "n_photos": len(files)}
 
-    features, seconds = [], []
-    for path in files:
-        started = time.thread_time()
-        features.append(detect_local_features(path))
-        seconds.append(time.thread_time() - started)
-    results["local_features_ms_per_photo"] = 1000 * float(np.mean(seconds))
-    results["keypoints_per_photo"] = float(np.mean([len(entry) for entry in features]))
-
-    pairs = list(itertools.combinations(range(len(files)), 2))
-    verifications, seconds = {}, []
-    for i, j in pairs:
-        started = time.thread_time()
-        verifications[i, j] = verify_pair(features[i], features[j])
-        seconds.append(time.thread_time() - started)
-    results["verification_ms_per_pair"] = 1000 * float(np.mean(seconds))
+    if args.from_records is not None:
+        saved = np.load(args.from_records)
+        pairs = [tuple(pair) for pair in saved["pairs"].tolist()]
+        verifications = dict(zip(pairs, _verifications(saved)))
+        features = [detect_local_features(path) for path in files] if args.backgrounds else []
+    else:
+        features, verifications, pairs = _measure(files, results)
+    if args.detectors:
+        results["detectors_ms_per_photo"] = _time_detectors(files[:args.detectors])
     same = np.asarray([objects[i] == objects[j] for i, j in pairs])
     predicted = np.asarray([is_same_object(verifications[pair]) for pair in pairs])
     inliers = np.asarray([verifications[pair].inliers for pair in pairs])
@@ -96,10 +94,12 @@ def main() -> None:
         "false_negatives": [(names[i], names[j], int(verifications[i, j].inliers))
                             for (i, j), s, p in zip(pairs, same, predicted) if s and not p],
     }
-
+    if args.records is not None:  # saved now: what follows can fail without losing the pairs
+        np.savez(args.records, names=np.asarray(names), pairs=np.asarray(pairs), **_records(verifications[pair]
+                                                                                          for pair in pairs))
     table = pd.read_parquet(args.features or _extract(OBJECTS))
     table = table.set_index("image_path").loc[names]
-    vectors = table[[c for c in table.columns if c.startswith("img_feature_")]].to_numpy(np.float64)
+    vectors = np.array(table[[c for c in table.columns if c.startswith("img_feature_")]], dtype=np.float64)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     distances = 1 - vectors @ vectors.T
     results["retrieval"] = _retrieval(names, objects, distances, verifications, k, is_same_object)
@@ -113,6 +113,55 @@ def main() -> None:
     print(json.dumps(results, indent=2, default=str))
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def _measure(files, results: dict):
+    """Local features of every photo and the verification of every unordered pair, timed."""
+    from skimgfeat.uses.local_features import detect_local_features
+    from skimgfeat.uses.verification import verify_pair
+
+    features, seconds = [], []
+    for path in files:
+        started = time.thread_time()
+        features.append(detect_local_features(path))
+        seconds.append(time.thread_time() - started)
+    results["local_features_ms_per_photo"] = 1000 * float(np.mean(seconds))
+    results["keypoints_per_photo"] = float(np.mean([len(entry) for entry in features]))
+    pairs = list(itertools.combinations(range(len(files)), 2))
+    verifications, seconds = {}, []
+    for i, j in pairs:
+        started = time.thread_time()
+        verifications[i, j] = verify_pair(features[i], features[j])
+        seconds.append(time.thread_time() - started)
+    results["verification_ms_per_pair"] = 1000 * float(np.mean(seconds))
+    return features, verifications, pairs
+
+
+def _time_detectors(files) -> dict:
+    """Thread CPU ms per photo of ORB and SIFT (500 keypoints) at 640 and 480 px, decode excluded."""
+    import cv2
+
+    grays = [np.asarray(Image.open(path).convert("L")) for path in files]
+    timings = {}
+    for side in (640, 480):
+        scaled = [cv2.resize(g, None, fx=side / max(g.shape), fy=side / max(g.shape), interpolation=cv2.INTER_AREA)
+                  for g in grays]
+        for name, detector in (("orb", cv2.ORB_create(500)), ("sift", cv2.SIFT_create(500))):
+            started = time.thread_time()
+            for gray in scaled:
+                detector.detectAndCompute(gray, None)
+            timings[f"{name}_{side}"] = 1000 * (time.thread_time() - started) / len(scaled)
+    return timings
+
+
+def _verifications(saved):
+    from skimgfeat.uses.verification import PairVerification
+
+    empty = np.empty((0, 2), np.float32)
+    for n, inliers, spread, centred, plausible in zip(saved["n_matches"], saved["inliers"], saved["spread"],
+                                                      saved["centred"], saved["plausible"]):
+        yield PairVerification(int(n), int(inliers), float(spread), float(centred), bool(plausible), None, empty,
+                               empty)
 
 
 def _records(verifications) -> dict[str, np.ndarray]:

@@ -217,7 +217,8 @@ def write_cli_page() -> None:
 
 def user_guide_pages() -> list[str]:
     """The guide's Markdown pages: a preferred order first, then any other page in ``docs/``."""
-    preferred = ["index", "models", "tabular", "similarity", "quality", "finetuning", "cli", "original-module"]
+    preferred = ["index", "models", "tabular", "similarity", "object-matching", "quality", "finetuning", "cli",
+                 "original-module"]
     preferred.append("performance")
     elsewhere = {"changelog", "benchmarks"}
     present = {path.stem for path in DOCS.glob("*.md")}

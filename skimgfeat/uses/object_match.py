@@ -214,7 +214,9 @@ class ObjectMatcher:
             photo, verification = self._best_photo(query_features[query], name)
             rows.append((query, name, photo, float(distance), verification.inliers,
                          verdict(float(distance), verification, min_inliers=self.min_inliers)))
-        table = pd.DataFrame(rows, columns=["query", key, IMAGE_PATH, "feature_distance", "inliers", "verdict"])
+        table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
+        if key == ITEM_ID:
+            table = table.rename(columns={"_photo": IMAGE_PATH})
         return _ranked(table, key)
 
     def verify(self, a: str | os.PathLike, b: str | os.PathLike) -> PairVerification:

@@ -7,7 +7,9 @@ which no single transform explains. :func:`verify_pair` matches the ORB descript
 two photos (mutual nearest neighbours that pass Lowe's ratio test both ways),
 fits a homography with RANSAC, and counts the matches it explains (the inliers).
 :func:`is_same_object` then asks for enough inliers, spread over enough of both photos,
-under a homography that a camera can produce (no mirror, bounded scale and shear).
+matching at the centre of at least one photo as well as elsewhere (where the
+photographed object is: two lots on one studio backdrop match only around it), under a
+homography that a camera can produce (no mirror, bounded scale).
 
 The thresholds are measured on the 50 objects of ``../shared/images/objects``: see
 docs/object-matching.md and ``benchmarks/object_match.py``.
@@ -24,6 +26,7 @@ from .local_features import LocalFeatures, import_cv2
 DEFAULT_RATIO = 0.8
 DEFAULT_MIN_INLIERS = 15
 DEFAULT_MIN_SPREAD = 0.02
+DEFAULT_MIN_CENTRED = 0.4
 DEFAULT_REPROJECTION_ERROR = 5.0
 DEFAULT_MAX_SCALE_CHANGE = 8.0
 MIN_MATCHES = 10  # below this no homography is worth fitting (and no pair can be the same object)
@@ -42,9 +45,12 @@ class PairVerification:
     spread : float
         The smaller, over both photos, of the area of the inliers' convex hull as a
         fraction of the photo: matches bunched on a logo spread little.
-    centred : int
-        The smaller, over both photos, of the number of inliers in the photo's centre
-        (its middle half across and down): where a photographed object is.
+    centred : float
+        How well the centre of the photos matches compared with the whole: per photo,
+        the share of its keypoints in its central third (across and down) that are
+        inliers, divided by the share of all its keypoints that are; the larger of the
+        two photos. A photographed object is at the centre: two objects on one backdrop
+        match around their centres, not at them.
     plausible : bool
         The homography keeps orientation and changes scale by at most a bounded factor.
     homography : ndarray of shape (3, 3) or None
@@ -56,7 +62,7 @@ class PairVerification:
     n_matches: int
     inliers: int
     spread: float
-    centred: int
+    centred: float
     plausible: bool
     homography: np.ndarray | None
     points_a: np.ndarray
@@ -65,7 +71,7 @@ class PairVerification:
     @classmethod
     def none(cls, n_matches: int = 0) -> PairVerification:
         empty = np.empty((0, 2), np.float32)
-        return cls(n_matches, 0, 0.0, 0, False, None, empty, empty)
+        return cls(n_matches, 0, 0.0, 0.0, False, None, empty, empty)
 
 
 def verify_pair(
@@ -131,7 +137,7 @@ def verify_pair(
         n_matches=len(pairs),
         inliers=int(inlier.sum()),
         spread=spread,
-        centred=min(_n_central(points_a[inlier], a.image_size), _n_central(points_b[inlier], b.image_size)),
+        centred=max(_centre_agreement(a, inlier, index_a), _centre_agreement(b, inlier, index_b)),
         plausible=_plausible(homography, max_scale_change),
         homography=homography,
         points_a=points_a[inlier] / a.scale,
@@ -144,9 +150,11 @@ def is_same_object(
     *,
     min_inliers: int = DEFAULT_MIN_INLIERS,
     min_spread: float = DEFAULT_MIN_SPREAD,
+    min_centred: float = DEFAULT_MIN_CENTRED,
 ) -> bool:
-    """Whether a verified pair shows the same object: enough inliers, spread out, plausibly."""
-    return verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread
+    """Whether a verified pair shows the same object: enough inliers, spread out, at the centre, plausibly."""
+    return (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread
+            and verification.centred >= min_centred)
 
 
 def _distinctive(knn_matches, n: int, ratio: float) -> np.ndarray:
@@ -166,10 +174,17 @@ def _hull_fraction(points: np.ndarray, image_size: tuple[int, int]) -> float:
     return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) / (width * height)
 
 
-def _n_central(points: np.ndarray, image_size: tuple[int, int]) -> int:
-    width, height = image_size
-    x, y = points[:, 0], points[:, 1]
-    return int(((x > width / 4) & (x < 3 * width / 4) & (y > height / 4) & (y < 3 * height / 4)).sum())
+def _centre_agreement(features: LocalFeatures, inlier: np.ndarray, matched: np.ndarray) -> float:
+    """Inlier share of the keypoints in the central third of the photo over that of all its keypoints."""
+    width, height = features.image_size
+    x, y = features.points[:, 0], features.points[:, 1]
+    central = (np.abs(x - width / 2) < width / 6) & (np.abs(y - height / 2) < height / 6)
+    is_inlier = np.zeros(len(features), dtype=bool)
+    is_inlier[matched[inlier]] = True
+    overall = is_inlier.mean()
+    if not central.any() or overall == 0:
+        return 0.0
+    return float(is_inlier[central].mean() / overall)
 
 
 def _plausible(homography: np.ndarray, max_scale_change: float) -> bool:
