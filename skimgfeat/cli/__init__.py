@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return EXIT_OK
     except KeyboardInterrupt:
-        _error("interrupted; what was embedded is checkpointed, continue with --resume", args.verbose)
+        # Only the checkpointed commands (see cli/checkpointed.py) have something to resume.
+        _error(getattr(args, "on_interrupt", "interrupted"), args.verbose)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError) as error:
         _error(str(error), args.verbose)
