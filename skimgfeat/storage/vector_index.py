@@ -143,6 +143,7 @@ class VectorIndex:
         self.pq_m = pq_m
         self._blocks: list[np.ndarray] = []  # flat: added vectors, joined on first use
         self._faiss = None  # inverted-file kinds: the FAISS index once trained
+        self.mapped = False  # read-only, memory-mapped from an index directory
 
     # -- building ---------------------------------------------------------------------
 
@@ -368,9 +369,11 @@ class VectorIndex:
                 raise ValueError(f"holds {vectors.shape} {vectors.dtype} vectors, index.json says "
                                  f"({parameters['n_rows']}, {index.n_features}) float32")
             index._blocks = [vectors]
+            index.mapped = not writable
             return index
         faiss = faiss_module()
         index._faiss = faiss.read_index(os.fspath(path), 0 if writable else faiss.IO_FLAG_MMAP)
+        index.mapped = not writable
         if index._faiss.ntotal != parameters["n_rows"] or index._faiss.d != index.n_features:
             raise ValueError(f"holds {index._faiss.ntotal} rows of {index._faiss.d} features, index.json says "
                              f"{parameters['n_rows']} of {index.n_features}")

@@ -575,10 +575,8 @@ class SimilarityIndex:
 
     def _make_writable(self) -> None:
         """Read a memory-mapped store into memory before it changes."""
-        if self.directory is not None and self._store.kind != "flat" and len(self):
-            from ..storage.vector_index import read_generation as current
-
-            folder, info = current(self.directory)
+        if self._store.mapped and self._store.kind != "flat":  # a flat one copies itself on add
+            folder, info = read_generation(self.directory)
             self._store = VectorIndex.read(folder, info["index"], writable=True)
 
     def _grow_into_inverted_file(self, reader: FeatureTableReader) -> None:
