@@ -13,11 +13,14 @@ __version__ = "0.1.0"
 # Public name -> the module defining it.
 _EXPORTS = {
     "CNNImageEmbedder": "embedder",
+    "FeatureTableReader": "storage.io",
     "ImageFeatureExtractor": "extractor",
     "ImageLoadError": "exceptions",
     "ImageQualityFeatures": "uses.quality",
+    "IndexDirectoryError": "exceptions",
     "ItemAggregator": "aggregation",
     "MODEL_REGISTRY": "registry",
+    "ModelMismatchError": "exceptions",
     "OutOfFoldPredictor": "uses.stacking",
     "SimilarityIndex": "uses.similarity",
     "WeightsMismatchError": "exceptions",

@@ -73,3 +73,35 @@ def fitted_embedder_from_model_info(model_info: dict | None, weights=None):
             stacklevel=3,
         )
     return embedder
+
+
+# What makes two feature tables comparable: the same network, parameters and preprocessing.
+_IDENTITY_KEYS = ("model_name", "n_features", "preprocessing", "multi_scale")
+
+
+def model_mismatch(expected: dict | None, actual: dict | None) -> str | None:
+    """Why features described by ``actual`` cannot be compared with ``expected``'s, or None.
+
+    Compared: the model name, the number of features, the preprocessing, the multi-scale
+    stages and the network's parameters (``parameters_sha256``, else ``weights_sha256``).
+    A key missing on either side is not compared, so a table without model info is
+    accepted; the weights' *location* (a local copy of the same file) never matters.
+
+    Examples
+    --------
+    >>> model_mismatch({"model_name": "resnet18"}, {"model_name": "mobilenet_v2"})
+    "model_name is 'mobilenet_v2', expected 'resnet18'"
+    >>> model_mismatch({"model_name": "resnet18"}, None) is None
+    True
+    """
+    if not expected or not actual:
+        return None
+    for key in _IDENTITY_KEYS:
+        if key in expected and key in actual and expected[key] != actual[key]:
+            return f"{key} is {actual[key]!r}, expected {expected[key]!r}"
+    for key in ("parameters_sha256", "weights_sha256"):
+        if expected.get(key) and actual.get(key):
+            if expected[key] != actual[key]:
+                return f"the network's {key} is {actual[key][:12]}..., expected {expected[key][:12]}..."
+            return None
+    return None
