@@ -1,34 +1,164 @@
-"""Duplicate photos: groups of rows of a feature table that are near-copies of each other."""
+"""Duplicate photos: pairs and groups of rows of a feature table that are copies of each other.
+
+Two stages. The CNN features propose *candidate* pairs: rows within a generous cosine
+distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair search.
+The copy check (:mod:`skimgfeat.uses.copy_check`) then compares the photos' perceptual
+hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same shelf
+moments later does not, although both sit as close in feature space. Only pairs passing
+both are duplicates. Without the copy check, one feature threshold decides
+(:data:`DEFAULT_DUPLICATE_THRESHOLD`), as before.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, PhotoHashes, copy_distance
 from .similarity import SimilarityIndex
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.1
+DEFAULT_CANDIDATE_DISTANCE = 0.3
+
+PAIR_COLUMNS = ("image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason")
+# Rows of the feature matrix compared at once by the exact pair search: about 64 MB of distances.
+_BLOCK_VALUES = 2**24
 
 
-def find_duplicates(index: SimilarityIndex, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> pd.DataFrame:
-    """Groups of near-duplicate photos: rows linked by pairs closer than ``threshold``.
-
-    Two rows whose cosine distance is at most ``threshold`` are duplicates; groups are
-    the connected components of those pairs, so a copy of a copy joins its original.
+def duplicate_pairs(
+    index: SimilarityIndex,
+    *,
+    max_distance: float | None = None,
+    copy_check: bool | PhotoHashes = True,
+    copy_threshold: int = COPY_THRESHOLD,
+    n_workers: int | None = None,
+) -> pd.DataFrame:
+    """Every candidate pair of rows of ``index``, with the copy check's verdict.
 
     Parameters
     ----------
     index : SimilarityIndex
-    threshold : float, default=DEFAULT_DUPLICATE_THRESHOLD
-        Cosine distance; the default was measured on resized, recompressed, cropped and
-        re-exposed copies of real photos (see the docs for its precision and recall).
+        Per-image rows; their photos are found by :meth:`SimilarityIndex.photo_path`.
+    max_distance : float or None
+        Cosine distance of the candidate pairs; default
+        :data:`DEFAULT_CANDIDATE_DISTANCE` with the copy check,
+        :data:`DEFAULT_DUPLICATE_THRESHOLD` without.
+    copy_check : bool or PhotoHashes, default=True
+        The photos' hashes (e.g. ``PhotoHashes.read("out/image_hashes.parquet")``); a
+        photo they lack, or every photo when True, is hashed now. False: every
+        candidate pair is a copy.
+    copy_threshold : int, default=COPY_THRESHOLD
+        Largest copy distance (bits) of a copy.
+    n_workers : int or None
+        Threads hashing photos now.
 
     Returns
     -------
     DataFrame
-        Columns ``group`` (numbered from 0 in table order) and the key column, one row
-        per member of a group of two or more, in table order within each group.
+        :data:`PAIR_COLUMNS`: the two names (table order), ``feature_distance``,
+        ``copy_score`` (copy distance in bits, NaN without the check or when a photo
+        is unreadable), ``verdict`` (``"copy"``, ``"different"`` or ``"unreadable"``)
+        and ``reason`` (why a photo could not be read, else empty).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimgfeat import SimilarityIndex
+    >>> index = SimilarityIndex(["a", "b", "c"], np.array([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]))
+    >>> duplicate_pairs(index, copy_check=False)[["image_a", "image_b", "verdict"]]
+      image_a image_b verdict
+    0       a       b    copy
+    """
+    max_distance = _radius(max_distance, copy_check)
+    rows_a, rows_b, distances = _candidate_pairs(index, max_distance)
+    names_a, names_b = index.names[rows_a], index.names[rows_b]
+    if copy_check is False:
+        return _pair_table(names_a, names_b, distances, np.full(len(distances), np.nan), [COPY] * len(distances),
+                           [""] * len(distances))
+    hashes = _hashes_for(index, {*names_a, *names_b}, copy_check, n_workers)
+    return _checked_pairs(names_a, names_b, distances, hashes, hashes, copy_threshold)
+
+
+def duplicate_groups(pairs: pd.DataFrame, key: str = "image_path") -> pd.DataFrame:
+    """Groups of the accepted pairs of :func:`duplicate_pairs`: their connected components.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        ``image_a``, ``image_b`` and ``verdict``; the ``"copy"`` pairs link their photos.
+    key : str, default="image_path"
+        The name of the member column.
+
+    Returns
+    -------
+    DataFrame
+        ``group`` (numbered from 0 in order of first appearance), the key column and
+        ``chained``: True for every member of a group in which some two photos are
+        not themselves a copy pair (linked only through others, a chain to review).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> pairs = pd.DataFrame({"image_a": ["a", "b", "d"], "image_b": ["b", "c", "e"],
+    ...                       "verdict": ["copy", "copy", "different"]})
+    >>> duplicate_groups(pairs)
+       group image_path  chained
+    0      0          a     True
+    1      0          b     True
+    2      0          c     True
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    accepted = pairs[pairs["verdict"] == COPY]
+    names = pd.unique(accepted[["image_a", "image_b"]].to_numpy().ravel())  # in order of first appearance
+    if len(names) == 0:
+        return pd.DataFrame({"group": pd.Series(dtype=int), key: pd.Series(dtype=object),
+                             "chained": pd.Series(dtype=bool)})
+    position = {name: i for i, name in enumerate(names)}
+    a = accepted["image_a"].map(position).to_numpy()
+    b = accepted["image_b"].map(position).to_numpy()
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names), len(names)))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    links = np.bincount(labels[a], minlength=len(sizes))  # each accepted pair once, inside one component
+    chained = links < sizes * (sizes - 1) // 2
+    renumber = {label: number for number, label in enumerate(dict.fromkeys(labels.tolist()))}
+    groups = np.asarray([renumber[label] for label in labels.tolist()], dtype=int)
+    order = np.argsort(groups, kind="stable")
+    return pd.DataFrame({"group": groups[order], key: names[order], "chained": chained[labels[order]]})
+
+
+def find_duplicates(
+    index: SimilarityIndex,
+    threshold: float | None = None,
+    *,
+    copy_check: bool | PhotoHashes = False,
+    copy_threshold: int = COPY_THRESHOLD,
+) -> pd.DataFrame:
+    """Groups of duplicate photos: :func:`duplicate_pairs` grouped by :func:`duplicate_groups`.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+    threshold : float or None
+        Cosine distance of the candidate pairs; default
+        :data:`DEFAULT_DUPLICATE_THRESHOLD` without the copy check (then every pair
+        this close is a duplicate), :data:`DEFAULT_CANDIDATE_DISTANCE` with it.
+    copy_check : bool or PhotoHashes, default=False
+        False: features alone decide. True or the photos' hashes: the two-stage
+        decision of ``skimgfeat duplicates`` (photos the hashes lack are hashed now).
+    copy_threshold : int, default=COPY_THRESHOLD
+
+    Returns
+    -------
+    DataFrame
+        Columns ``group`` (numbered from 0 in table order), the key column and
+        ``chained`` (see :func:`duplicate_groups`), one row per member of a group.
 
     Examples
     --------
@@ -36,26 +166,184 @@ def find_duplicates(index: SimilarityIndex, threshold: float = DEFAULT_DUPLICATE
     >>> from skimgfeat import SimilarityIndex, find_duplicates
     >>> vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.99, 0.02], [0.01, 1.0]])
     >>> find_duplicates(SimilarityIndex(["a", "b", "c", "d"], vectors), threshold=0.01)
-       group image_path
-    0      0          a
-    1      0          c
-    2      1          b
-    3      1          d
+       group image_path  chained
+    0      0          a    False
+    1      0          c    False
+    2      1          b    False
+    3      1          d    False
     """
-    from scipy.sparse.csgraph import connected_components
+    pairs = duplicate_pairs(index, max_distance=threshold, copy_check=copy_check, copy_threshold=copy_threshold)
+    groups = duplicate_groups(pairs, key=index.key)
+    # Table order: groups by their first member's row, members by row.
+    rows = groups[index.key].map({name: row for row, name in enumerate(index.names)})
+    first = rows.groupby(groups["group"]).transform("min")
+    groups = groups.assign(_first=first, _row=rows).sort_values(["_first", "_row"], kind="stable")
+    groups["group"] = pd.factorize(groups["_first"])[0]
+    return groups.drop(columns=["_first", "_row"]).reset_index(drop=True)
 
-    if not 0 <= threshold <= 2:
-        raise ValueError(f"threshold must be a cosine distance between 0 and 2, got {threshold!r}")
-    if len(index) < 2:
-        return pd.DataFrame({"group": pd.Series(dtype=int), index.key: pd.Series(dtype=object)})
-    graph = index._nearest().radius_neighbors_graph(index.vectors, radius=threshold, mode="connectivity")
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    members = np.flatnonzero(sizes[labels] >= 2)
-    # Groups numbered by their first member in table order.
-    first_seen: dict[int, int] = {}
-    for row in members:
-        first_seen.setdefault(int(labels[row]), len(first_seen))
-    groups = np.asarray([first_seen[int(labels[row])] for row in members], dtype=int)
-    order = np.argsort(groups, kind="stable")
-    return pd.DataFrame({"group": groups[order], index.key: index.names[members][order]})
+
+def find_copies_against(
+    index: SimilarityIndex,
+    names: Sequence[str],
+    vectors,
+    *,
+    photos: Sequence[str | os.PathLike | None] | None = None,
+    max_distance: float | None = None,
+    copy_check: bool | PhotoHashes = True,
+    archive_hashes: bool | PhotoHashes = True,
+    copy_threshold: int = COPY_THRESHOLD,
+    n_workers: int | None = None,
+) -> pd.DataFrame:
+    """Which new photos already exist in an archive: candidate pairs (new, archived) with verdicts.
+
+    The archive is not regrouped: each new photo is searched in ``index`` alone.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+        The archive.
+    names : sequence of str
+        The new photos' names (``image_a`` of the result).
+    vectors : array-like of shape (n_new, n_features)
+        Their features, from the network that made the archive's. NaN rows are skipped.
+    photos : sequence of path or None
+        The new photos' files (default: ``names``), for hashing.
+    max_distance : float or None
+        See :func:`duplicate_pairs`.
+    copy_check : bool or PhotoHashes, default=True
+        The new photos' hashes, True to hash them now, False for features alone.
+    archive_hashes : bool or PhotoHashes, default=True
+        The archive's hashes (its ``image_hashes.parquet``); photos they lack are hashed now.
+    copy_threshold : int, default=COPY_THRESHOLD
+    n_workers : int or None
+
+    Returns
+    -------
+    DataFrame
+        :data:`PAIR_COLUMNS`, ``image_a`` the new photo, ``image_b`` the archived one,
+        nearest first for each new photo.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimgfeat import SimilarityIndex
+    >>> archive = SimilarityIndex(["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> find_copies_against(archive, ["new"], [[0.98, 0.05]], copy_check=False)[["image_a", "image_b", "verdict"]]
+      image_a image_b verdict
+    0     new       a    copy
+    """
+    names = [str(name) for name in names]
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if len(vectors) != len(names):
+        raise ValueError(f"need one feature row per new photo, got {len(names)} names and {len(vectors)} rows")
+    photos = names if photos is None else list(photos)
+    max_distance = _radius(max_distance, copy_check)
+    valid = np.flatnonzero(~np.isnan(vectors).any(axis=1))
+    queries, rows_b, distances = _range_pairs(index, vectors[valid], max_distance)
+    rows_a = valid[queries]
+    names_a = np.asarray(names, dtype=object)[rows_a]
+    names_b = index.names[rows_b]
+    if copy_check is False:
+        return _pair_table(names_a, names_b, distances, np.full(len(distances), np.nan), [COPY] * len(distances),
+                           [""] * len(distances))
+    wanted = sorted(set(rows_a.tolist()))
+    new_hashes = copy_check if isinstance(copy_check, PhotoHashes) else None
+    missing = [row for row in wanted if new_hashes is None or names[row] not in new_hashes]
+    computed = PhotoHashes.compute([photos[row] for row in missing], [names[row] for row in missing],
+                                   n_workers=n_workers)
+    new_hashes = computed if new_hashes is None else new_hashes.merged(computed)
+    old_hashes = _hashes_for(index, set(names_b), archive_hashes, n_workers)
+    return _checked_pairs(names_a, names_b, distances, new_hashes, old_hashes, copy_threshold)
+
+
+# -- the two stages -------------------------------------------------------------------
+
+
+def _radius(max_distance: float | None, copy_check) -> float:
+    if max_distance is None:
+        return DEFAULT_DUPLICATE_THRESHOLD if copy_check is False else DEFAULT_CANDIDATE_DISTANCE
+    if not 0 <= max_distance <= 2:
+        raise ValueError(f"threshold must be a cosine distance between 0 and 2, got {max_distance!r}")
+    return float(max_distance)
+
+
+def _candidate_pairs(index: SimilarityIndex, max_distance: float):
+    """(row_a, row_b, distance) of every pair of rows within ``max_distance``, row_a < row_b."""
+    if hasattr(index, "neighbour_pairs"):
+        return index.neighbour_pairs(max_distance)
+    unit = _unit_rows(index.vectors)
+    block = max(1, _BLOCK_VALUES // max(1, len(unit)))
+    found = []
+    for start in range(0, len(unit), block):
+        distances = 1.0 - unit[start : start + block] @ unit.T
+        a, b = np.nonzero(distances <= max_distance)
+        a += start
+        upper = a < b
+        found.append((a[upper], b[upper], distances[a[upper] - start, b[upper]]))
+    return _concat(found)
+
+
+def _range_pairs(index: SimilarityIndex, vectors: np.ndarray, max_distance: float):
+    """(query, row, distance) of every indexed row within ``max_distance`` of each query, nearest first."""
+    if hasattr(index, "range_search"):
+        lims, distances, rows = index.range_search(vectors, max_distance)
+        queries = np.repeat(np.arange(len(vectors)), np.diff(lims))
+    else:
+        unit, queries_unit = _unit_rows(index.vectors), _unit_rows(vectors)
+        block = max(1, _BLOCK_VALUES // max(1, len(unit)))
+        found = []
+        for start in range(0, len(queries_unit), block):
+            block_distances = 1.0 - queries_unit[start : start + block] @ unit.T
+            q, r = np.nonzero(block_distances <= max_distance)
+            found.append((q + start, r, block_distances[q, r]))
+        queries, rows, distances = _concat(found)
+    order = np.lexsort((distances, queries))
+    return queries[order], np.asarray(rows)[order], np.asarray(distances)[order]
+
+
+def _unit_rows(vectors) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def _concat(found):
+    if not found:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    return tuple(np.concatenate(parts) for parts in zip(*found))
+
+
+def _hashes_for(index: SimilarityIndex, names: set, given, n_workers) -> PhotoHashes:
+    """Hashes of ``names``: from ``given`` where it has them, the rest computed from the index's photos now."""
+    known = given if isinstance(given, PhotoHashes) else None
+    todo = sorted(name for name in names if known is None or name not in known)
+    photos = [index.photo_path(name) for name in todo]
+    computed = PhotoHashes.compute(photos, todo, n_workers=n_workers)
+    return computed if known is None else known.merged(computed)
+
+
+def _checked_pairs(names_a, names_b, distances, hashes_a: PhotoHashes, hashes_b: PhotoHashes, copy_threshold: int):
+    """The copy check of each candidate pair."""
+    errors_a = np.asarray([hashes_a.error(name) for name in names_a], dtype=object)
+    errors_b = np.asarray([hashes_b.error(name) for name in names_b], dtype=object)
+    readable = (errors_a == "") & (errors_b == "")
+    scores = np.full(len(names_a), np.nan)
+    if readable.any():
+        scores[readable] = copy_distance(hashes_a.rows(names_a[readable]), hashes_b.rows(names_b[readable]))
+    verdicts = np.where(~readable, UNREADABLE, np.where(scores <= copy_threshold, COPY, DIFFERENT))
+    reasons = [
+        "; ".join(f"{name}: {error}" for name, error in ((a, ea), (b, eb)) if error)
+        for a, b, ea, eb in zip(names_a, names_b, errors_a, errors_b)
+    ]
+    return _pair_table(names_a, names_b, distances, scores, verdicts, reasons)
+
+
+def _pair_table(names_a, names_b, distances, scores, verdicts, reasons) -> pd.DataFrame:
+    return pd.DataFrame({
+        "image_a": pd.Series(np.asarray(names_a, dtype=object), dtype=object),
+        "image_b": pd.Series(np.asarray(names_b, dtype=object), dtype=object),
+        "feature_distance": np.asarray(distances, dtype=float),
+        "copy_score": np.asarray(scores, dtype=float),
+        "verdict": pd.Series(np.asarray(verdicts, dtype=object), dtype=object),
+        "reason": pd.Series(list(reasons), dtype=object),
+    })
