@@ -76,6 +76,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
     extract.add_argument("--checkpoint-every", type=positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
                          help="write a checkpoint part every N batches (default: %(default)s)")
+    extract.add_argument("--hashes", action="store_true",
+                         help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
+                              "checks copies with, computed once here instead of at every duplicates run")
     extract.set_defaults(handler=run_extract)
 
 
@@ -112,6 +115,7 @@ def run_extract(args: argparse.Namespace) -> int:
     _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
     embed_seconds = time.perf_counter() - embed_started
     result = _write_outputs(args, checkpoint, relative, embedder)
+    result.outputs += _write_hashes(args, paths, relative)
     checkpoint.remove()
     result.n_resumed, result.n_embedded = len(paths) - len(todo), len(todo)
     result.embed_seconds, result.wall_seconds = embed_seconds, time.perf_counter() - started
@@ -229,6 +233,17 @@ def _write_outputs(args, checkpoint: Checkpoint, relative: list[str], embedder) 
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
     return ExtractResult(len(relative), failures, statistics, n_items, outputs, 0, 0, 0.0, 0.0, model_info)
+
+
+def _write_hashes(args: argparse.Namespace, paths: list[Path], relative: list[str]) -> list[Path]:
+    """With --hashes, the copy check's hashes of every photo; without, no hashes of an earlier run's photos."""
+    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+
+    target = args.output_dir / HASHES_FILE
+    if not args.hashes:
+        target.unlink(missing_ok=True)  # they would describe other photos than these tables
+        return []
+    return [PhotoHashes.compute(paths, relative, n_workers=args.workers).write(target)]
 
 
 def _remove_leftovers(output_dir: Path) -> None:

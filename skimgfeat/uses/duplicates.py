@@ -83,7 +83,9 @@ def duplicate_pairs(
     return _checked_pairs(names_a, names_b, distances, hashes, hashes, copy_threshold)
 
 
-def duplicate_groups(pairs: pd.DataFrame, key: str = "image_path") -> pd.DataFrame:
+def duplicate_groups(
+    pairs: pd.DataFrame, key: str = "image_path", *, order: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Groups of the accepted pairs of :func:`duplicate_pairs`: their connected components.
 
     Parameters
@@ -92,11 +94,14 @@ def duplicate_groups(pairs: pd.DataFrame, key: str = "image_path") -> pd.DataFra
         ``image_a``, ``image_b`` and ``verdict``; the ``"copy"`` pairs link their photos.
     key : str, default="image_path"
         The name of the member column.
+    order : sequence of str or None
+        The table's names in table order: members are listed in it and groups
+        numbered by their first member. None: in order of first appearance in ``pairs``.
 
     Returns
     -------
     DataFrame
-        ``group`` (numbered from 0 in order of first appearance), the key column and
+        ``group`` (numbered from 0), the key column and
         ``chained``: True for every member of a group in which some two photos are
         not themselves a copy pair (linked only through others, a chain to review).
 
@@ -116,6 +121,9 @@ def duplicate_groups(pairs: pd.DataFrame, key: str = "image_path") -> pd.DataFra
 
     accepted = pairs[pairs["verdict"] == COPY]
     names = pd.unique(accepted[["image_a", "image_b"]].to_numpy().ravel())  # in order of first appearance
+    if order is not None:
+        rank = {name: i for i, name in enumerate(order)}
+        names = np.asarray(sorted(names, key=rank.__getitem__), dtype=object)
     if len(names) == 0:
         return pd.DataFrame({"group": pd.Series(dtype=int), key: pd.Series(dtype=object),
                              "chained": pd.Series(dtype=bool)})
@@ -173,13 +181,7 @@ def find_duplicates(
     3      1          d    False
     """
     pairs = duplicate_pairs(index, max_distance=threshold, copy_check=copy_check, copy_threshold=copy_threshold)
-    groups = duplicate_groups(pairs, key=index.key)
-    # Table order: groups by their first member's row, members by row.
-    rows = groups[index.key].map({name: row for row, name in enumerate(index.names)})
-    first = rows.groupby(groups["group"]).transform("min")
-    groups = groups.assign(_first=first, _row=rows).sort_values(["_first", "_row"], kind="stable")
-    groups["group"] = pd.factorize(groups["_first"])[0]
-    return groups.drop(columns=["_first", "_row"]).reset_index(drop=True)
+    return duplicate_groups(pairs, key=index.key, order=index.names)
 
 
 def find_copies_against(
