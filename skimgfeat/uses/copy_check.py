@@ -28,7 +28,7 @@ from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
 
 # Chosen by benchmarks/duplicate_threshold.py (see benchmarks/README.md): copies and re-shoots of real photos.
-COPY_THRESHOLD = 10
+COPY_THRESHOLD = 8
 WINDOW_SIDE = 0.92
 N_HASHES = 10
 HASH_BITS = 64
@@ -142,21 +142,36 @@ class PhotoHashes:
         self.names = np.asarray([str(name) for name in names], dtype=object)
         self.hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(self.names), N_HASHES)
         self.errors = np.asarray([""] * len(self.names) if errors is None else [str(e) for e in errors], dtype=object)
-        self._row_of = {name: row for row, name in enumerate(self.names)}
+        self._index = pd.Index(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __contains__(self, name) -> bool:
-        return str(name) in self._row_of
+        return str(name) in self._index
 
     def error(self, name: str) -> str:
         """Why ``name`` could not be hashed (``""`` when it was); KeyError if it is not here."""
-        return self.errors[self._row_of[str(name)]]
+        return self.errors[self._rows([name])[0]]
+
+    def contains(self, names: Sequence[str]) -> np.ndarray:
+        """Per name, whether it is here."""
+        return self._index.get_indexer(pd.Index(names, dtype=object)) >= 0
+
+    def lookup(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, errors) of ``names``, one row each (KeyError for a name that is not here)."""
+        rows = self._rows(names)
+        return self.hashes[rows], self.errors[rows]
 
     def rows(self, names: Iterable[str]) -> np.ndarray:
         """The hash rows of ``names`` (KeyError for a name that is not here)."""
-        return self.hashes[[self._row_of[str(name)] for name in names]]
+        return self.hashes[self._rows(list(names))]
+
+    def _rows(self, names) -> np.ndarray:
+        rows = self._index.get_indexer(pd.Index(names, dtype=object))
+        if (rows < 0).any():
+            raise KeyError(f"no hashes for {list(np.asarray(names, dtype=object)[rows < 0][:3])}")
+        return rows
 
     @classmethod
     def compute(
@@ -193,9 +208,12 @@ class PhotoHashes:
 
     def merged(self, other: PhotoHashes) -> PhotoHashes:
         """These hashes and ``other``'s (``other`` wins for a name in both)."""
-        keep = [row for row, name in enumerate(self.names) if name not in other]
-        return PhotoHashes([*self.names[keep], *other.names], np.concatenate([self.hashes[keep], other.hashes]),
-                           [*self.errors[keep], *other.errors])
+        if not len(other):
+            return self
+        keep = ~other.contains(self.names)
+        return PhotoHashes(np.concatenate([self.names[keep], other.names]),
+                           np.concatenate([self.hashes[keep], other.hashes]),
+                           np.concatenate([self.errors[keep], other.errors]))
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write ``image_path, error, phash_0..`` as Parquet (hashes as signed 64-bit integers)."""

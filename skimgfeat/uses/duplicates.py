@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, PhotoHashes, copy_distance
+from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, N_HASHES, UNREADABLE, PhotoHashes, copy_distance
 from .similarity import SimilarityIndex
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
@@ -73,14 +73,9 @@ def duplicate_pairs(
       image_a image_b verdict
     0       a       b    copy
     """
-    max_distance = _radius(max_distance, copy_check)
-    rows_a, rows_b, distances = _candidate_pairs(index, max_distance)
-    names_a, names_b = index.names[rows_a], index.names[rows_b]
-    if copy_check is False:
-        return _pair_table(names_a, names_b, distances, np.full(len(distances), np.nan), [COPY] * len(distances),
-                           [""] * len(distances))
-    hashes = _hashes_for(index, {*names_a, *names_b}, copy_check, n_workers)
-    return _checked_pairs(names_a, names_b, distances, hashes, hashes, copy_threshold)
+    rows_a, rows_b, distances, scores, verdicts, reasons = _scored_rows(
+        index, max_distance, copy_check, copy_threshold, n_workers)
+    return _pair_table(index.names[rows_a], index.names[rows_b], distances, scores, verdicts, reasons)
 
 
 def duplicate_groups(
@@ -116,29 +111,15 @@ def duplicate_groups(
     1      0          b     True
     2      0          c     True
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     accepted = pairs[pairs["verdict"] == COPY]
     names = pd.unique(accepted[["image_a", "image_b"]].to_numpy().ravel())  # in order of first appearance
     if order is not None:
         rank = {name: i for i, name in enumerate(order)}
         names = np.asarray(sorted(names, key=rank.__getitem__), dtype=object)
-    if len(names) == 0:
-        return pd.DataFrame({"group": pd.Series(dtype=int), key: pd.Series(dtype=object),
-                             "chained": pd.Series(dtype=bool)})
     position = {name: i for i, name in enumerate(names)}
-    a = accepted["image_a"].map(position).to_numpy()
-    b = accepted["image_b"].map(position).to_numpy()
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names), len(names)))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    links = np.bincount(labels[a], minlength=len(sizes))  # each accepted pair once, inside one component
-    chained = links < sizes * (sizes - 1) // 2
-    renumber = {label: number for number, label in enumerate(dict.fromkeys(labels.tolist()))}
-    groups = np.asarray([renumber[label] for label in labels.tolist()], dtype=int)
-    order = np.argsort(groups, kind="stable")
-    return pd.DataFrame({"group": groups[order], key: names[order], "chained": chained[labels[order]]})
+    a = accepted["image_a"].map(position).to_numpy(dtype=np.int64)
+    b = accepted["image_b"].map(position).to_numpy(dtype=np.int64)
+    return _components(a, b, np.asarray(names, dtype=object), key)
 
 
 def find_duplicates(
@@ -180,8 +161,9 @@ def find_duplicates(
     2      1          b    False
     3      1          d    False
     """
-    pairs = duplicate_pairs(index, max_distance=threshold, copy_check=copy_check, copy_threshold=copy_threshold)
-    return duplicate_groups(pairs, key=index.key, order=index.names)
+    rows_a, rows_b, _, _, verdicts, _ = _scored_rows(index, threshold, copy_check, copy_threshold, None)
+    accepted = verdicts == COPY
+    return _components(rows_a[accepted], rows_b[accepted], index.names, index.key)
 
 
 def find_copies_against(
@@ -246,19 +228,53 @@ def find_copies_against(
     names_a = np.asarray(names, dtype=object)[rows_a]
     names_b = index.names[rows_b]
     if copy_check is False:
-        return _pair_table(names_a, names_b, distances, np.full(len(distances), np.nan), [COPY] * len(distances),
-                           [""] * len(distances))
+        return _unchecked_pairs(names_a, names_b, distances)
     wanted = sorted(set(rows_a.tolist()))
     new_hashes = copy_check if isinstance(copy_check, PhotoHashes) else None
     missing = [row for row in wanted if new_hashes is None or names[row] not in new_hashes]
     computed = PhotoHashes.compute([photos[row] for row in missing], [names[row] for row in missing],
                                    n_workers=n_workers)
     new_hashes = computed if new_hashes is None else new_hashes.merged(computed)
-    old_hashes = _hashes_for(index, set(names_b), archive_hashes, n_workers)
-    return _checked_pairs(names_a, names_b, distances, new_hashes, old_hashes, copy_threshold)
+    old_hashes = _hashes_for(index, index.names[np.unique(rows_b)], archive_hashes, n_workers)
+    verdicts = _copy_verdicts(rows_a, np.asarray(names, dtype=object), new_hashes, rows_b, index.names, old_hashes,
+                              copy_threshold)
+    return _pair_table(names_a, names_b, distances, *verdicts)
 
 
 # -- the two stages -------------------------------------------------------------------
+
+
+def _scored_rows(index: SimilarityIndex, max_distance, copy_check, copy_threshold: int, n_workers):
+    """(rows_a, rows_b, feature distance, copy score, verdict, reason) arrays of the candidate pairs."""
+    max_distance = _radius(max_distance, copy_check)
+    rows_a, rows_b, distances = _candidate_pairs(index, max_distance)
+    if copy_check is False:
+        return (rows_a, rows_b, distances, np.full(len(rows_a), np.nan), np.full(len(rows_a), COPY, dtype=object),
+                np.full(len(rows_a), "", dtype=object))
+    hashes = _hashes_for(index, index.names[np.unique(np.concatenate([rows_a, rows_b]))], copy_check, n_workers)
+    return (rows_a, rows_b, distances,
+            *_copy_verdicts(rows_a, index.names, hashes, rows_b, index.names, hashes, copy_threshold))
+
+
+def _components(a: np.ndarray, b: np.ndarray, names: np.ndarray, key: str) -> pd.DataFrame:
+    """Groups of the pairs ``(names[a], names[b])``: members in the order of ``names``, numbered by the first."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    members = np.unique(np.concatenate([a, b]))
+    if len(members) == 0:
+        return pd.DataFrame({"group": pd.Series(dtype=int), key: pd.Series(dtype=object),
+                             "chained": pd.Series(dtype=bool)})
+    a, b = np.searchsorted(members, a), np.searchsorted(members, b)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(members), len(members)))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    links = np.bincount(labels[a], minlength=len(sizes))  # each accepted pair once, inside one component
+    chained = links < sizes * (sizes - 1) // 2
+    _, first = np.unique(labels, return_index=True)  # members are sorted: a label's first member is its first
+    groups = np.argsort(np.argsort(first))[labels]
+    order = np.argsort(groups, kind="stable")
+    return pd.DataFrame({"group": groups[order], key: names[members[order]], "chained": chained[labels[order]]})
 
 
 def _radius(max_distance: float | None, copy_check) -> float:
@@ -272,16 +288,16 @@ def _radius(max_distance: float | None, copy_check) -> float:
 def _candidate_pairs(index: SimilarityIndex, max_distance: float):
     """(row_a, row_b, distance) of every pair of rows within ``max_distance``, row_a < row_b."""
     if hasattr(index, "neighbour_pairs"):
-        return index.neighbour_pairs(max_distance)
+        return tuple(np.asarray(part) for part in index.neighbour_pairs(max_distance))
     unit = _unit_rows(index.vectors)
     block = max(1, _BLOCK_VALUES // max(1, len(unit)))
     found = []
     for start in range(0, len(unit), block):
-        distances = 1.0 - unit[start : start + block] @ unit.T
+        distances = 1.0 - unit[start : start + block] @ unit[start:].T  # each row against the rows after it
         a, b = np.nonzero(distances <= max_distance)
-        a += start
         upper = a < b
-        found.append((a[upper], b[upper], distances[a[upper] - start, b[upper]]))
+        a, b = a[upper], b[upper]
+        found.append((a + start, b + start, distances[a, b]))
     return _concat(found)
 
 
@@ -315,29 +331,51 @@ def _concat(found):
     return tuple(np.concatenate(parts) for parts in zip(*found))
 
 
-def _hashes_for(index: SimilarityIndex, names: set, given, n_workers) -> PhotoHashes:
+def _hashes_for(index: SimilarityIndex, names, given, n_workers) -> PhotoHashes:
     """Hashes of ``names``: from ``given`` where it has them, the rest computed from the index's photos now."""
     known = given if isinstance(given, PhotoHashes) else None
-    todo = sorted(name for name in names if known is None or name not in known)
-    photos = [index.photo_path(name) for name in todo]
-    computed = PhotoHashes.compute(photos, todo, n_workers=n_workers)
+    names = np.asarray(names, dtype=object)
+    todo = names if known is None else names[~known.contains(names)]
+    computed = PhotoHashes.compute([index.photo_path(name) for name in todo], todo, n_workers=n_workers)
     return computed if known is None else known.merged(computed)
 
 
-def _checked_pairs(names_a, names_b, distances, hashes_a: PhotoHashes, hashes_b: PhotoHashes, copy_threshold: int):
-    """The copy check of each candidate pair."""
-    errors_a = np.asarray([hashes_a.error(name) for name in names_a], dtype=object)
-    errors_b = np.asarray([hashes_b.error(name) for name in names_b], dtype=object)
-    readable = (errors_a == "") & (errors_b == "")
-    scores = np.full(len(names_a), np.nan)
-    if readable.any():
-        scores[readable] = copy_distance(hashes_a.rows(names_a[readable]), hashes_b.rows(names_b[readable]))
-    verdicts = np.where(~readable, UNREADABLE, np.where(scores <= copy_threshold, COPY, DIFFERENT))
-    reasons = [
-        "; ".join(f"{name}: {error}" for name, error in ((a, ea), (b, eb)) if error)
-        for a, b, ea, eb in zip(names_a, names_b, errors_a, errors_b)
-    ]
-    return _pair_table(names_a, names_b, distances, scores, verdicts, reasons)
+def _copy_verdicts(rows_a, names_a, hashes_a: PhotoHashes, rows_b, names_b, hashes_b: PhotoHashes,
+                   copy_threshold: int):
+    """(copy score, verdict, reason) of each candidate pair ``(names_a[rows_a[i]], names_b[rows_b[i]])``.
+
+    Hashes are looked up once per photo, then gathered per pair by row: a table has far
+    more candidate pairs than photos.
+    """
+    table_a, errors_a = _by_row(rows_a, names_a, hashes_a)
+    table_b, errors_b = _by_row(rows_b, names_b, hashes_b)
+    pair_errors_a, pair_errors_b = errors_a[rows_a], errors_b[rows_b]
+    readable = (pair_errors_a == "") & (pair_errors_b == "")
+    scores = np.full(len(rows_a), np.nan)
+    scores[readable] = copy_distance(table_a[rows_a[readable]], table_b[rows_b[readable]])
+    verdicts = np.full(len(rows_a), DIFFERENT, dtype=object)
+    verdicts[scores <= copy_threshold] = COPY
+    verdicts[~readable] = UNREADABLE
+    reasons = np.full(len(rows_a), "", dtype=object)
+    for i in np.flatnonzero(~readable):
+        sides = ((names_a[rows_a[i]], pair_errors_a[i]), (names_b[rows_b[i]], pair_errors_b[i]))
+        reasons[i] = "; ".join(f"{name}: {error}" for name, error in sides if error)
+    return scores, verdicts, reasons
+
+
+def _by_row(rows, names, hashes: PhotoHashes):
+    """(hashes, errors) aligned with ``names``, filled for the ``rows`` in use."""
+    used = np.unique(rows)
+    table = np.zeros((len(names), N_HASHES), dtype=np.uint64)
+    errors = np.full(len(names), "", dtype=object)
+    table[used], errors[used] = hashes.lookup(names[used])
+    return table, errors
+
+
+def _unchecked_pairs(names_a, names_b, distances) -> pd.DataFrame:
+    """Without the copy check every candidate pair is a copy."""
+    return _pair_table(names_a, names_b, distances, np.full(len(distances), np.nan),
+                       np.full(len(distances), COPY, dtype=object), np.full(len(distances), "", dtype=object))
 
 
 def _pair_table(names_a, names_b, distances, scores, verdicts, reasons) -> pd.DataFrame:
