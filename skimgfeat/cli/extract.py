@@ -72,6 +72,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
     add_table_output_options(extract)
     add_checkpoint_options(extract, done="embedded")
+    extract.add_argument("--hashes", action="store_true",
+                         help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
+                              "checks copies with, computed once here instead of at every duplicates run")
     extract.set_defaults(handler=run_extract)
 
 
@@ -103,6 +106,7 @@ def run_extract(args: argparse.Namespace) -> int:
         run.compute(embedder.iter_transform)
         with run.gathered(embedder.n_features_out_) as rows:
             result = _write_outputs(args, rows, run.relative, embedder)
+        result.outputs += _write_hashes(args, paths, run.relative)
     result.n_resumed, result.n_embedded = run.n_resumed, len(run.todo)
     result.embed_seconds, result.wall_seconds = run.seconds, time.perf_counter() - started
     if not args.quiet:
@@ -188,6 +192,17 @@ def _write_outputs(args, rows: Gathered, relative: list[str], embedder) -> Extra
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
     return ExtractResult(len(relative), failures, statistics, n_items, outputs, 0, 0, 0.0, 0.0, model_info)
+
+
+def _write_hashes(args: argparse.Namespace, paths: list[Path], relative: list[str]) -> list[Path]:
+    """With --hashes, the copy check's hashes of every photo; without, no hashes of an earlier run's photos."""
+    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+
+    target = args.output_dir / HASHES_FILE
+    if not args.hashes:
+        target.unlink(missing_ok=True)  # they would describe other photos than these tables
+        return []
+    return [PhotoHashes.compute(paths, relative, n_workers=args.workers).write(target)]
 
 
 def _remove_leftovers(output_dir: Path) -> None:
