@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.threads import available_cpus, cgroup_cpu_limit, cpu_budget
+from skimgfeat.engine.threads import available_cpus, cgroup_cpu_limit, cpu_budget, live_pools
 
 
 def _embedder() -> CNNImageEmbedder:
@@ -175,3 +175,4 @@ def test_a_caller_with_another_thread_budget_never_shuts_down_a_pool_in_use(synt
     embedder.transform(synthetic_photos)  # another caller, another pool size, while the stream is open
     batches += list(stream)
     np.testing.assert_array_equal(np.concatenate([batch.features for batch in batches]), expected)
+    assert {size for kind, size in live_pools() if kind == "decode"} == {3}  # the other size went with its last user

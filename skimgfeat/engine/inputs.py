@@ -94,12 +94,6 @@ class ImageInput:
         source, target = (np.asarray(side, dtype=np.intp) for side in zip(*copies)) if copies else (rows[:0],) * 2
         return Layout(out, rows, source, target)
 
-    def assemble(self, paths: list, matrix: np.ndarray) -> np.ndarray:
-        """Rows of ``matrix`` (one per path of :meth:`unique_paths`) placed per sample, as :meth:`layout` says."""
-        layout = self.layout(paths, matrix.shape[1], matrix.dtype)
-        layout.rows_view[layout.rows] = matrix
-        return layout.complete()
-
 
 @dataclass(frozen=True)
 class Layout:

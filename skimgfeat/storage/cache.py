@@ -175,6 +175,7 @@ class FeatureCache:
                 misses.append(i)
             else:
                 out[rows[i]] = vector
+        progress(len(paths) - len(misses))
         writable = True
 
         def run(positions_to_compute: list[int]) -> None:

@@ -166,13 +166,13 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         if self.errors_ and self.on_error == "raise":
             raise self.errors_[0]
         paths = data.unique_paths()
-        matrix = np.full((len(paths), self.n_features_out_), np.nan)
+        layout = data.layout(paths, self.n_features_out_, np.float64)  # the result, filled in place
         batches = decode_batches(paths, self._measure, _BATCH, on_error=self.on_error, n_workers=self.n_workers)
         for batch in batches:
             if batch.stacked is not None:
-                matrix[batch.positions] = batch.stacked
+                layout.rows_view[layout.rows[batch.positions]] = batch.stacked
             self.errors_.extend(error for _, error in batch.errors)
-        features = data.assemble(paths, matrix)
+        features = layout.complete()
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
