@@ -48,7 +48,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_quality(args: argparse.Namespace) -> int:
     """Measure the photos (checkpointed), then stream the per-image and per-item tables."""
-    from ..embedder import library_versions
+    from ..model_info import library_versions
     from ..uses.quality import QUALITY_FEATURES, ImageQualityFeatures
 
     started = time.perf_counter()
