@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # Public name -> the module defining it.
 _EXPORTS = {
     "CNNImageEmbedder": "embedder",
+    "CrossFittedTransformer": "uses.crossfit",
     "ImageFeatureExtractor": "extractor",
     "ImageLoadError": "exceptions",
     "ImageQualityFeatures": "uses.quality",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "MODEL_REGISTRY": "registry",
     "OutOfFoldPredictor": "uses.stacking",
     "SimilarityIndex": "uses.similarity",
+    "VisualComparables": "uses.comparables",
     "WeightsMismatchError": "exceptions",
     "aggregate_features_by_item": "storage.tables",
     "embedder_from_model_info": "model_info",
