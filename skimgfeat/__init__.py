@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # Public name -> the module defining it.
 _EXPORTS = {
     "CNNImageEmbedder": "embedder",
+    "CrossFittedTransformer": "uses.crossfit",
     "FeatureTableReader": "storage.io",
     "ImageFeatureExtractor": "extractor",
     "ImageLoadError": "exceptions",
@@ -24,6 +25,7 @@ _EXPORTS = {
     "OutOfFoldPredictor": "uses.stacking",
     "PhotoHashes": "uses.copy_check",
     "SimilarityIndex": "uses.similarity",
+    "VisualComparables": "uses.comparables",
     "WeightsMismatchError": "exceptions",
     "aggregate_features_by_item": "storage.tables",
     "copy_distance": "uses.copy_check",
