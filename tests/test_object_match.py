@@ -58,9 +58,9 @@ def test_a_phone_photo_matches_its_own_case_and_not_another_case(objects_dir):
     other_case = detect_local_features(objects_dir / "dvd002_canon.jpg")
     assert 0 < len(phone) <= 500 and phone.descriptors.shape[1] == 32
     for same in (own_cover, own_other_phone):
-        assert verdict(0.3, verify_pair(phone, same)) == "same_object"
+        assert verdict(verify_pair(phone, same)) == "same_object"
     check = verify_pair(phone, other_case)
-    assert verdict(0.3, check) == "different" and not is_same_object(check)
+    assert verdict(check) == "different" and not is_same_object(check)
 
 
 @pytest.mark.shared
@@ -83,7 +83,7 @@ def test_a_blank_wall_or_a_tiny_thumbnail_has_no_inliers_and_is_different():
         features = detect_local_features(plain)
         assert len(features) < 10
         check = verify_pair(features, detect_local_features(texture))
-        assert check.inliers == 0 and verdict(0.0, check) == "different"
+        assert check.inliers == 0 and verdict(check) == "different"
 
 
 # -- the sidecar ---------------------------------------------------------------------------------------------------
@@ -123,8 +123,8 @@ def test_a_missing_sidecar_names_the_command_that_makes_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def lots(tmp_path_factory, objects_dir, shared_weights):
-    """Three DVD cases (dvd001's palm photo held out as a query) and a blank and a tiny photo, extracted with
-    local features; outside the folder, a resized recompressed copy of dvd002_canon."""
+    """Three DVD cases (dvd001's palm photo held out as a query), a blank wall and a tiny thumbnail of another
+    case, extracted with local features; outside the folder, a resized recompressed copy of dvd002_canon."""
     root = tmp_path_factory.mktemp("match")
     photos = root / "photos"
     photos.mkdir()
@@ -132,7 +132,7 @@ def lots(tmp_path_factory, objects_dir, shared_weights):
         if path.name != "dvd001_palm.jpg":
             shutil.copy(path, photos / path.name)
     Image.new("RGB", (640, 480), (205, 200, 190)).save(photos / "wall_1.jpg")
-    with Image.open(objects_dir / "dvd003_canon.jpg") as opened:
+    with Image.open(objects_dir / "dvd010_canon.jpg") as opened:  # a case not in the table
         opened.convert("RGB").resize((24, 18)).save(photos / "thumb_1.jpg")
     with Image.open(objects_dir / "dvd002_canon.jpg") as opened:
         copy = opened.convert("RGB")
@@ -206,8 +206,9 @@ def test_the_matcher_and_pair_verdicts_from_python(lots):
     matcher = ObjectMatcher.read(output / "image_features_raw.parquet", k=5)
     found = matcher.match(["dvd003_canon.jpg"])
     assert found["image_path"].iloc[0].startswith("dvd003_") and found["verdict"].iloc[0] == "same_object"
-    pairs = pd.DataFrame({"image_path_a": ["dvd002_e63.jpg", "dvd002_e63.jpg", "wall_1.jpg"],
-                          "image_path_b": ["dvd002_droid.jpg", "dvd003_e63.jpg", "thumb_1.jpg"]})
+    pairs = pd.DataFrame({"image_a": ["dvd002_e63.jpg", "dvd002_e63.jpg", "wall_1.jpg", "dvd003_e63.jpg"],
+                          "image_b": ["dvd002_droid.jpg", "dvd003_e63.jpg", "thumb_1.jpg", "dvd003_canon.jpg"],
+                          "verdict": ["different", "different", "different", "copy"]})  # as duplicate_pairs says
     verdicts = add_same_object_verdicts(pairs, matcher.local_features)
-    assert verdicts["verdict"].tolist() == ["same_object", "different", "different"]
+    assert verdicts["verdict"].tolist() == ["same_object", "different", "different", "copy"]
     assert verdicts["inliers"].iloc[0] >= 15 and verdicts["inliers"].iloc[2] == 0

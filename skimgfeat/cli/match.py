@@ -11,22 +11,24 @@ from .common import EXIT_OK, WEIGHTS_ENV, add_command, positive_int, usage_error
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``match``."""
-    from ..uses.object_match import DEFAULT_SHORTLIST
-    from ..uses.verification import DEFAULT_MIN_INLIERS
+    from ..uses.verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST  # light: no torch at start-up
 
     match = add_command(
         commands, common, "match", "find the photos (or items) that show the same object as query photos",
         "Print, as CSV on stdout (query,rank,image_path,feature_distance,inliers,verdict; with --by-item "
         "item_id and the image_path of its best-matching photo), the K rows of FEATURES nearest to each "
         "QUERY by cosine distance, each verified with local features and re-ranked: verdict copy (the same "
-        "photo again), same_object (a new photo of the same object: enough inliers of one perspective "
-        "transform) or different. FEATURES is a table written by `skimgfeat extract --local-features` or "
-        "its output folder; its local features are read from the local_features folder beside it. A QUERY "
-        "is an image_path or item_id of the table (left out of its own results) or an image file.",
+        "photo again: the copy check of `duplicates`), same_object (a new photo of the same object: enough "
+        "inliers of one perspective transform) or different. FEATURES_OR_INDEX is a table written by "
+        "`skimgfeat extract --local-features`, its output folder, or an index folder (`skimgfeat index "
+        "build`); the local features are read from the "
+        "local_features folder beside it. A QUERY is an image_path or item_id of the table (left out of its "
+        "own results) or an image file.",
     )
     match.add_argument("queries", nargs="+", metavar="QUERY", help="image file, image_path or item_id")
     match.add_argument("--against", type=Path, required=True, metavar="FEATURES_OR_INDEX",
-                       help="a table written by `skimgfeat extract --local-features`, or its output folder")
+                       help="a table written by `skimgfeat extract --local-features`, its output folder, or an "
+                            "index folder")
     match.add_argument("-k", type=positive_int, default=DEFAULT_SHORTLIST,
                        help="candidates per query taken from the CNN shortlist and verified (default: %(default)s)")
     match.add_argument("--by-item", action="store_true",

@@ -15,7 +15,8 @@ a sidecar folder beside the feature table, ``OUT/local_features``:
   are refused rather than mixed;
 * ``part-000000.npz``, ...: one part per batch of photos, each written atomically, so an
   interrupted run keeps every finished part and the next run computes only the photos
-  not stored yet (or changed since: a file's size and modification time are stored).
+  not stored yet, or changed since (each photo's stamp is stored, as in extract's
+  checkpoints).
 
 Parts are plain arrays loaded with ``allow_pickle=False``. OpenCV (the ``match`` extra,
 ``pip install "skimgfeat[match]"``) is imported only when features are computed or
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
-from ..storage.checkpoint import FileStamp
+from ..storage.checkpoint import file_stamps
 from ..storage.io import atomic_path, write_json
 
 LOCAL_FEATURES_DIR = "local_features"
@@ -202,14 +203,11 @@ class LocalFeatureStore:
             )
         self.settings = json.loads(settings.read_text(encoding="utf-8"))
         self._where: dict[str, tuple[Path, int]] = {}
-        self._stamps: dict[str, FileStamp] = {}
         self._parts: dict[Path, dict[str, np.ndarray]] = {}
         for part in sorted(self.folder.glob("part-*.npz")):
             with np.load(part, allow_pickle=False) as npz:
-                columns = zip(npz["image_path"].tolist(), npz["size"].tolist(), npz["mtime_ns"].tolist())
-                for row, (path, size, mtime_ns) in enumerate(columns):
+                for row, path in enumerate(npz["image_path"].tolist()):
                     self._where[path] = (part, row)  # a later part (the file changed) wins
-                    self._stamps[path] = FileStamp(size, mtime_ns)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -220,10 +218,6 @@ class LocalFeatureStore:
     def paths(self) -> list[str]:
         """The ``image_path`` of every stored photo."""
         return list(self._where)
-
-    def stamp(self, image_path: str) -> FileStamp:
-        """The size and modification time of the file when its features were computed."""
-        return self._stamps[str(image_path)]
 
     def __getitem__(self, image_path: str) -> LocalFeatures:
         try:
@@ -290,7 +284,7 @@ def write_local_features(
     settings = local_features_settings(max_keypoints, max_side)
     _check_settings(folder, settings)
     keys = [_key(path, image_dir) for path in paths]
-    stamps = [FileStamp.of(path) for path in paths]
+    stamps = file_stamps(paths)
     done = _stored_stamps(folder)
     todo = [i for i, (key, stamp) in enumerate(zip(keys, stamps)) if done.get(key) != (stamp, "")]
     next_part = _next_part_number(folder)
@@ -331,13 +325,12 @@ def _check_settings(folder: Path, settings: dict) -> None:
     write_json(settings, saved_file)
 
 
-def _stored_stamps(folder: Path) -> dict[str, tuple[FileStamp, str]]:
+def _stored_stamps(folder: Path) -> dict[str, tuple[str, str]]:
     stored = {}
     for part in sorted(folder.glob("part-*.npz")):
         with np.load(part, allow_pickle=False) as npz:
-            for path, size, mtime_ns, error in zip(npz["image_path"].tolist(), npz["size"].tolist(),
-                                                   npz["mtime_ns"].tolist(), npz["error"].tolist()):
-                stored[path] = (FileStamp(size, mtime_ns), error)
+            for path, stamp, error in zip(npz["image_path"].tolist(), npz["stamp"].tolist(), npz["error"].tolist()):
+                stored[path] = (stamp, error)
     return stored
 
 
@@ -346,12 +339,11 @@ def _next_part_number(folder: Path) -> int:
     return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
 
 
-def _write_part(path: Path, keys: list[str], stamps: list[FileStamp], features: list[LocalFeatures]) -> None:
+def _write_part(path: Path, keys: list[str], stamps: list[str], features: list[LocalFeatures]) -> None:
     counts = [len(entry) for entry in features]
     arrays = {
         "image_path": np.asarray(keys, dtype=str),
-        "size": np.asarray([stamp.size for stamp in stamps], dtype=np.int64),
-        "mtime_ns": np.asarray([stamp.mtime_ns for stamp in stamps], dtype=np.int64),
+        "stamp": np.asarray(stamps, dtype=str),
         "error": np.asarray([entry.error for entry in features], dtype=str),
         "image_size": np.asarray([entry.image_size for entry in features], dtype=np.int32).reshape(-1, 2),
         "scale": np.asarray([entry.scale for entry in features], dtype=np.float32),

@@ -8,8 +8,8 @@ verifies each candidate against the query with local features
 (:mod:`skimgfeat.uses.verification`) and ranks the verified ones first, by inliers.
 Each candidate gets a verdict:
 
-* ``copy``: the same photo again (resized, recompressed, slightly cropped), see
-  :func:`is_copy`;
+* ``copy``: the same photo again (resized, recompressed, slightly cropped): the copy
+  check of ``duplicates`` (perceptual hashes), see :func:`is_copy`;
 * ``same_object``: another photo of the same physical object;
 * ``different``: anything else, including a photo too plain or too small to verify.
 
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..aggregation import ITEM_ID, item_id_from_name
+from .duplicates import DEFAULT_CANDIDATE_DISTANCE
 from .local_features import (
     LOCAL_FEATURES_DIR,
     LocalFeatures,
@@ -34,87 +35,81 @@ from .local_features import (
     detect_local_features,
 )
 from .similarity import IMAGE_PATH, SimilarityIndex, similar_items
-from .verification import DEFAULT_MIN_INLIERS, PairVerification, is_same_object, verify_pair
+from .verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST, PairVerification, is_same_object, verify_pair
 
 COPY = "copy"
 SAME_OBJECT = "same_object"
 DIFFERENT = "different"
 VERDICTS = (COPY, SAME_OBJECT, DIFFERENT)
 MATCH_COLUMNS = ("query", "rank", "feature_distance", "inliers", "verdict")
-DEFAULT_SHORTLIST = 100
 
 
-def is_copy(feature_distance: float, verification: PairVerification) -> bool:
-    """Whether a verified pair is a copy of one photo rather than a new photo of the object.
+def is_copy(hashes_a: np.ndarray | None, hashes_b: np.ndarray | None) -> bool:
+    """Whether two photos are copies of one picture: the copy check of ``duplicates``.
 
-    A copy is a pair that :func:`~skimgfeat.uses.duplicates.find_duplicates` would group
-    (cosine distance within its threshold) and whose geometry confirms it.
+    ``hashes_a`` and ``hashes_b`` are their perceptual hashes
+    (:func:`~skimgfeat.uses.copy_check.hash_photo`); None for a photo that could not be
+    hashed, which is no copy.
     """
-    from .duplicates import DEFAULT_DUPLICATE_THRESHOLD
+    from .copy_check import COPY_THRESHOLD, copy_distance
 
-    return feature_distance <= DEFAULT_DUPLICATE_THRESHOLD and is_same_object(verification)
+    if hashes_a is None or hashes_b is None:
+        return False
+    return int(copy_distance(hashes_a, hashes_b)) <= COPY_THRESHOLD
 
 
-def verdict(feature_distance: float, verification: PairVerification, *, min_inliers: int = DEFAULT_MIN_INLIERS) -> str:
-    """``copy``, ``same_object`` or ``different`` for one verified pair."""
-    if not is_same_object(verification, min_inliers=min_inliers):
-        return DIFFERENT
-    return COPY if is_copy(feature_distance, verification) else SAME_OBJECT
+def verdict(verification: PairVerification, *, copy: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS) -> str:
+    """``copy`` (when the copy check says so), ``same_object`` or ``different`` for one verified pair."""
+    if copy:
+        return COPY
+    return SAME_OBJECT if is_same_object(verification, min_inliers=min_inliers) else DIFFERENT
 
 
 def add_same_object_verdicts(
     pairs: pd.DataFrame,
     local_features: LocalFeatureStore,
     *,
-    columns: tuple[str, str] = ("image_path_a", "image_path_b"),
-    distance_column: str | None = None,
-    copy_column: str | None = None,
+    columns: tuple[str, str] = ("image_a", "image_b"),
     min_inliers: int = DEFAULT_MIN_INLIERS,
 ) -> pd.DataFrame:
-    """Verify pairs of photos (e.g. the pairs ``duplicates`` links) and add their verdicts.
+    """Verify pairs of photos (e.g. :func:`~skimgfeat.duplicate_pairs`) and say which are the same object.
 
     Parameters
     ----------
     pairs : DataFrame
-        One row per pair of photos, named by ``image_path`` in two columns.
+        One row per pair of photos, named by ``image_path`` in two columns. A
+        ``verdict`` column, when there is one, is kept where it says ``copy`` (the copy
+        check of ``duplicates``); its other verdicts become ``same_object`` or
+        ``different``.
     local_features : LocalFeatureStore
         The photos' stored local features.
-    columns : (str, str), default=("image_path_a", "image_path_b")
-        The two columns naming the photos.
-    distance_column : str or None
-        A column of cosine distances: with it, a verified pair within the duplicates
-        threshold is a ``copy`` (:func:`is_copy`).
-    copy_column : str or None
-        A boolean column saying which pairs are copies (a copy check of the pixels):
-        those are ``copy`` whatever their geometry.
+    columns : (str, str), default=("image_a", "image_b")
+        The two columns naming the photos (those of ``duplicate_pairs``).
     min_inliers : int, default=DEFAULT_MIN_INLIERS
 
     Returns
     -------
     DataFrame
-        ``pairs`` with two more columns: ``inliers`` and ``verdict`` (``copy``,
-        ``same_object`` or ``different``).
+        ``pairs`` with ``inliers`` and ``verdict`` (``copy``, ``same_object`` or
+        ``different``; a photo that could not be read has no keypoints: ``different``).
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> pairs = pd.DataFrame({"image_path_a": ["a_1.jpg"], "image_path_b": ["b_1.jpg"]})
+    >>> from skimgfeat import LocalFeatureStore, SimilarityIndex, duplicate_pairs
+    >>> pairs = duplicate_pairs(SimilarityIndex.read("out/image_features_raw.parquet"))  # doctest: +SKIP
     >>> add_same_object_verdicts(pairs, LocalFeatureStore("out/local_features"))  # doctest: +SKIP
-      image_path_a image_path_b  inliers    verdict
-    0      a_1.jpg      b_1.jpg        0  different
+          image_a      image_b  feature_distance  copy_score      verdict reason  inliers
+    0  7_1.jpg       7_2.jpg          0.041002         2.0         copy              212
+    1  7_1.jpg       9_1.jpg          0.251873        31.0  same_object               48
     """
     first, second = columns
+    copies = pairs["verdict"].eq(COPY).to_numpy() if "verdict" in pairs.columns else np.zeros(len(pairs), bool)
     inliers, verdicts = [], []
-    for row in range(len(pairs)):
-        verification = verify_pair(local_features[str(pairs[first].iloc[row])],
-                                   local_features[str(pairs[second].iloc[row])])
-        distance = float(pairs[distance_column].iloc[row]) if distance_column is not None else np.inf
-        found = verdict(distance, verification, min_inliers=min_inliers)
-        if copy_column is not None and bool(pairs[copy_column].iloc[row]):
-            found = COPY
+    for a, b, copy in zip(pairs[first].astype(str), pairs[second].astype(str), copies):
+        verification = verify_pair(local_features[a], local_features[b])
         inliers.append(verification.inliers)
-        verdicts.append(found)
-    return pairs.assign(inliers=np.asarray(inliers, dtype=int), verdict=verdicts)
+        verdicts.append(verdict(verification, copy=bool(copy), min_inliers=min_inliers))
+    return pairs.assign(verdict=verdicts, inliers=np.asarray(inliers, dtype=int))
 
 
 class ObjectMatcher:
@@ -130,6 +125,9 @@ class ObjectMatcher:
         Candidates per query taken from the CNN shortlist and verified.
     min_inliers : int, default=DEFAULT_MIN_INLIERS
         Inliers a ``same_object`` pair needs.
+    hashes : PhotoHashes or None
+        The copy-check hashes of the table's photos (``extract --hashes``); photos
+        without are hashed when a candidate is close enough to be a copy.
 
     Examples
     --------
@@ -146,11 +144,13 @@ class ObjectMatcher:
         *,
         k: int = DEFAULT_SHORTLIST,
         min_inliers: int = DEFAULT_MIN_INLIERS,
+        hashes=None,
     ) -> None:
         self.index = index
         self.local_features = local_features
         self.k = k
         self.min_inliers = min_inliers
+        self.hashes = hashes
         self._photos_of_item: dict[str, list[str]] | None = None
 
     @classmethod
@@ -163,18 +163,35 @@ class ObjectMatcher:
         image_dir: str | os.PathLike | None = None,
         **parameters,
     ) -> ObjectMatcher:
-        """A matcher over a feature table file, or an ``extract`` output folder.
+        """A matcher over a feature table file, an ``extract`` output folder or an index folder.
 
-        ``local_features`` defaults to the ``local_features`` folder beside the table.
+        ``local_features`` defaults to the ``local_features`` folder beside the table (for
+        an index folder: inside it, else beside it); the copy-check hashes are read from
+        ``image_hashes.parquet`` there when ``extract --hashes`` wrote them, else
+        computed when needed. An index folder (``skimgfeat index build``) ranks the rows
+        it was built from: ``by_item`` needs a feature table.
         """
+        from .copy_check import HASHES_FILE, PhotoHashes
+
         against = Path(against)
-        table = against
-        if against.is_dir():
-            table = next((against / name for name in ("image_features_raw.parquet", "image_features_raw.csv")
-                          if (against / name).is_file()), against / "image_features_raw.parquet")
-        index = SimilarityIndex.read(table, by_item=by_item, image_dir=image_dir)
-        folder = Path(local_features) if local_features is not None else table.parent / LOCAL_FEATURES_DIR
-        return cls(index, LocalFeatureStore(folder), **parameters)
+        table = _feature_table(against)
+        if table is None:
+            if by_item:
+                raise ValueError("--by-item needs a feature table: an index ranks the rows it was built from (build "
+                                 "one from the by-item table to match items)")
+            index = SimilarityIndex.load(against)
+            if image_dir is not None:
+                index.image_dir = Path(image_dir)
+            places = [against, against.parent]
+        else:
+            index = SimilarityIndex.read(table, by_item=by_item, image_dir=image_dir)
+            places = [table.parent]
+        if local_features is None:
+            found = [place / LOCAL_FEATURES_DIR for place in places if (place / LOCAL_FEATURES_DIR).is_dir()]
+            local_features = (found or [places[0] / LOCAL_FEATURES_DIR])[0]
+        hashes = next((place / HASHES_FILE for place in places if (place / HASHES_FILE).is_file()), None)
+        parameters.setdefault("hashes", PhotoHashes.read(hashes) if hashes is not None else None)
+        return cls(index, LocalFeatureStore(local_features), **parameters)
 
     # -- matching ---------------------------------------------------------------------
 
@@ -209,11 +226,14 @@ class ObjectMatcher:
         shortlist = similar_items(self.index, queries, k or self.k, weights=weights, embedder=embedder)
         key = self.index.key
         query_features = {label: self._query_features(label) for label in dict.fromkeys(shortlist["query"])}
+        hashes: dict[str, np.ndarray | None] = {}
         rows = []
         for query, name, distance in zip(shortlist["query"], shortlist[key], shortlist["distance"]):
             photo, verification = self._best_photo(query_features[query], name)
+            copy = distance <= DEFAULT_CANDIDATE_DISTANCE and is_copy(self._hashes(query, hashes),
+                                                                      self._hashes(photo, hashes))
             rows.append((query, name, photo, float(distance), verification.inliers,
-                         verdict(float(distance), verification, min_inliers=self.min_inliers)))
+                         verdict(verification, copy=copy, min_inliers=self.min_inliers)))
         table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
         if key == ITEM_ID:
             table = table.rename(columns={"_photo": IMAGE_PATH})
@@ -263,6 +283,21 @@ class ObjectMatcher:
                     best = (photo, verification)
         return best
 
+    def _hashes(self, photo: str, known: dict) -> np.ndarray | None:
+        """The copy-check hashes of an image file or ``image_path`` (None if it cannot be read)."""
+        from ..exceptions import ImageLoadError
+        from .copy_check import hash_photo
+
+        if photo not in known:
+            if self.hashes is not None and photo in self.hashes and not self.hashes.error(photo):
+                known[photo] = self.hashes.rows([photo])[0]
+            else:
+                try:
+                    known[photo] = hash_photo(self.photo_file(photo)) if self.photo_file(photo) else None
+                except ImageLoadError:
+                    known[photo] = None
+        return known[photo]
+
     def _photos(self, item: str) -> list[str]:
         if self._photos_of_item is None:
             self._photos_of_item = {}
@@ -277,6 +312,14 @@ class ObjectMatcher:
             return Path(name).resolve().relative_to(self.index.image_dir.resolve()).as_posix()
         except ValueError:
             return None
+
+
+def _feature_table(against: Path) -> Path | None:
+    """The feature table ``against`` names (a file, or an ``extract`` folder's raw table); None for an index."""
+    if not against.is_dir():
+        return against
+    tables = [against / name for name in ("image_features_raw.parquet", "image_features_raw.csv")]
+    return next((table for table in tables if table.is_file()), None)
 
 
 def _better(new: PairVerification, old: PairVerification) -> bool:

@@ -23,6 +23,8 @@ import numpy as np
 
 from .local_features import LocalFeatures, import_cv2
 
+# How many CNN candidates a query verifies (ObjectMatcher, skimgfeat match): measured, see the docs.
+DEFAULT_SHORTLIST = 100
 DEFAULT_RATIO = 0.8
 DEFAULT_MIN_INLIERS = 15
 DEFAULT_MIN_SPREAD = 0.02
