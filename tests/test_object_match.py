@@ -139,7 +139,7 @@ def lots(tmp_path_factory, objects_dir, shared_weights):
     copy.resize((copy.width * 3 // 4, copy.height * 3 // 4)).save(root / "copy.jpg", quality=75)
     output = root / "features"
     result = skimgfeat("extract", photos, "-o", output, "--pattern", "*.jpg", "--local-features", "-q",
-                       "--aggregate", "none", env={"SKIMGFEAT_WEIGHTS": str(shared_weights)})
+                       "--aggregate", "none", env={"SKIMGFEAT_WEIGHTS": str(shared_weights)}, timeout=900)
     assert result.returncode == 0, result.stderr
     assert (output / "local_features" / "settings.json").is_file()
     return root, output
@@ -211,4 +211,4 @@ def test_the_matcher_and_pair_verdicts_from_python(lots):
                           "verdict": ["different", "different", "different", "copy"]})  # as duplicate_pairs says
     verdicts = add_same_object_verdicts(pairs, matcher.local_features)
     assert verdicts["verdict"].tolist() == ["same_object", "different", "different", "copy"]
-    assert verdicts["inliers"].iloc[0] >= 15 and verdicts["inliers"].iloc[2] == 0
+    assert verdicts["inliers"].iloc[0] >= 18 and verdicts["inliers"].iloc[2] == 0

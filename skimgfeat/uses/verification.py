@@ -26,7 +26,7 @@ from .local_features import LocalFeatures, import_cv2
 # How many CNN candidates a query verifies (ObjectMatcher, skimgfeat match): measured, see the docs.
 DEFAULT_SHORTLIST = 100
 DEFAULT_RATIO = 0.8
-DEFAULT_MIN_INLIERS = 15
+DEFAULT_MIN_INLIERS = 18
 DEFAULT_MIN_SPREAD = 0.02
 DEFAULT_MIN_CENTRED = 0.4
 DEFAULT_REPROJECTION_ERROR = 5.0
