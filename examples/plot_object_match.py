@@ -42,7 +42,7 @@ SUBSET = os.environ.get("SKIMGFEAT_EXAMPLE_SUBSET") == "1"
 # -------------------------------------------------------------
 # The CNN features make the shortlist; the local features (at most 500 keypoints per
 # photo, stored in a sidecar folder as ``extract --local-features`` does) verify it.
-photos = sorted(OBJECTS.glob("dvd0[0-1]?_*.jpg" if SUBSET else "*.jpg"))
+photos = sorted(OBJECTS.glob("dvd00?_*.jpg" if SUBSET else "*.jpg"))
 embedder = CNNImageEmbedder(weights=WEIGHTS).fit()
 features = embedder.set_output(transform="pandas").transform([str(path) for path in photos])
 table = pd.concat([pd.DataFrame({"image_path": [path.name for path in photos]}), features], axis=1)

@@ -244,13 +244,20 @@ class ObjectMatcher:
         return verify_pair(self.features_of(a), self.features_of(b))
 
     def features_of(self, photo: str | os.PathLike) -> LocalFeatures:
-        """The stored local features of an ``image_path``, else those of the image file."""
+        """The stored local features of an ``image_path``, else those of the image file.
+
+        An indexed photo whose features were never stored raises
+        :class:`~skimgfeat.uses.local_features.MissingLocalFeaturesError` naming the
+        command that stores them.
+        """
         name = os.fspath(photo)
         if name in self.local_features:
             return self.local_features[name]
         relative = self._relative(name)
         if relative is not None and relative in self.local_features:
             return self.local_features[relative]
+        if name in self.index or (relative is not None and relative in self.index) or not os.path.isfile(name):
+            return self.local_features[relative or name]  # raises, naming the command
         settings = self.local_features.settings
         return detect_local_features(name, max_keypoints=settings["max_keypoints"], max_side=settings["max_side"])
 
