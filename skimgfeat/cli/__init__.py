@@ -5,7 +5,8 @@ Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``sample-images``, and the uses of a feature table: ``similar``, ``duplicates`` and
 ``quality``; ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
-parser with ``add_parser(commands, common)`` and sets its handler.
+parser with ``add_parser(commands, common)`` and sets its handler, and
+``resumable=True`` when it has ``--resume`` (Ctrl-C then points to it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    check_environment,
+    exit_codes,
 )
 
 SUBCOMMANDS = (extract, admin, similar, duplicates, quality)
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     for module in SUBCOMMANDS:
         module.add_parser(commands, common)
+    for command in commands.choices.values():
+        command.epilog = exit_codes(resumable=bool(command.get_default("resumable")))
     return parser
 
 
@@ -54,13 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_environment()
         return args.handler(args)
     except BrokenPipeError:
         # The reader went away (``skimgfeat models | head``): not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return EXIT_OK
     except KeyboardInterrupt:
-        _error("interrupted; what was embedded is checkpointed, continue with --resume", args.verbose)
+        resumable = getattr(args, "resumable", False)
+        _error("interrupted; the work done so far is checkpointed, continue with --resume" if resumable
+               else "interrupted", args.verbose)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError) as error:
         _error(str(error), args.verbose)

@@ -76,7 +76,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
     extract.add_argument("--checkpoint-every", type=positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
                          help="write a checkpoint part every N batches (default: %(default)s)")
-    extract.set_defaults(handler=run_extract)
+    extract.set_defaults(handler=run_extract, resumable=True)
 
 
 @dataclass
