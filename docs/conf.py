@@ -217,8 +217,8 @@ def write_cli_page() -> None:
 
 def user_guide_pages() -> list[str]:
     """The guide's Markdown pages: a preferred order first, then any other page in ``docs/``."""
-    preferred = ["index", "models", "tabular", "similarity", "quality", "finetuning", "cli", "original-module"]
-    preferred.append("performance")
+    preferred = ["index", "models", "tabular", "similarity", "quality", "fine-tuning", "cli", "original-module"]
+    preferred += ["performance", "architecture"]
     elsewhere = {"changelog", "benchmarks"}
     present = {path.stem for path in DOCS.glob("*.md")}
     return [name for name in preferred if name in present] + sorted(present - set(preferred) - elsewhere)
