@@ -222,9 +222,9 @@ def write_cli_page() -> None:
 
 def user_guide_pages() -> list[str]:
     """The guide's Markdown pages: a preferred order first, then any other page in ``docs/``."""
-    preferred = ["index", "models", "tabular", "similarity", "millions-of-photos", "quality", "finetuning", "cli",
+    preferred = ["index", "models", "tabular", "similarity", "millions-of-photos", "quality", "fine-tuning", "cli",
                  "original-module"]
-    preferred.append("performance")
+    preferred += ["performance", "architecture"]
     elsewhere = {"changelog", "benchmarks"}
     present = {path.stem for path in DOCS.glob("*.md")}
     return [name for name in preferred if name in present] + sorted(present - set(preferred) - elsewhere)
