@@ -11,6 +11,7 @@ not features); --model mobilenet_v2 with SKIMGFEAT_WEIGHTS set measures the real
 
     python benchmarks/cli_memory.py                        # 5,000 and 50,000 photos
     python benchmarks/cli_memory.py --sizes 2000,20000 --workdir /tmp/skimgfeat-tiny
+    python benchmarks/cli_memory.py --sizes 20000 --workdir /tmp/skimgfeat-tiny --resume   # after a Ctrl-C
 
 Targets (issue 16): peak RSS at 50,000 within 1.2x of 5,000; at most 100 checkpoint files.
 """
@@ -30,11 +31,11 @@ from _photos import make_photos
 CHECKPOINT_DIR = ".skimgfeat-checkpoint"
 
 
-def run_cli(photos: Path, n: int, output: Path, model: str) -> tuple[float, float, int]:
+def run_cli(photos: Path, n: int, output: Path, model: str, resume: bool = False) -> tuple[float, float, int]:
     """Peak RSS (MB), wall seconds and most checkpoint parts of one ``skimgfeat extract`` on ``n`` photos."""
     weights = ["--weights", "none"] if model != "mobilenet_v2" else []
     command = [sys.executable, "-m", "skimgfeat", "extract", str(photos), "-o", str(output), "--pattern", "*.jpg",
-               "--model", model, *weights, "--max-images", str(n), "-q", "--restart"]
+               "--model", model, *weights, "--max-images", str(n), "-q", "--resume" if resume else "--restart"]
     started = time.perf_counter()
     # Run outside the repository: `python -m` puts the working folder first on sys.path,
     # and PYTHONPATH must decide which skimgfeat is measured.
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,50000")
     parser.add_argument("--model", default="shufflenet_v2_x0_5")
     parser.add_argument("--workdir", help="keep the generated photos here (default: a temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the checkpoint an interrupted run left in WORKDIR/out-N (default: --restart)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="skimgfeat-memory-") as tmp:
@@ -71,7 +74,7 @@ def main() -> None:
         peaks = []
         for n in sizes:
             output = work / f"out-{n}"
-            peak, seconds, parts = run_cli(photos, n, output, args.model)
+            peak, seconds, parts = run_cli(photos, n, output, args.model, args.resume)
             peaks.append(peak)
             table_mb = (output / "image_features_raw.parquet").stat().st_size / 2**20
             print(f"| {n} | {peak:.0f} | {seconds:.0f} | {n / seconds:.0f} | {parts} | {table_mb:.0f} |", flush=True)

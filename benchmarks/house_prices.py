@@ -24,6 +24,7 @@ standard deviation of its per-fold difference from ``tabular`` on the same folds
 
     python benchmarks/house_prices.py                      # every variant, 5-fold x 3 repeats
     python benchmarks/house_prices.py --variants tabular per-slot --repeats 1
+    python benchmarks/house_prices.py --table a.json b.json   # the table of runs made apart
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def variant(name: str, args) -> object:
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
-def measure(name: str, houses: pd.DataFrame, args) -> list[dict]:
+def measure(name: str, houses: pd.DataFrame, args, done: list[dict]) -> list[dict]:
     repeats = args.finetune_repeats if name == "crossfit-finetune" else args.repeats
     splits = RepeatedKFold(n_splits=5, n_repeats=repeats, random_state=0).split(houses)
     rows = []
@@ -177,6 +178,8 @@ def measure(name: str, houses: pd.DataFrame, args) -> list[dict]:
             }
         )
         print(f"{name} fold {fold}: MAPE {score:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+        if args.out is not None:  # after every fold: a long run keeps what it measured
+            args.out.write_text(json.dumps(done + rows, indent=1))
     return rows
 
 
@@ -185,7 +188,7 @@ def _describe(photos) -> str:
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
-    scores = pd.DataFrame(rows)
+    scores = pd.DataFrame(rows).drop_duplicates(["variant", "fold"])  # split runs each measure tabular
     tabular = scores[scores["variant"] == "tabular"].set_index("fold")["mape"]
     lines = []
     for name, group in scores.groupby("variant", sort=False):
@@ -217,7 +220,11 @@ def main() -> None:
     parser.add_argument("--finetune-folds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "skimgfeat-example-cache")
     parser.add_argument("--out", type=Path, default=None, help="JSON of per-fold scores; merged into when it exists")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of these --out files only")
     args = parser.parse_args()
+    if args.table:
+        print(table([row for path in args.table for row in json.loads(path.read_text())]).round(3).to_string())
+        return
     if not HOUSES.exists():
         raise SystemExit(f"needs {HOUSES} (see ../shared/README.md)")
     houses = load_houses(args.cache)
@@ -227,9 +234,7 @@ def main() -> None:
     if "tabular" not in args.variants and not any(row["variant"] == "tabular" for row in rows):
         args.variants = ["tabular", *args.variants]
     for name in args.variants:
-        rows += measure(name, houses, args)
-        if args.out is not None:
-            args.out.write_text(json.dumps(rows, indent=1))
+        rows += measure(name, houses, args, rows)
     print(f"load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} CPUs")
     print(table(rows).round(3).to_string())
 

@@ -196,6 +196,25 @@ def test_against_an_archive_table_finds_which_new_photos_exist_already(shop, sha
 
 
 @pytest.mark.shared
+def test_an_index_directory_groups_and_answers_against_like_its_table(shop, tmp_path):
+    table = shop / "features" / "image_features_raw.parquet"
+    built = skimgfeat("index", "build", table, "-o", tmp_path / "index", "-q")
+    assert built.returncode == 0, built.stderr
+    from_table = skimgfeat("duplicates", "--features", table, "-q")
+    from_index = skimgfeat("duplicates", "--index", tmp_path / "index", "--hashes", shop / "features" /
+                           "image_hashes.parquet", "-q")
+    assert from_index.returncode == 0, from_index.stderr
+    assert from_index.stdout == from_table.stdout and from_index.stderr == ""
+    against = skimgfeat("duplicates", shop / "new-features" / "image_features_raw.parquet",
+                        "--against", tmp_path / "index")  # no hashes in the index directory: hashed now
+    assert against.returncode == 0, against.stderr
+    assert "hashed now" in against.stderr
+    found = read_csv(against.stdout)
+    assert sorted(zip(found["image_path"], found["duplicate_of"])) == [("juice_new.jpg", "juice_1.jpg"),
+                                                                      ("juice_new.jpg", "juice_copy.jpg")]
+
+
+@pytest.mark.shared
 def test_without_the_copy_check_one_feature_threshold_decides_and_chains_reshoots(shop, tmp_path):
     result = skimgfeat("duplicates", "--features", shop / "features" / "image_features_raw.parquet",
                        "--no-copy-check", "--threshold", "0.2", "--pairs", tmp_path / "pairs.csv")

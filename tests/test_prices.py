@@ -19,7 +19,9 @@ from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skimgfeat import CNNImageEmbedder, CrossFittedTransformer, ItemAggregator, VisualComparables
 from skimgfeat.uses.stacking import fold_splitter
@@ -252,3 +254,19 @@ def test_the_same_folds_in_every_out_of_fold_step():
     comparables = VisualComparables(n_neighbors=20, weights="uniform", cv=5, random_state=1).fit_transform(X, y)
     others = np.setdiff1d(np.arange(20), first_test)
     assert comparables[row, 0] == pytest.approx(y[others].mean())
+
+
+# Like TargetEncoder, fit_transform(X, y) is out-of-fold and so differs from fit(X, y).transform(X).
+NOT_EQUAL_ON_PURPOSE = "fit_transform is out-of-fold, fit().transform() uses the model fitted on all rows"
+
+
+@parametrize_with_checks(
+    [VisualComparables(n_neighbors=3, cv=3), CrossFittedTransformer(StandardScaler(), cv=3)],
+    expected_failed_checks=lambda estimator: (
+        {"check_transformer_general": NOT_EQUAL_ON_PURPOSE, "check_transformer_data_not_an_array": NOT_EQUAL_ON_PURPOSE}
+        if isinstance(estimator, CrossFittedTransformer)
+        else {}
+    ),
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)

@@ -6,7 +6,8 @@ Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``info``), and the uses of a feature table: ``similar``, ``duplicates``,
 ``quality`` and ``match`` (the same object in new photos); ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
-parser with ``add_parser(commands, common)`` and sets its handler.
+parser with ``add_parser(commands, common)`` and sets its handler, and
+``resumable=True`` when it has ``--resume`` (Ctrl-C then points to it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    check_environment,
+    exit_codes,
 )
 
 SUBCOMMANDS = (extract, admin, index, similar, duplicates, quality, match)
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     for module in SUBCOMMANDS:
         module.add_parser(commands, common)
+    for command in commands.choices.values():
+        command.epilog = exit_codes(resumable=bool(command.get_default("resumable")))
     return parser
 
 
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_environment()
         return args.handler(args)
     except BrokenPipeError:
         # The reader went away (``skimgfeat models | head``): not an error of ours.

@@ -38,7 +38,8 @@ class Batch:
 
 def add_checkpoint_options(parser: argparse.ArgumentParser, done: str) -> None:
     """--resume, --restart, --checkpoint-every ROWS; ``done`` says what Ctrl-C keeps ("embedded")."""
-    parser.set_defaults(on_interrupt=f"interrupted; what was {done} is checkpointed, continue with --resume")
+    parser.set_defaults(resumable=True,
+                        on_interrupt=f"interrupted; what was {done} is checkpointed, continue with --resume")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in OUT")
     parser.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
     parser.add_argument("--checkpoint-every", type=positive_int, default=PART_ROWS, metavar="ROWS",

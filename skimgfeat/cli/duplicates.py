@@ -21,19 +21,25 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
         "Two stages: photos closer than --threshold in cosine distance are candidate pairs, then the copy "
         "check compares their perceptual hashes, which a resized, recompressed, lightly cropped or re-exposed "
-        "copy keeps and a re-shoot of the same object does not. With --features, print as CSV on stdout "
+        "copy keeps and a re-shoot of the same object does not. With --features (or --index), print as CSV on "
+        "stdout "
         "(group,image_path,chained) every photo of the table that has a copy: groups are the connected "
         "copy pairs, numbered from 0 in table order; chained marks a group in which some two photos are not "
         "themselves copies. With NEW... --against ARCHIVE, print (image_path,duplicate_of,feature_distance,"
         f"copy_score) each new photo that already exists in the archive, which is not regrouped. Hashes come "
-        f"from {HASHES_FILE} beside a table (`skimgfeat extract --hashes`); photos without them are hashed now.",
+        f"from {HASHES_FILE} beside a table or in an index directory (`skimgfeat extract --hashes` writes it); "
+        "photos without them are hashed now.",
     )
     duplicates.add_argument("new", nargs="*", metavar="NEW",
                             help="with --against: new image files or feature tables (.parquet, .csv)")
-    duplicates.add_argument("--features", type=Path, default=None, metavar="FEATURES",
-                            help="a per-image table written by `skimgfeat extract` (.parquet, .csv): group its copies")
-    duplicates.add_argument("--against", type=Path, default=None, metavar="ARCHIVE",
-                            help="the archive's feature table: which NEW photos are copies of its photos")
+    source = duplicates.add_mutually_exclusive_group()
+    source.add_argument("--features", type=Path, default=None, metavar="FEATURES",
+                        help="a per-image table written by `skimgfeat extract` (.parquet, .csv): group its copies")
+    source.add_argument("--index", type=Path, default=None, metavar="INDEX_DIR",
+                        help="an index directory written by `skimgfeat index build`: group its copies")
+    source.add_argument("--against", type=Path, default=None, metavar="ARCHIVE",
+                        help="the archive's feature table or index directory: which NEW photos are copies of its "
+                             "photos")
     duplicates.add_argument("--threshold", type=float, default=None, metavar="T",
                             help=f"cosine distance of the candidate pairs (default: {DEFAULT_CANDIDATE_DISTANCE}; "
                                  f"{DEFAULT_DUPLICATE_THRESHOLD} with --no-copy-check, where it alone decides)")
@@ -43,7 +49,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     duplicates.add_argument("--no-copy-check", action="store_true",
                             help="features alone decide: every candidate pair is a copy (no photo is read)")
     duplicates.add_argument("--hashes", type=Path, default=None, metavar="FILE",
-                            help=f"the photos' hashes (default: {HASHES_FILE} beside the table, when there)")
+                            help=f"the archive's hashes (default: {HASHES_FILE} beside the table or inside the index "
+                                 "directory, when there)")
     duplicates.add_argument("--pairs", type=Path, default=None, metavar="PAIRS.csv",
                             help="also write every candidate pair: image_a,image_b,feature_distance,copy_score,"
                                  "verdict (copy, different, unreadable),reason")
@@ -69,23 +76,25 @@ def _bits(text: str) -> int:
 
 def run_duplicates(args: argparse.Namespace) -> int:
     """Group the copies of a table, or find the new photos' copies in an archive."""
-    if (args.features is None) == (args.against is None):
-        raise UsageError("give either --features TABLE (group its copies) or NEW... --against ARCHIVE")
-    if args.features is not None and args.new:
-        raise UsageError(f"NEW photos or tables ({args.new[0]!r}) go with --against, not --features")
+    archive = args.features or args.index
+    if archive is None and args.against is None:
+        raise UsageError("give either --features TABLE or --index INDEX_DIR (group its copies), "
+                         "or NEW... --against ARCHIVE")
+    if archive is not None and args.new:
+        raise UsageError(f"NEW photos or tables ({args.new[0]!r}) go with --against, not --features or --index")
     if args.against is not None and not args.new:
         raise UsageError("--against needs NEW image files or feature tables to look for")
-    if args.features is not None:
-        return _group_table(args)
+    if archive is not None:
+        return _group_table(args, archive)
     return _against_archive(args)
 
 
-def _group_table(args: argparse.Namespace) -> int:
+def _group_table(args: argparse.Namespace, archive: Path) -> int:
     from ..uses.duplicates import duplicate_groups, duplicate_pairs
 
-    with usage_errors():  # a missing or foreign table, a threshold out of range, a foreign hashes file
-        index = _read_index(args.features, args.image_dir)
-        copy_check = _copy_check(args, index, args.features, args.hashes)
+    with usage_errors():  # a missing or foreign table or index, a threshold out of range, a foreign hashes file
+        index = _read_index(archive, args.image_dir)
+        copy_check = _copy_check(args, index, archive, args.hashes)
         pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
                                 copy_threshold=args.copy_threshold)
     groups = duplicate_groups(pairs, key=index.key, order=index.names)
@@ -131,15 +140,25 @@ def _against_archive(args: argparse.Namespace) -> int:
 
 
 def _read_index(path: Path, image_dir: Path | None):
+    """A feature table's exact index, or an index directory (its photos under ``image_dir`` when given)."""
     from ..uses.similarity import SimilarityIndex
 
-    if path.is_dir():
-        raise FileNotFoundError(f"{os.fspath(path)!r} is a folder: give a feature table (.parquet or .csv)")
-    return SimilarityIndex.read(path, image_dir=image_dir)
+    if not path.is_dir():
+        return SimilarityIndex.read(path, image_dir=image_dir)
+    index = SimilarityIndex.load(path)
+    if image_dir is not None:
+        index.image_dir = image_dir
+    return index
+
+
+def _hashes_beside(archive: Path) -> Path:
+    from ..uses.copy_check import HASHES_FILE
+
+    return (archive if archive.is_dir() else archive.parent) / HASHES_FILE
 
 
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
-    """False, or the hashes beside ``table`` (True when there are none: the photos are hashed now)."""
+    """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
     from ..uses.copy_check import HASHES_FILE, PhotoHashes
 
     if args.no_copy_check:
@@ -147,12 +166,13 @@ def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path 
     if index.key != "image_path":
         _note(args, f"{os.fspath(table)} has one row per item: features alone decide (no copy check)")
         return False
-    hashes_file = hashes_file or table.parent / HASHES_FILE
+    hashes_file = hashes_file or _hashes_beside(table)
     if hashes_file.is_file():
         return PhotoHashes.read(hashes_file)
     if args.hashes is not None:
         raise FileNotFoundError(f"hashes file {os.fspath(hashes_file)!r} does not exist")
-    _note(args, f"no {HASHES_FILE} beside {os.fspath(table)}: the photos of candidate pairs are hashed now "
+    where = "in" if table.is_dir() else "beside"
+    _note(args, f"no {HASHES_FILE} {where} {os.fspath(table)}: the photos of candidate pairs are hashed now "
                 "(`skimgfeat extract --hashes` writes it once)")
     return True
 
@@ -162,16 +182,17 @@ def _new_photos(args: argparse.Namespace, index):
     import numpy as np
 
     from .. import embedder_from_model_info
-    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+    from ..uses.copy_check import PhotoHashes
 
     names, vectors, photos, hashes, failed = [], [], [], None, {}
     files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
     for table in (Path(item) for item in args.new if Path(item).suffix.lower() in TABLE_SUFFIXES):
         new = _read_index(table, None)
+        index.check_model(new.model_info, what=os.fspath(table))
         names += list(new.names)
         vectors.append(new.vectors)
         photos += [new.photo_path(name) for name in new.names]
-        beside = table.parent / HASHES_FILE
+        beside = _hashes_beside(table)
         if beside.is_file() and not args.no_copy_check:
             read = PhotoHashes.read(beside)
             hashes = read if hashes is None else hashes.merged(read)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .environment import positive_int_from_env
+
 # How much nicer than the model's thread decode threads run (0: same priority).
 DECODE_NICENESS = 10
 
@@ -131,20 +133,6 @@ def default_inference_threads() -> int:
     """
     override = positive_int_from_env("SKIMGFEAT_INFERENCE_THREADS")
     return override if override is not None else max(1, cpu_budget() // 2)
-
-
-def positive_int_from_env(name: str) -> int | None:
-    """The positive integer in environment variable ``name``; None when unset or empty."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"environment variable {name} must be a positive integer, got {text!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -290,9 +290,10 @@ class FeatureCache:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(descriptor)
-                if time.monotonic() + pause > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return None
-                time.sleep(pause)
+                time.sleep(min(pause, left))
                 pause = min(2 * pause, _POLL_SECONDS[1])
                 continue
             if _same_file(lock, descriptor):

@@ -142,9 +142,14 @@ class Gathered:
         for start, stop in _runs(wanted):
             size = (stop - start) * self._row_bytes
             offset = int(wanted[start]) * self._row_bytes
-            data = os.pread(self._descriptor, size, offset)
-            if len(data) != size:
-                raise CheckpointError(f"{os.fspath(self.path)!r} ends early: it was changed during the run")
+            data = bytearray(size)
+            view = memoryview(data)
+            done = 0
+            while done < size:  # a read may return less than asked (at most about 2 GB on Linux)
+                got = os.preadv(self._descriptor, [view[done:]], offset + done)
+                if got == 0:
+                    raise CheckpointError(f"{os.fspath(self.path)!r} ends early: it was changed during the run")
+                done += got
             out[order[start:stop]] = np.frombuffer(data, dtype=self.dtype).reshape(-1, self.n_features)
         return out
 
@@ -277,7 +282,7 @@ class Checkpoint:
                 values = np.ascontiguousarray(features[np.asarray(rows, dtype=np.int64)[order]], dtype=dtype)
                 positions = positions[order]
                 for start, stop in _runs(positions):
-                    os.pwrite(descriptor, values[start:stop].tobytes(), int(positions[start]) * row_bytes)
+                    _write_at(descriptor, memoryview(values[start:stop]).cast("B"), int(positions[start]) * row_bytes)
         finally:
             os.close(descriptor)
         missing = [relative[i] for i, reason in enumerate(reasons) if reason is None]
@@ -304,6 +309,12 @@ def pending(paths: Sequence[str], stamps: Sequence[str], done: dict[str, tuple[s
         for i, (path, stamp) in enumerate(zip(paths, stamps))
         if path not in done or not stamp or done[path] != (stamp, "")
     ]
+
+
+def _write_at(descriptor: int, data: memoryview, offset: int) -> None:
+    while len(data):  # a write may take less than given (at most about 2 GB on Linux)
+        written = os.pwrite(descriptor, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def _runs(sorted_positions: np.ndarray) -> Iterator[tuple[int, int]]:

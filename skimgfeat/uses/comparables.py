@@ -201,6 +201,8 @@ class VisualComparables(TransformerMixin, BaseEstimator):
     # -- internals -------------------------------------------------------------
 
     def _training_rows(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        if y is None:
+            raise ValueError("VisualComparables requires y to be passed, but the target y is None")
         directions = self._directions(X, reset=True)
         targets = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         targets = targets.reshape(-1, 1) if targets.ndim == 1 else targets
@@ -220,7 +222,8 @@ class VisualComparables(TransformerMixin, BaseEstimator):
             self.n_features_in_ = features.shape[-1]
         elif features.shape[-1] != self.n_features_in_:
             raise ValueError(
-                f"X has {features.shape[-1]} features, but VisualComparables was fitted with {self.n_features_in_}"
+                f"X has {features.shape[-1]} features, but VisualComparables is expecting "
+                f"{self.n_features_in_} features as input."
             )
         if features.ndim == 3:
             photos = _unit(features)

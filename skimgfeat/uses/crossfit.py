@@ -7,7 +7,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
 from sklearn.utils import _safe_indexing, get_tags
 from sklearn.utils._param_validation import HasMethods
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _num_samples, check_is_fitted
 
 from .stacking import fold_splitter
 
@@ -55,6 +55,8 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         The clone fitted on all training rows; used by ``transform``.
     n_splits_ : int
         Folds used by the last ``fit_transform`` (0 after ``fit`` alone).
+    n_features_in_ : int
+        The fitted transformer's, when it has one.
 
     See Also
     --------
@@ -124,6 +126,8 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
             Row i transformed by a clone fitted on the folds without row i. 3-D outputs
             (photos per row) are NaN-padded to the widest fold.
         """
+        if hasattr(X, "__array__") and not hasattr(X, "__getitem__"):
+            X = np.asarray(X)  # array-likes that cannot be indexed by rows
         n_rows = _n_rows(X)
         positions, parts = [], []
         folds = list(
@@ -173,6 +177,11 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "transformer_")
         return self.transformer_.get_feature_names_out(input_features)
 
+    @property
+    def n_features_in_(self) -> int:
+        """The fitted transformer's ``n_features_in_`` (AttributeError when it has none)."""
+        return self.transformer_.n_features_in_
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         inner = get_tags(self.transformer)
@@ -182,7 +191,7 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
 
 
 def _n_rows(X) -> int:
-    return X.shape[0] if hasattr(X, "shape") else len(X)
+    return _num_samples(X)
 
 
 def _rows(values, rows):

@@ -1,7 +1,9 @@
 """Duplicate photos: pairs and groups of rows of a feature table that are copies of each other.
 
 Two stages. The CNN features propose *candidate* pairs: rows within a generous cosine
-distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair search.
+distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair search
+(:meth:`SimilarityIndex.neighbour_pairs`, :meth:`SimilarityIndex.range_search`: exact
+in memory, or a FAISS index directory).
 The copy check (:mod:`skimgfeat.uses.copy_check`) then compares the photos' perceptual
 hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same shelf
 moments later does not, although both sit as close in feature space. Only pairs passing
@@ -25,8 +27,6 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.1
 DEFAULT_CANDIDATE_DISTANCE = 0.3
 
 PAIR_COLUMNS = ("image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason")
-# Rows of the feature matrix compared at once by the exact pair search: about 64 MB of distances.
-_BLOCK_VALUES = 2**24
 
 
 def duplicate_pairs(
@@ -287,48 +287,18 @@ def _radius(max_distance: float | None, copy_check) -> float:
 
 def _candidate_pairs(index: SimilarityIndex, max_distance: float):
     """(row_a, row_b, distance) of every pair of rows within ``max_distance``, row_a < row_b."""
-    if hasattr(index, "neighbour_pairs"):
-        return tuple(np.asarray(part) for part in index.neighbour_pairs(max_distance))
-    unit = _unit_rows(index.vectors)
-    block = max(1, _BLOCK_VALUES // max(1, len(unit)))
-    found = []
-    for start in range(0, len(unit), block):
-        distances = 1.0 - unit[start : start + block] @ unit[start:].T  # each row against the rows after it
-        a, b = np.nonzero(distances <= max_distance)
-        upper = a < b
-        a, b = a[upper], b[upper]
-        found.append((a + start, b + start, distances[a, b]))
-    return _concat(found)
+    rows_a, rows_b, distances = index.neighbour_pairs(max_distance)
+    return np.asarray(rows_a, dtype=np.int64), np.asarray(rows_b, dtype=np.int64), np.asarray(distances)
 
 
 def _range_pairs(index: SimilarityIndex, vectors: np.ndarray, max_distance: float):
     """(query, row, distance) of every indexed row within ``max_distance`` of each query, nearest first."""
-    if hasattr(index, "range_search"):
-        lims, distances, rows = index.range_search(vectors, max_distance)
-        queries = np.repeat(np.arange(len(vectors)), np.diff(lims))
-    else:
-        unit, queries_unit = _unit_rows(index.vectors), _unit_rows(vectors)
-        block = max(1, _BLOCK_VALUES // max(1, len(unit)))
-        found = []
-        for start in range(0, len(queries_unit), block):
-            block_distances = 1.0 - queries_unit[start : start + block] @ unit.T
-            q, r = np.nonzero(block_distances <= max_distance)
-            found.append((q + start, r, block_distances[q, r]))
-        queries, rows, distances = _concat(found)
+    if not len(vectors):
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    lims, distances, rows = index.range_search(vectors, max_distance)
+    queries = np.repeat(np.arange(len(vectors)), np.diff(lims))
     order = np.lexsort((distances, queries))
-    return queries[order], np.asarray(rows)[order], np.asarray(distances)[order]
-
-
-def _unit_rows(vectors) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
-
-
-def _concat(found):
-    if not found:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    return tuple(np.concatenate(parts) for parts in zip(*found))
+    return queries[order], np.asarray(rows, dtype=np.int64)[order], np.asarray(distances)[order]
 
 
 def _hashes_for(index: SimilarityIndex, names, given, n_workers) -> PhotoHashes:
