@@ -180,9 +180,6 @@ class VectorIndex:
             index = faiss.IndexIVFPQ(quantizer, self.n_features, self.nlist, self.pq_m, 8, metric)
             index.pq.cp.min_points_per_centroid = 1  # FAISS would warn once per sub-quantizer on small samples
         index.cp.niter = 10  # enough for well-separated photo clusters; training time is linear in it
-        # Unit-length centroids: with inner-product assignment, long ones would draw in whole regions
-        # (one list of 15,000 rows among 445 of ~275 measured), slowing every search and all-pairs pass.
-        index.cp.spherical = True
         index.cp.max_points_per_centroid = max(256, -(-len(sample) // self.nlist))
         index.train(sample)
         index.nprobe = self.nprobe
