@@ -222,8 +222,8 @@ def write_cli_page() -> None:
 
 def user_guide_pages() -> list[str]:
     """The guide's Markdown pages: a preferred order first, then any other page in ``docs/``."""
-    preferred = ["index", "models", "tabular", "similarity", "millions-of-photos", "quality", "fine-tuning", "cli",
-                 "original-module"]
+    preferred = ["index", "models", "tabular", "similarity", "millions-of-photos", "object-matching", "quality",
+                 "fine-tuning", "cli", "original-module"]
     preferred += ["performance", "architecture"]
     elsewhere = {"changelog", "benchmarks"}
     present = {path.stem for path in DOCS.glob("*.md")}

@@ -20,13 +20,16 @@ _EXPORTS = {
     "ImageQualityFeatures": "uses.quality",
     "IndexDirectoryError": "exceptions",
     "ItemAggregator": "aggregation",
+    "LocalFeatureStore": "uses.local_features",
     "MODEL_REGISTRY": "registry",
     "ModelMismatchError": "exceptions",
+    "ObjectMatcher": "uses.object_match",
     "OutOfFoldPredictor": "uses.stacking",
     "PhotoHashes": "uses.copy_check",
     "SimilarityIndex": "uses.similarity",
     "VisualComparables": "uses.comparables",
     "WeightsMismatchError": "exceptions",
+    "add_same_object_verdicts": "uses.object_match",
     "aggregate_features_by_item": "storage.tables",
     "copy_distance": "uses.copy_check",
     "duplicate_groups": "uses.duplicates",
@@ -36,7 +39,10 @@ _EXPORTS = {
     "find_duplicates": "uses.duplicates",
     "item_id_from_name": "aggregation",
     "list_models": "registry",
+    "match_sheet": "uses.object_match",
     "similar_items": "uses.similarity",
+    "verify_pair": "uses.verification",
+    "write_local_features": "uses.local_features",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
