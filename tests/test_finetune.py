@@ -18,8 +18,8 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import Pipeline
 
 from skimgfeat import CNNImageEmbedder, ItemAggregator
+from skimgfeat.engine.decoding import decode_pixels
 from skimgfeat.engine.finetune import Photos, PhotoStore, decode_samples
-from skimgfeat.engine.inference import decode_pixels
 from skimgfeat.engine.inputs import parse_image_input
 from skimgfeat.engine.preprocessing import Preprocessing
 
@@ -205,20 +205,26 @@ def test_unusable_y_is_refused_before_any_photo_is_decoded(tmp_path, y, task, me
 
 
 def test_decoded_training_photos_wait_in_a_file_not_in_memory(grocery_photos):
-    """Decoding 60 photos for training holds a few of them in memory at a time, and reads back all of them."""
-    paths = [str(path) for path in grocery_photos[:60]]
+    """Decoding 96 photos for training takes no more memory than decoding 8, and all of them read back."""
+    paths = [str(path) for path in grocery_photos[:96]]
     source = Preprocessing(resize=96, crop=96)
-    tracemalloc.start()
-    try:
-        photos, errors = decode_samples(parse_image_input(paths), source, None, "raise", n_workers=1)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+
+    def decoding_peak(some_paths):
+        tracemalloc.start()
+        try:
+            photos, errors = decode_samples(parse_image_input(some_paths), source, None, "raise", n_workers=1)
+            return photos, errors, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    few, _, few_peak = decoding_peak(paths[:8])
+    photos, errors, peak = decoding_peak(paths)
     one_photo = 96 * 96 * 3
-    assert errors == [] and len(photos.sample_of_photo) == 60
-    assert peak < 10 * one_photo  # all 60 in memory would be 60 photos, twice while stacked
+    assert errors == [] and len(photos.sample_of_photo) == 96
+    assert peak < few_peak + 24 * one_photo  # all 96 in memory would add 88 photos, twice that while stacked
     expected = np.stack([decode_pixels(path, source, None) for path in paths[::7]])
-    np.testing.assert_array_equal(photos.store.read(range(0, 60, 7)).numpy(), expected)
+    np.testing.assert_array_equal(photos.store.read(range(0, 96, 7)).numpy(), expected)
+    few.close()
     photos.close()
 
 

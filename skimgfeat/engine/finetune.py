@@ -2,7 +2,8 @@
 
 The recipe, chosen by measurement on the grocery photos (benchmarks/README.md):
 
-* every photo is decoded once, with the package's own engine, to a small square uint8
+* every photo is decoded once, by the package's one decode loop
+  (:func:`skimgfeat.engine.decoding.decode_batches`), to a small square uint8
   copy kept in a temporary file (:class:`PhotoStore`: memory stays flat however many
   photos train); each epoch cuts a random resized crop from it, flips it, and
   trains at a lower resolution than ``transform`` embeds at (cheaper steps, and a
@@ -48,13 +49,15 @@ from torch.nn import functional
 
 from ..exceptions import ImageLoadError
 from ..storage.output import progress_bar
-from .decoding import decode_pixels, iter_decoded
+from .decoding import decode_batches, pixel_decoder
 from .inputs import ImageInput
 from .preprocessing import Preprocessing
 from .threads import default_decode_workers
 from .threads import torch_threads as _torch_threads
 
 TASKS = ("auto", "classification", "regression")
+# Photos decoded per write to the PhotoStore: what decoding holds in memory at a time.
+STORE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,8 @@ class PhotoStore:
         return self.n_photos
 
     def append(self, pixels: np.ndarray) -> None:
-        if pixels.shape != self.shape or pixels.dtype != np.uint8:
+        """Add a ``(n, side, side, 3)`` uint8 batch of photos after the others."""
+        if pixels.shape[1:] != self.shape or pixels.dtype != np.uint8:
             raise ValueError(f"the store holds {self.shape} uint8 photos, got {pixels.shape} {pixels.dtype}")
         self._file.seek(self.n_photos * self.photo_bytes)
         try:
@@ -240,7 +244,7 @@ class PhotoStore:
                 f"file in {tempfile.gettempdir()} and could not write it ({error.strerror}); "
                 "point TMPDIR at a disk with room",
             ) from error
-        self.n_photos += 1
+        self.n_photos += len(pixels)
 
     def read(self, rows) -> torch.Tensor:
         """The photos at ``rows`` as one ``(len(rows), side, side, 3)`` uint8 tensor."""
@@ -295,37 +299,30 @@ class Photos:
 
 
 def decode_samples(
-    data: ImageInput, preprocessing: Preprocessing, max_pixels: int | None, on_error: str, n_workers: int
+    data: ImageInput, preprocessing: Preprocessing, max_pixels: int | None, on_error: str, n_workers: int | None
 ) -> tuple[Photos, list[ImageLoadError]]:
     """Decode every photo of every sample with ``preprocessing`` into a :class:`PhotoStore`.
 
     A photo that fails is dropped (with ``on_error="raise"`` the first failure raises);
     a sample left without any photo is left out of training.
     """
-    flat = [(i, path) for i, sample in enumerate(data.samples) for path in sample]
-
-    def decode(path):
-        return decode_pixels(path, preprocessing, max_pixels)
-
+    paths = [path for sample in data.samples for path in sample]
+    sample_of_path = np.repeat(np.arange(len(data.samples)), [len(sample) for sample in data.samples])
     store = PhotoStore(preprocessing.crop)
-    decoded = iter_decoded([path for _, path in flat], decode, n_workers, window=4 * n_workers)
     owners, errors = [], []
     try:
-        for (sample, _), result in zip(flat, decoded):
-            if isinstance(result, ImageLoadError):
-                if on_error == "raise":
-                    raise result
-                errors.append(result)
-                continue
-            store.append(result)
-            owners.append(sample)
+        for batch in decode_batches(paths, pixel_decoder(preprocessing, max_pixels), STORE_BATCH,
+                                    on_error=on_error, n_workers=n_workers):
+            errors += [error for _, error in batch.errors]
+            if batch.stacked is not None:
+                store.append(batch.stacked)
+                owners.append(sample_of_path[batch.positions])
         if not owners:
             raise ValueError("fine-tuning found no readable photo in X")
     except BaseException:
-        decoded.close()
         store.close()
         raise
-    samples, sample_of_photo = np.unique(np.asarray(owners), return_inverse=True)
+    samples, sample_of_photo = np.unique(np.concatenate(owners), return_inverse=True)
     return Photos(store, sample_of_photo, samples), errors
 
 
@@ -701,9 +698,8 @@ def fine_tune_network(
     task = resolve_task(y, task)
     Targets.from_y(y, task)
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    workers = n_workers or default_decode_workers()
     source = replace(preprocessing, resize=recipe.source_size, crop=recipe.source_size)
-    photos, errors = decode_samples(data, source, max_pixels, on_error, workers)
+    photos, errors = decode_samples(data, source, max_pixels, on_error, n_workers)
     validation = None
     try:
         targets = Targets.from_y(y[photos.samples], task)
@@ -711,7 +707,7 @@ def fine_tune_network(
         if len(split.validation):
             chosen = photos.samples[split.validation]
             held_out = ImageInput([data.samples[i] for i in chosen], data.multi, None)
-            validation, _ = decode_samples(held_out, preprocessing, max_pixels, "nan", workers)
+            validation, _ = decode_samples(held_out, preprocessing, max_pixels, "nan", n_workers)
         threads = default_decode_workers() if device.type == "cpu" else None
         with torch.random.fork_rng(devices=[]), _torch_threads(threads):
             torch.manual_seed(seed)
