@@ -238,12 +238,12 @@ def test_the_photos_of_a_batch_of_samples_come_from_where_each_sample_starts():
     photos.close()
 
 
-DIVERGING = {"learning_rate": 1e10}  # far too high: the loss is NaN within the first epoch
+DIVERGING = {"learning_rate": 1e10, "batch_size": 4}  # far too high: the loss is NaN within the first epoch
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_a_diverging_fine_tune_raises_and_names_the_learning_rate(small_grocery, shared_weights, task):
-    paths, labels = small_grocery
+    paths, labels = small_grocery[0][::2], small_grocery[1][::2]
     y = labels if task == "classification" else np.log1p(labels) + np.linspace(0, 1, len(labels))
     embedder = quick_embedder(
         shared_weights, fine_tune="all", fine_tune_options={**QUICK, **DIVERGING, "validation_fraction": 0.25}
