@@ -1,12 +1,19 @@
-"""Peak memory of `skimgfeat extract` against the number of images.
+"""Peak memory and checkpoint files of `skimgfeat extract` against the number of photos.
 
-Generates tiny JPEG photos (32x32, three per item) once into a folder, then runs the
-CLI on the first N of them in a fresh process for each N and reports that process's
-peak RSS. The network is a random ShuffleNetV2 x0.5 (no download; the measure is
-memory, not features), so the run time stays reasonable on a small machine.
+Generates tiny real photos once (64-96 px JPEG crops of ../shared images, three per item;
+see benchmarks/_photos.py), then runs the CLI on the first N of them in a fresh process
+for each N and reports that process's peak RSS, its wall time and the most checkpoint
+parts its checkpoint folder held (polled while it runs; the folder is removed at the end).
+Tiny photos keep decoding cheap so that 50,000 fit in a short run; every photo is still
+resized to the network's input, so the network's cost per photo is that of any photo.
+The network is a random ShuffleNetV2 x0.5 by default (no download; the measure is memory,
+not features); --model mobilenet_v2 with SKIMGFEAT_WEIGHTS set measures the real one.
 
-    python benchmarks/cli_memory.py                        # 20,000 and 200,000 images
-    python benchmarks/cli_memory.py --sizes 2000,20000,60000 --workdir /tmp/skimgfeat-tiny
+    python benchmarks/cli_memory.py                        # 5,000 and 50,000 photos
+    python benchmarks/cli_memory.py --sizes 2000,20000 --workdir /tmp/skimgfeat-tiny
+    python benchmarks/cli_memory.py --sizes 20000 --workdir /tmp/skimgfeat-tiny --resume   # after a Ctrl-C
+
+Targets (issue 16): peak RSS at 50,000 within 1.2x of 5,000; at most 100 checkpoint files.
 """
 
 from __future__ import annotations
@@ -19,53 +26,59 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from _photos import make_photos
+
+CHECKPOINT_DIR = ".skimgfeat-checkpoint"
 
 
-def make_photos(folder: Path, n: int) -> None:
-    """``n`` distinct 32x32 JPEGs named ``<item>_<k>.jpg`` under ``folder/<n>`` (kept between runs)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = len(list(folder.glob("*.jpg")))
-    rng = np.random.default_rng(existing)
-    for i in range(existing, n):
-        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i // 3:07d}_{i % 3 + 1}.jpg", quality=90)
-
-
-def run_cli(photos: Path, n: int, output: Path) -> tuple[float, float]:
-    """Peak RSS (MB) and wall seconds of one ``skimgfeat extract`` on the first ``n`` photos."""
+def run_cli(photos: Path, n: int, output: Path, model: str, resume: bool = False) -> tuple[float, float, int]:
+    """Peak RSS (MB), wall seconds and most checkpoint parts of one ``skimgfeat extract`` on ``n`` photos."""
+    weights = ["--weights", "none"] if model != "mobilenet_v2" else []
     command = [sys.executable, "-m", "skimgfeat", "extract", str(photos), "-o", str(output), "--pattern", "*.jpg",
-               "--model", "shufflenet_v2_x0_5", "--weights", "none", "--max-images", str(n),
-               "--checkpoint-every", "8", "-q", "--restart"]
+               "--model", model, *weights, "--max-images", str(n), "-q", "--resume" if resume else "--restart"]
     started = time.perf_counter()
     # Run outside the repository: `python -m` puts the working folder first on sys.path,
     # and PYTHONPATH must decide which skimgfeat is measured.
+    output.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(command, cwd=output.parent)
-    _, status, usage = os.wait4(child.pid, 0)
+    most_parts = 0
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            most_parts = max(most_parts, sum(1 for _ in (output / CHECKPOINT_DIR).glob("part-*.npz")))
+        except OSError:
+            pass
+        time.sleep(0.5)
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"skimgfeat extract failed on {n} images (exit {os.waitstatus_to_exitcode(status)})")
-    return usage.ru_maxrss / 1024, time.perf_counter() - started
+        sys.exit(f"skimgfeat extract failed on {n} photos (exit {os.waitstatus_to_exitcode(status)})")
+    return usage.ru_maxrss / 1024, time.perf_counter() - started, most_parts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="20000,200000")
+    parser.add_argument("--sizes", default="5000,50000")
+    parser.add_argument("--model", default="shufflenet_v2_x0_5")
     parser.add_argument("--workdir", help="keep the generated photos here (default: a temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the checkpoint an interrupted run left in WORKDIR/out-N (default: --restart)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="skimgfeat-memory-") as tmp:
         work = Path(args.workdir or tmp)
-        photos = work / "photos"
-        make_photos(photos, max(sizes))
-        print("| images | peak RSS MB | wall s | raw table MB on disk |")
-        print("|---:|---:|---:|---:|")
+        photos = make_photos(work / "photos", max(sizes))
+        print(f"load before: {os.getloadavg()[0]:.1f}")
+        print("| photos | peak RSS MB | wall s | images/s | most checkpoint parts | raw table MB |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        peaks = []
         for n in sizes:
             output = work / f"out-{n}"
-            peak, seconds = run_cli(photos, n, output)
+            peak, seconds, parts = run_cli(photos, n, output, args.model, args.resume)
+            peaks.append(peak)
             table_mb = (output / "image_features_raw.parquet").stat().st_size / 2**20
-            print(f"| {n} | {peak:.0f} | {seconds:.0f} | {table_mb:.0f} |", flush=True)
+            print(f"| {n} | {peak:.0f} | {seconds:.0f} | {n / seconds:.0f} | {parts} | {table_mb:.0f} |", flush=True)
+        print(f"peak RSS {sizes[-1]} vs {sizes[0]}: {peaks[-1] / peaks[0]:.2f}x; load after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,25 @@ class ImageLoadError(ValueError):
 
 class WeightsMismatchError(ValueError):
     """A state-dict file does not fit the architecture it was loaded into."""
+
+
+class IndexDirectoryError(ValueError):
+    """A folder is not a usable similarity index: missing, truncated, or something else's.
+
+    Attributes
+    ----------
+    path : str
+        The index folder (or the file in it that is wrong).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"index directory {self.path!r}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class ModelMismatchError(ValueError):
+    """Features embedded by another network (or preprocessing) than those they are compared with."""

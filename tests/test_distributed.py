@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,3 +55,30 @@ def test_a_single_column_frame_is_accepted_and_other_inputs_are_refused(embedder
         embed_partitions(dd.from_pandas(pd.DataFrame({"a": ["x"], "b": ["y"]}), npartitions=1), embedder)
     with pytest.raises(ValueError, match="on_error"):
         embed_partitions(frame, embedder, on_error="zero")
+
+
+def test_a_partitioned_dataset_holds_extracts_layout_and_reads_back_as_one_table(embedder, listing, tmp_path):
+    from skimgfeat.distributed import write_partitioned_features
+    from skimgfeat.storage.io import read_model_info
+
+    image_dir = Path(listing.iloc[0]).parent
+    photos = listing[listing.map(lambda path: Path(path).parent == image_dir)]
+    summary = write_partitioned_features(dd.from_pandas(photos, npartitions=3), embedder, tmp_path / "features",
+                                         image_dir=image_dir)
+
+    files = sorted((tmp_path / "features").glob("part-*.parquet"))
+    assert summary["file"].tolist() == [str(path) for path in files] and len(files) == 3
+    assert summary["rows"].sum() == len(photos) and summary["failed"].sum() == 0
+    table = pd.read_parquet(tmp_path / "features")
+    assert list(table.columns) == ["image_path", "image_name", *embedder.get_feature_names_out(), "error"]
+    assert table["image_path"].tolist() == [Path(path).name for path in photos]  # relative to image_dir
+    np.testing.assert_allclose(table[embedder.get_feature_names_out()].to_numpy(), embedder.transform(list(photos)),
+                               rtol=1e-5, atol=1e-6)
+    info = read_model_info(files[-1])
+    assert info["parameters_sha256"] == embedder.model_info_["parameters_sha256"]
+    assert info["image_dir"] == str(image_dir.resolve())
+
+    with pytest.raises(ValueError, match="already holds 3 partition files; pass overwrite=True"):
+        write_partitioned_features(dd.from_pandas(photos, npartitions=1), embedder, tmp_path / "features")
+    write_partitioned_features(dd.from_pandas(photos, npartitions=1), embedder, tmp_path / "features", overwrite=True)
+    assert len(list((tmp_path / "features").glob("part-*.parquet"))) == 1

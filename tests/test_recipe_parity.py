@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.inference import decode_pixels
+from skimgfeat.engine.decoding import decode_pixels
 
 pytestmark = pytest.mark.shared
 

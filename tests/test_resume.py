@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skimgfeat.storage.checkpoint import CHECKPOINT_DIR, Checkpoint, CheckpointError, FileStamp, Rows, pending
+from skimgfeat.cli import build_parser
+from skimgfeat.cli.quality import QUALITY_CHECKPOINT_DIR
+from skimgfeat.storage.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    Rows,
+    file_stamps,
+    lock_output_folder,
+    pending,
+)
 from skimgfeat.storage.io import atomic_path
 
 N_PHOTOS = 80
@@ -59,12 +71,12 @@ def uninterrupted(many_photos, tmp_path_factory) -> tuple[Path, subprocess.Compl
     return output, result
 
 
-def kill_after_checkpoint_parts(arguments: list[str], output: Path, n_parts: int) -> None:
+def kill_after_checkpoint_parts(arguments: list[str], output: Path, n_parts: int, folder: str = CHECKPOINT_DIR) -> None:
     """Start the CLI, SIGKILL it once ``n_parts`` checkpoint parts are on disk."""
     process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
-        while len(list((output / CHECKPOINT_DIR).glob("part-*.npz"))) < n_parts:
+        while len(list((output / folder).glob("part-*.npz"))) < n_parts:
             assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()}"
             assert time.monotonic() < deadline, "no checkpoint part appeared"
             time.sleep(0.02)
@@ -77,7 +89,10 @@ def kill_after_checkpoint_parts(arguments: list[str], output: Path, n_parts: int
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos, uninterrupted, tmp_path):
     reference, full_run = uninterrupted
-    kill_after_checkpoint_parts(command(many_photos, tmp_path), tmp_path, n_parts=10)
+    kill_after_checkpoint_parts(command(many_photos, tmp_path, "--checkpoint-every", "8"), tmp_path, n_parts=5)
+    parts = sorted((tmp_path / CHECKPOINT_DIR).glob("part-*.npz"))
+    # A part holds --checkpoint-every rows (two batches of 4), not one batch.
+    assert len(parts) >= 5 and [len(np.load(part)["image_path"]) for part in parts] == [8] * len(parts)
     # Nothing under a final name: the tables are only written, atomically, at the end.
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("image_features")]
     # What a kill during the final write would leave: cleaned up by the next run.
@@ -86,7 +101,7 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
     result = run(command(many_photos, tmp_path, "--resume"))
     assert result.returncode == 0, result.stderr
 
-    assert 40 <= resumed_count(result.stdout) < N_PHOTOS  # the 10 parts of 4 images on disk were skipped
+    assert resumed_count(result.stdout) == 8 * len(parts) < N_PHOTOS  # the rows of the parts on disk were skipped
     # The network's preparation costs both runs the same; the embedding is where resuming saves.
     assert embedding_seconds(result.stdout) < embedding_seconds(full_run.stdout)
     for name in ("image_features_raw.parquet", "image_features_by_item.parquet"):
@@ -97,7 +112,8 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
 
 def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_path):
     # Background processes may inherit an ignored SIGINT; the CLI must see the default one, as in a terminal.
-    process = subprocess.Popen(command(many_photos, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command(many_photos, tmp_path, "--checkpoint-every", "4"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE,
                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = tmp_path / CHECKPOINT_DIR
     deadline = time.monotonic() + 300
@@ -114,7 +130,7 @@ def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_pat
 
 def test_an_existing_checkpoint_needs_resume_or_restart(many_photos, tmp_path):
     old = Checkpoint.open(tmp_path, {"model_name": "resnet50"}, resume=False, restart=False)
-    old.write_part(Rows(["lot00_1.webp"], [FileStamp(1, 1)], [""], [""], np.zeros((1, 2048), np.float32)))
+    old.write_part(Rows(["lot00_1.webp"], ["stamp"], [""], [""], np.zeros((1, 2048), np.float32)))
     arguments = command(many_photos, tmp_path, "--max-images", "4")
 
     forgot = run(arguments)
@@ -135,7 +151,7 @@ def test_an_existing_checkpoint_needs_resume_or_restart(many_photos, tmp_path):
 
 
 def rows(paths: list[str], value: float) -> Rows:
-    stamps = [FileStamp(10, 20)] * len(paths)
+    stamps = ["stamp-a"] * len(paths)
     return Rows(paths, stamps, [""] * len(paths), [""] * len(paths), np.full((len(paths), 3), value, np.float32))
 
 
@@ -144,9 +160,9 @@ def test_parts_accumulate_and_a_later_row_of_the_same_path_wins(tmp_path):
     checkpoint.write_part(rows(["x.webp", "y.webp"], 1.0))
     checkpoint.write_part(rows(["y.webp"], 2.0))
     reopened = Checkpoint.open(tmp_path, {"a": 1}, resume=True, restart=False)
-    done = reopened.load(n_features=3)
-    assert sorted(done) == ["x.webp", "y.webp"]
-    assert done["y.webp"][3].tolist() == [2.0, 2.0, 2.0]
+    assert sorted(reopened.done()) == ["x.webp", "y.webp"]
+    with reopened.gather(["y.webp", "x.webp"], n_features=3) as gathered:
+        assert gathered.read([0, 1]).tolist() == [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]
     reopened.write_part(rows(["z.webp"], 3.0))
     assert sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir()) == [
         "manifest.json", "part-000000.npz", "part-000001.npz", "part-000002.npz",
@@ -156,15 +172,14 @@ def test_parts_accumulate_and_a_later_row_of_the_same_path_wins(tmp_path):
 def test_a_file_changed_since_its_checkpoint_is_embedded_again(tmp_path):
     checkpoint = Checkpoint.open(tmp_path, {}, resume=False, restart=False)
     checkpoint.write_part(rows(["same.webp", "changed.webp"], 1.0))
-    done = checkpoint.load(n_features=3)
-    stamps = [FileStamp(10, 20), FileStamp(10, 21), FileStamp(5, 5)]
-    assert pending(["same.webp", "changed.webp", "new.webp"], stamps, done) == [1, 2]
+    stamps = ["stamp-a", "stamp-b", "stamp-a", ""]
+    assert pending(["same.webp", "changed.webp", "new.webp", "vanished.webp"], stamps, checkpoint.done()) == [1, 2, 3]
 
 
 def test_a_checkpoint_of_another_width_is_refused(tmp_path):
     Checkpoint.open(tmp_path, {}, resume=False, restart=False).write_part(rows(["x.webp"], 1.0))
     with pytest.raises(CheckpointError, match="another width"):
-        Checkpoint.open(tmp_path, {}, resume=True, restart=False).load(n_features=1280)
+        Checkpoint.open(tmp_path, {}, resume=True, restart=False).gather(["x.webp"], n_features=1280)
 
 
 def test_an_interrupted_write_leaves_the_final_file_as_it_was(tmp_path):
@@ -190,7 +205,7 @@ def test_a_lost_manifest_is_rebuilt_from_the_parts_which_are_kept(tmp_path):
     assert (folder / "part-000000.npz").is_file()  # refusing never deletes
 
     resumed = Checkpoint.open(tmp_path, {"model": "a"}, resume=True, restart=False)
-    assert sorted(resumed.load(n_features=3)) == ["x.webp", "y.webp"]
+    assert sorted(resumed.done()) == ["x.webp", "y.webp"]
     assert (folder / "manifest.json").is_file()
     resumed.write_part(rows(["z.webp"], 2.0))
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "part-000000.npz", "part-000001.npz"]
@@ -201,9 +216,132 @@ def test_failed_rows_are_tried_again_on_resume(tmp_path):
     failed = rows(["ok.webp", "broken.webp"], 1.0)
     failed.reasons[1], failed.details[1] = "truncated", "file ends early"
     checkpoint.write_part(failed)
-    stamps = [FileStamp(10, 20), FileStamp(10, 20)]
-    assert pending(["ok.webp", "broken.webp"], stamps, checkpoint.load(n_features=3)) == [1]
+    assert pending(["ok.webp", "broken.webp"], ["stamp-a", "stamp-a"], checkpoint.done()) == [1]
 
 
-def test_a_file_deleted_after_listing_gets_a_stamp_and_fails_as_missing(tmp_path):
-    assert FileStamp.of(tmp_path / "gone.webp") == FileStamp(-1, -1)
+def test_a_file_deleted_after_listing_has_no_stamp_and_is_computed_again(tmp_path):
+    assert file_stamps([tmp_path / "gone.webp"]) == [""]
+
+
+def test_the_final_tables_read_each_part_once(tmp_path, monkeypatch):
+    checkpoint = Checkpoint.open(tmp_path, {}, resume=False, restart=False)
+    names = [f"{i:03d}_1.webp" for i in range(30)]
+    for start in range(0, 30, 6):  # written in reverse order of the listing, as a resume can leave them
+        chunk = names[::-1][start : start + 6]
+        checkpoint.write_part(Rows(chunk, ["s"] * 6, [""] * 6, [""] * 6, np.array([[float(n[:3])] * 2 for n in chunk])))
+    loaded = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, **kwargs: loaded.append(path) or real_load(path, **kwargs))
+    with checkpoint.gather(names, n_features=2) as gathered:
+        assert gathered.read(range(30))[:, 0].tolist() == list(range(30))
+        assert gathered.read([29, 3, 4])[:, 1].tolist() == [29, 3, 4]
+    assert sorted(loaded) == checkpoint.part_files()
+
+
+# -- a file replaced since its row was checkpointed, two runs at once, an old checkpoint ----
+
+
+@pytest.fixture(scope="module")
+def same_size_photos(tmp_path_factory) -> Path:
+    """120 BMP photos of one size (so a different photo can have the same size in bytes), and a spare."""
+    folder = tmp_path_factory.mktemp("bmp")
+    rng = np.random.default_rng(3)
+    for i in range(121):
+        name = "spare.bmp.keep" if i == 120 else f"lot{i // 4:02d}_{i % 4 + 1}.bmp"
+        Image.fromarray(rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)).save(folder / name, format="BMP")
+    return folder
+
+
+def test_a_photo_replaced_with_cp_p_is_embedded_again_on_resume(same_size_photos, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(same_size_photos, photos)
+    arguments = command(photos, tmp_path / "out", "--pattern", "*.bmp", "--checkpoint-every", "4")
+    kill_after_checkpoint_parts(arguments, tmp_path / "out", n_parts=2)
+    first = photos / "lot00_1.bmp"
+    before = os.stat(first)
+    # A corrected photo of the same size in bytes, copied over with its times kept, as `cp -p` or `rsync -t` do.
+    spare = photos / "spare.bmp.keep"
+    os.utime(spare, ns=(before.st_atime_ns, before.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(spare), str(first)], check=True)
+    assert (os.stat(first).st_size, os.stat(first).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    result = run([*arguments, "--resume"])
+    assert result.returncode == 0, result.stderr
+    reference = run(command(photos, tmp_path / "reference", "--pattern", "*.bmp", "--quiet"))
+    assert reference.returncode == 0, reference.stderr
+    resumed = pd.read_parquet(tmp_path / "out" / "image_features_raw.parquet")
+    fresh = pd.read_parquet(tmp_path / "reference" / "image_features_raw.parquet")
+    pd.testing.assert_frame_equal(resumed, fresh)  # the replaced photo's row is the new photo's
+
+
+def test_a_second_run_into_a_busy_output_folder_exits_2_naming_it(many_photos, tmp_path):
+    output = tmp_path / "out"
+    with lock_output_folder(output):  # what a running extract or quality holds
+        for make_command in (command, quality_command):
+            result = run(make_command(many_photos, output, "--resume", "--max-images", "4"))
+            assert result.returncode == 2, result.stderr
+            assert f"output folder {str(output)!r} is in use by another skimgfeat run" in result.stderr
+    assert not (output / CHECKPOINT_DIR).exists()  # the refused run wrote nothing
+    after = run(command(many_photos, output, "--max-images", "4", "--quiet"))  # the lock died with its holder
+    assert after.returncode == 0, after.stderr
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_with_what_to_do(many_photos, tmp_path):
+    folder = tmp_path / CHECKPOINT_DIR
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"format_version": 2, "fingerprint": {}}))
+    result = run(command(many_photos, tmp_path, "--resume", "--max-images", "4"))
+    assert result.returncode == 2
+    assert "was written by another version of skimgfeat (checkpoint format 2, this version reads 3)" in result.stderr
+    assert "pass --restart to discard it" in result.stderr
+
+
+# -- quality: the same checkpointed loop ---------------------------------------------------
+
+
+def quality_command(image_dir: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "skimgfeat", "quality", str(image_dir), "-o", str(output), "--workers", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def larger_photos(tmp_path_factory) -> Path:
+    """300 noisy 256 px WebP photos: measuring them takes long enough to be interrupted."""
+    folder = tmp_path_factory.mktemp("quality")
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        pixels = rng.integers(0, 256, size=(192, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"q{i // 3:03d}_{i % 3 + 1}.webp", quality=70)
+    return folder
+
+
+def measured_counts(stdout: str) -> tuple[int, int]:
+    found = re.search(r"measured (\d+) images \((\d+) resumed from the checkpoint", stdout)
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_a_killed_quality_run_resumes_without_measuring_done_photos_again(larger_photos, tmp_path):
+    kill_after_checkpoint_parts(quality_command(larger_photos, tmp_path / "out", "--checkpoint-every", "8"),
+                                tmp_path / "out", n_parts=2, folder=QUALITY_CHECKPOINT_DIR)
+    parts = sorted((tmp_path / "out" / QUALITY_CHECKPOINT_DIR).glob("part-*.npz"))
+    done = sum(len(np.load(part)["image_path"]) for part in parts)
+    assert done >= 16
+
+    result = run(quality_command(larger_photos, tmp_path / "out", "--checkpoint-every", "8", "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert measured_counts(result.stdout) == (300 - done, done)
+    reference = run(quality_command(larger_photos, tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+    assert measured_counts(reference.stdout) == (300, 0)
+    for name in ("image_quality_raw.parquet", "image_quality_by_item.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / name),
+                                      pd.read_parquet(tmp_path / "reference" / name))
+    assert not (tmp_path / "out" / QUALITY_CHECKPOINT_DIR).exists()
+
+
+def test_ctrl_c_suggests_resume_only_to_the_commands_that_have_it():
+    parser = build_parser()
+    for arguments in (["extract", "d", "-o", "o"], ["quality", "d", "-o", "o"], ["similar", "q", "--features", "f"],
+                      ["duplicates", "--features", "f"]):
+        args = parser.parse_args(arguments)
+        message = getattr(args, "on_interrupt", "interrupted")
+        assert ("--resume" in message) == hasattr(args, "resume"), arguments

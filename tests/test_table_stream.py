@@ -9,7 +9,7 @@ import pytest
 
 from skimgfeat.extractor import aggregate_features_by_item, features_table
 from skimgfeat.storage import table_stream
-from skimgfeat.storage.checkpoint import Checkpoint, FileStamp, Rows
+from skimgfeat.storage.checkpoint import Checkpoint, Rows
 from skimgfeat.storage.io import read_model_info, read_table, write_table_chunks
 
 WIDTH = 4
@@ -37,7 +37,7 @@ def checkpoint_out_of_order(folder, names: list[str], rng) -> tuple[Checkpoint, 
 
 def rows(paths: list[str], features: np.ndarray, names: list[str]) -> Rows:
     failed = ["corrupt" if path == "c.jpg" else "" for path in paths]
-    return Rows(paths, [FileStamp(1, 2)] * len(paths), failed, [""] * len(paths), features)
+    return Rows(paths, ["stamp"] * len(paths), failed, [""] * len(paths), features)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 4096])
@@ -45,16 +45,16 @@ def test_streamed_tables_equal_the_in_memory_ones(tmp_path, monkeypatch, chunk_r
     monkeypatch.setattr(table_stream, "CHUNK_ROWS", chunk_rows)
     names = photo_names()
     checkpoint, features = checkpoint_out_of_order(tmp_path, names, np.random.default_rng(0))
-    index = checkpoint.index()
-    located = [index[name] for name in names]
+    gathered = checkpoint.gather(names, WIDTH)
     messages = {names.index("c.jpg"): "corrupt"}
+    assert gathered.reasons == ["corrupt" if name == "c.jpg" else "" for name in names]
 
-    raw = pd.concat(table_stream.raw_table_chunks(checkpoint, names, located, messages, WIDTH, features_table))
+    raw = pd.concat(table_stream.raw_table_chunks(gathered, names, messages, features_table))
     expected_raw = features_table(names, features, messages)
     pd.testing.assert_frame_equal(raw.reset_index(drop=True), expected_raw)
 
     for method in ("mean", "max", "first"):
-        chunks = table_stream.item_table_chunks(checkpoint, names, located, WIDTH, features_table,
+        chunks = table_stream.item_table_chunks(gathered, names, features_table,
                                                 lambda table, m=method: aggregate_features_by_item(table, method=m))
         by_item = pd.concat(chunks).reset_index(drop=True)
         pd.testing.assert_frame_equal(by_item, aggregate_features_by_item(expected_raw, method=method))
@@ -64,12 +64,10 @@ def test_running_statistics_match_numpy(tmp_path, monkeypatch):
     monkeypatch.setattr(table_stream, "CHUNK_ROWS", 2)
     names = photo_names()
     checkpoint, features = checkpoint_out_of_order(tmp_path, names, np.random.default_rng(1))
-    index = checkpoint.index()
     stats = table_stream.FeatureStatistics(WIDTH)
     columns = [f"img_feature_{i}" for i in range(WIDTH)]
     messages = {names.index("c.jpg"): "corrupt"}
-    for chunk in table_stream.raw_table_chunks(checkpoint, names, [index[n] for n in names], messages, WIDTH,
-                                               features_table):
+    for chunk in table_stream.raw_table_chunks(checkpoint.gather(names, WIDTH), names, messages, features_table):
         stats.add(chunk, columns, (chunk["error"] == "").to_numpy())
     good = features[~np.isnan(features).any(axis=1)].astype(np.float64)
     assert stats.count == len(good)

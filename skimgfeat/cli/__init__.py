@@ -2,7 +2,8 @@
 
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``--max-images 50`` the original ``test_image_features.py``), ``models``,
-``sample-images``, and the uses of a feature table: ``similar``, ``duplicates`` and
+``sample-images``, ``index`` (a persistent similarity index: ``build``, ``add``,
+``info``), and the uses of a feature table: ``similar``, ``duplicates`` and
 ``quality``; ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
 parser with ``add_parser(commands, common)`` and sets its handler, and
@@ -18,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import admin, duplicates, extract, quality, similar
+from . import admin, duplicates, extract, index, quality, similar
 from .common import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -30,7 +31,7 @@ from .common import (
     exit_codes,
 )
 
-SUBCOMMANDS = (extract, admin, similar, duplicates, quality)
+SUBCOMMANDS = (extract, admin, index, similar, duplicates, quality)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return EXIT_OK
     except KeyboardInterrupt:
-        resumable = getattr(args, "resumable", False)
-        _error("interrupted; the work done so far is checkpointed, continue with --resume" if resumable
-               else "interrupted", args.verbose)
+        # Only the checkpointed commands (see cli/checkpointed.py) have something to resume.
+        _error(getattr(args, "on_interrupt", "interrupted"), args.verbose)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError) as error:
         _error(str(error), args.verbose)

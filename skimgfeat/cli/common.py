@@ -36,7 +36,8 @@ exit codes:
   {EXIT_FAILURE}    anything else failed (weights not downloadable, disk full, a bad environment
        variable, an unexpected error): one line names the cause, --verbose adds the traceback
   {EXIT_USAGE}    a mistake in the command: unknown option, model, weights or device, no such
-       folder, no matching image, a checkpoint that does not fit the run
+       folder, no matching image, a checkpoint that does not fit the run, an output
+       folder another run is writing into
   {EXIT_IMAGES_FAILED}    --strict was given and some images could not be read
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): {interrupted}
 """

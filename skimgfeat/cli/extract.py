@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..storage.checkpoint import Checkpoint, FileStamp, Rows, pending
+from ..storage.checkpoint import CHECKPOINT_DIR, Gathered, lock_output_folder
 from ..storage.io import printable, write_json, write_table, write_table_chunks
-from ..storage.output import FEATURE_PREFIX, feature_names, progress_bar
+from ..storage.output import FEATURE_PREFIX, feature_names
 from ..storage.table_stream import FeatureStatistics, item_table_chunks, raw_table_chunks
 from ..storage.tables import (
     ERROR,
@@ -24,6 +23,7 @@ from ..storage.tables import (
     features_table,
     run_model_info,
 )
+from .checkpointed import CheckpointedRun, add_checkpoint_options, check_checkpoint_options
 from .common import (
     EXIT_CODES,
     EXIT_IMAGES_FAILED,
@@ -40,7 +40,6 @@ from .common import (
 RAW_TABLE = "image_features_raw"
 ITEM_TABLE = "image_features_by_item"
 ERRORS_FILE = "image_errors.csv"
-DEFAULT_CHECKPOINT_EVERY = 1
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -72,11 +71,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
     add_table_output_options(extract)
-    extract.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in OUT")
-    extract.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
-    extract.add_argument("--checkpoint-every", type=positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
-                         help="write a checkpoint part every N batches (default: %(default)s)")
-    extract.set_defaults(handler=run_extract, resumable=True)
+    add_checkpoint_options(extract, done="embedded")
+    extract.add_argument("--hashes", action="store_true",
+                         help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
+                              "checks copies with, computed once here instead of at every duplicates run")
+    extract.set_defaults(handler=run_extract)
 
 
 @dataclass
@@ -98,23 +97,18 @@ class ExtractResult:
 def run_extract(args: argparse.Namespace) -> int:
     """Embed, checkpoint, then write the tables, the model info and the errors file."""
     started = time.perf_counter()
-    if args.resume and args.restart:
-        raise UsageError("--resume and --restart exclude each other")
+    check_checkpoint_options(args)
     paths = input_images(args)
-    embedder = _fit_embedder(args)
-    relative = [path.relative_to(args.image_dir).as_posix() for path in paths]
-    stamps = [FileStamp.of(path) for path in paths]
-    fingerprint = _fingerprint(args, embedder)
-    checkpoint = Checkpoint.open(args.output_dir, fingerprint, resume=args.resume, restart=args.restart)
-    todo = pending(relative, stamps, checkpoint.index())
-    embedder.prepare()  # the network's copy and export happen now: not part of the throughput
-    embed_started = time.perf_counter()
-    _embed_into(checkpoint, embedder, paths, relative, stamps, todo, args)
-    embed_seconds = time.perf_counter() - embed_started
-    result = _write_outputs(args, checkpoint, relative, embedder)
-    checkpoint.remove()
-    result.n_resumed, result.n_embedded = len(paths) - len(todo), len(todo)
-    result.embed_seconds, result.wall_seconds = embed_seconds, time.perf_counter() - started
+    with lock_output_folder(args.output_dir):
+        embedder = _fit_embedder(args)
+        run = CheckpointedRun(args, paths, _fingerprint(args, embedder), CHECKPOINT_DIR)
+        embedder.prepare()  # the network's copy and export happen now: not part of the throughput
+        run.compute(embedder.iter_transform)
+        with run.gathered(embedder.n_features_out_) as rows:
+            result = _write_outputs(args, rows, run.relative, embedder)
+        result.outputs += _write_hashes(args, paths, run.relative)
+    result.n_resumed, result.n_embedded = run.n_resumed, len(run.todo)
+    result.embed_seconds, result.wall_seconds = run.seconds, time.perf_counter() - started
     if not args.quiet:
         print_summary(result, args)
     return EXIT_IMAGES_FAILED if args.strict and result.failures else EXIT_OK
@@ -169,53 +163,22 @@ def _fingerprint(args: argparse.Namespace, embedder) -> dict:
     }
 
 
-def _embed_into(checkpoint: Checkpoint, embedder, paths, relative, stamps, todo: list[int], args) -> None:
-    """Embed the ``todo`` positions, writing a checkpoint part every few batches."""
-    unsaved: list[Rows] = []
-    with progress_bar(len(todo), enabled=not args.quiet and sys.stderr.isatty()) as bar:
-        try:
-            for batch in embedder.iter_transform([str(paths[i]) for i in todo]):
-                unsaved.append(_batch_rows(batch, [todo[batch.start + k] for k in range(len(batch.features))],
-                                           relative, stamps))
-                bar.update(len(batch.features))
-                if len(unsaved) >= args.checkpoint_every:
-                    checkpoint.write_part(Rows.concat(unsaved))
-                    unsaved = []
-        finally:
-            if unsaved:  # on Ctrl-C too: what is embedded is kept
-                checkpoint.write_part(Rows.concat(unsaved))
-
-
-def _batch_rows(batch, rows: list[int], relative: list[str], stamps: list[FileStamp]) -> Rows:
-    failures = {position - batch.start: error for position, error in batch.errors}
-    return Rows(
-        paths=[relative[row] for row in rows],
-        stamps=[stamps[row] for row in rows],
-        reasons=[failures[k].reason if k in failures else "" for k in range(len(rows))],
-        details=[failures[k].detail if k in failures else "" for k in range(len(rows))],
-        features=batch.features,
-    )
-
-
-def _write_outputs(args, checkpoint: Checkpoint, relative: list[str], embedder) -> ExtractResult:
-    """Stream the tables in listing order from the checkpoint and write every output atomically."""
-    index = checkpoint.index()
-    rows = [index[path] for path in relative]
-    del index
+def _write_outputs(args, rows: Gathered, relative: list[str], embedder) -> ExtractResult:
+    """Stream the tables from the gathered checkpoint rows and write every output atomically."""
     width = embedder.n_features_out_
-    messages = {i: failure_message(row.reason, row.detail) for i, row in enumerate(rows) if row.reason}
+    messages = {i: failure_message(reason, rows.details[i]) for i, reason in enumerate(rows.reasons) if reason}
     model_info = dict(run_model_info(embedder), image_dir=os.fspath(args.image_dir.resolve()))
     output_dir, suffix = args.output_dir, f".{args.format}"
     _remove_leftovers(output_dir)
     statistics = FeatureStatistics(width)
     columns = list(feature_names(width))
-    raw = raw_table_chunks(checkpoint, relative, rows, messages, width, features_table,
+    raw = raw_table_chunks(rows, relative, messages, features_table,
                            on_chunk=lambda table: statistics.add(table, columns, (table[ERROR] == "").to_numpy()))
     outputs = [write_table_chunks(raw, output_dir / f"{RAW_TABLE}{suffix}", model_info=model_info)]
     n_items = None
     if args.aggregate != "none":
         counted = []
-        by_item = item_table_chunks(checkpoint, relative, rows, width, features_table,
+        by_item = item_table_chunks(rows, relative, features_table,
                                     lambda table: aggregate_features_by_item(table, method=args.aggregate),
                                     on_chunk=lambda table: counted.append(len(table)))
         item_info = dict(model_info, aggregation=args.aggregate)
@@ -223,12 +186,23 @@ def _write_outputs(args, checkpoint: Checkpoint, relative: list[str], embedder) 
         n_items = sum(counted)
     failures = [(printable(relative[i]), messages[i]) for i in sorted(messages)]
     errors = pd.DataFrame(
-        [(path, rows[i].reason, printable(rows[i].detail)) for (path, _), i in zip(failures, sorted(messages))],
+        [(path, rows.reasons[i], printable(rows.details[i])) for (path, _), i in zip(failures, sorted(messages))],
         columns=[IMAGE_PATH, "reason", "detail"],
     )
     outputs.append(write_table(errors, output_dir / ERRORS_FILE))
     outputs.append(write_json(dict(model_info, aggregation=args.aggregate), output_dir / MODEL_INFO_FILE))
     return ExtractResult(len(relative), failures, statistics, n_items, outputs, 0, 0, 0.0, 0.0, model_info)
+
+
+def _write_hashes(args: argparse.Namespace, paths: list[Path], relative: list[str]) -> list[Path]:
+    """With --hashes, the copy check's hashes of every photo; without, no hashes of an earlier run's photos."""
+    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+
+    target = args.output_dir / HASHES_FILE
+    if not args.hashes:
+        target.unlink(missing_ok=True)  # they would describe other photos than these tables
+        return []
+    return [PhotoHashes.compute(paths, relative, n_workers=args.workers).write(target)]
 
 
 def _remove_leftovers(output_dir: Path) -> None:

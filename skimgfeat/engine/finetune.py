@@ -43,9 +43,11 @@ from torch.nn import functional
 
 from ..exceptions import ImageLoadError
 from ..storage.output import progress_bar
-from .inference import _torch_threads, decode_pixels, default_decode_workers, iter_decoded
+from .decoding import decode_pixels, iter_decoded
 from .inputs import ImageInput
 from .preprocessing import Preprocessing
+from .threads import default_decode_workers
+from .threads import torch_threads as _torch_threads
 
 TASKS = ("auto", "classification", "regression")
 

@@ -1,9 +1,10 @@
-"""The final tables of a CLI run, streamed from the checkpoint parts chunk by chunk.
+"""The final tables of a CLI run, streamed from its gathered checkpoint chunk by chunk.
 
-Features are read from the checkpoint a few thousand rows at a time and written as
-one Parquet row group (or CSV block) each, so peak memory stays that of one chunk
-whether a run has a thousand images or a million: only the paths, file stamps and
-failure messages of all rows are held at once. The by-item table is streamed in
+Rows are read from the checkpoint's :class:`~skimgfeat.storage.checkpoint.Gathered`
+file (each part was read once to make it) a few thousand at a time and written as one
+Parquet row group (or CSV block) each, so peak memory stays that of one chunk whether
+a run has a thousand images or a million: only the paths and failure messages of all
+rows are held at once. The by-item table is streamed in
 ``item_id`` order (the order :func:`~skimgfeat.extractor.aggregate_features_by_item`
 gives), cutting chunks at item boundaries so that every item is aggregated whole.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..aggregation import item_id_from_name
-from .checkpoint import Checkpoint, RowLocation
+from .checkpoint import Gathered
 from .io import printable
 from .output import FEATURE_PREFIX
 
@@ -64,11 +65,9 @@ class FeatureStatistics:
 
 
 def raw_table_chunks(
-    checkpoint: Checkpoint,
+    gathered: Gathered,
     relative: Sequence[str],
-    rows: Sequence[RowLocation],
     messages: dict[int, str],
-    n_features: int,
     make_table: Callable,
     on_chunk: Callable[[pd.DataFrame], None] | None = None,
 ) -> Iterator[pd.DataFrame]:
@@ -79,7 +78,7 @@ def raw_table_chunks(
     """
     for start in range(0, max(len(relative), 1), CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, len(relative))
-        features = checkpoint.read_features(rows[start:stop], n_features)
+        features = gathered.read(range(start, stop))
         errors = {i - start: messages[i] for i in range(start, stop) if i in messages}
         table = make_table(relative[start:stop], features, errors)
         if on_chunk is not None:
@@ -88,10 +87,8 @@ def raw_table_chunks(
 
 
 def item_table_chunks(
-    checkpoint: Checkpoint,
+    gathered: Gathered,
     relative: Sequence[str],
-    rows: Sequence[RowLocation],
-    n_features: int,
     make_table: Callable,
     aggregate: Callable[[pd.DataFrame], pd.DataFrame],
     on_chunk: Callable[[pd.DataFrame], None] | None = None,
@@ -105,7 +102,7 @@ def item_table_chunks(
         while 0 < stop < len(order) and items[order[stop]] == items[order[stop - 1]]:
             stop += 1  # never split an item between two chunks
         chosen = order[start:stop]
-        features = checkpoint.read_features([rows[i] for i in chosen], n_features)
+        features = gathered.read(chosen)
         table = aggregate(make_table([relative[i] for i in chosen], features, None))
         # A chunk of only failed photos aggregates to float64 NaN; every chunk must have one schema.
         table = table.astype({column: np.float32 for column in table.columns if column.startswith(FEATURE_PREFIX)})

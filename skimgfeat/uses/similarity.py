@@ -2,35 +2,48 @@
 
 A :class:`SimilarityIndex` holds the feature vectors of a table written by
 ``skimgfeat extract`` (one row per photo, keyed by ``image_path``, or one per item,
-keyed by ``item_id``) and answers two questions with scikit-learn's exact
-:class:`~sklearn.neighbors.NearestNeighbors`: which rows are nearest to a query
-(:meth:`SimilarityIndex.search`, :func:`similar_items`), and which rows are near-copies
-of each other (:func:`skimgfeat.uses.duplicates.find_duplicates`). The search is exact (brute force); for millions
-of rows an approximate index is the step beyond it (see docs/similarity.md).
+keyed by ``item_id``) and answers which rows are nearest to a query
+(:meth:`SimilarityIndex.search`, :func:`similar_items`), which rows lie within a
+distance (:meth:`SimilarityIndex.range_search`) and which pairs of rows are
+near-copies (:meth:`SimilarityIndex.neighbour_pairs`, used by
+:func:`skimgfeat.uses.duplicates.find_duplicates`). Small tables are searched exactly
+in memory; :meth:`SimilarityIndex.build` makes a FAISS inverted-file index for
+millions of rows, which :meth:`SimilarityIndex.save` keeps in an index directory that
+:meth:`SimilarityIndex.load` opens without the feature table and
+:meth:`SimilarityIndex.add` extends with new photos (see docs/millions-of-photos.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..aggregation import ITEM_ID, ItemAggregator, image_number, item_id_from_name
-from ..model_info import fitted_embedder_from_model_info
-from ..storage.io import read_model_info, read_table
+from ..exceptions import IndexDirectoryError, ModelMismatchError
+from ..model_info import fitted_embedder_from_model_info, model_mismatch
+from ..storage.io import BATCH_ROWS, FeatureBatch, FeatureTableReader
 from ..storage.output import FEATURE_PREFIX
+from ..storage.vector_index import (
+    EXACT_MAX_ROWS,
+    ROWS_FILE,
+    VectorIndex,
+    choose_kind,
+    default_nlist,
+    read_generation,
+    training_rows,
+    write_generation,
+)
 
 IMAGE_PATH = "image_path"
+IMAGE_NAME = "image_name"
 KEY_COLUMNS = (IMAGE_PATH, ITEM_ID)
 SEARCH_COLUMNS = ("query", "rank", "distance")
-
-
 class SimilarityIndex:
-    """Named feature vectors searchable by cosine distance.
+    """Named feature vectors searchable by cosine distance, in memory or in an index directory.
 
     Parameters
     ----------
@@ -42,7 +55,8 @@ class SimilarityIndex:
         What the names are: the column of the result tables.
     model_info : dict or None, default=None
         What produced the vectors (a table's model info): needed to embed new photos
-        as queries, see :func:`embedder_from_model_info`.
+        as queries (see :func:`embedder_from_model_info`) and to refuse features of
+        another model (:meth:`check_model`).
     photos : mapping from name to photo path, or None
         The photo that shows each name (for contact sheets). Relative paths are
         resolved against ``image_dir``.
@@ -52,10 +66,16 @@ class SimilarityIndex:
     Attributes
     ----------
     names : ndarray of str
-        The names of the indexed rows, in table order.
+        The names of the indexed rows, in table order (a row's number is its position).
     vectors : ndarray of shape (n_rows, n_features)
+        As given for an index made in memory; unit length (and decoded from 8-bit codes
+        for ``ivf-sq8``) for one made by :meth:`build` or :meth:`load`.
     n_skipped : int
         Rows left out because their features were NaN.
+    kind : str
+        ``"flat"`` (exact), ``"ivf"``, ``"ivf-sq8"`` or ``"ivf-pq"``; see :meth:`build`.
+    directory : Path or None
+        The index directory it was loaded from or last saved to.
 
     Examples
     --------
@@ -85,16 +105,30 @@ class SimilarityIndex:
         if vectors.ndim != 2 or len(vectors) != len(names):
             raise ValueError(f"need one 2-D feature row per name, got {len(names)} names and shape {vectors.shape}")
         valid = ~np.isnan(vectors).any(axis=1)
-        self.names = names[valid]
-        self.vectors = vectors[valid]
-        self.n_skipped = int((~valid).sum())
+        store = VectorIndex(vectors.shape[1], "flat")
+        store.add(vectors[valid])
+        self._setup(store, {key: names[valid]}, key=key, model_info=model_info, image_dir=image_dir,
+                    n_skipped=int((~valid).sum()), requested_kind="flat")
+        self._raw = vectors[valid]
+        if photos is not None:
+            self.photos = dict(photos)
+
+    def _setup(self, store: VectorIndex, identities: dict, *, key: str, model_info, image_dir, n_skipped: int,
+               requested_kind: str, directory=None) -> None:
+        self._store = store
         self.key = key
+        self.names = identities[key]
+        if key == IMAGE_PATH and IMAGE_NAME not in identities:
+            identities[IMAGE_NAME] = np.asarray([Path(name).name for name in self.names], dtype=object)
+        self._identities = identities
         self.model_info = model_info
-        if photos is None:
-            photos = {name: name for name in self.names} if key == IMAGE_PATH else {}
-        self.photos = dict(photos)
         self.image_dir = None if image_dir is None else Path(image_dir)
-        self._row_of = {name: row for row, name in enumerate(self.names)}
+        self.photos = {}
+        self.n_skipped = n_skipped
+        self.requested_kind = requested_kind
+        self.directory = None if directory is None else Path(directory)
+        self._raw = None
+        self._row_of = None
         self._neighbours = None
 
     # -- construction -------------------------------------------------------------
@@ -136,43 +170,307 @@ class SimilarityIndex:
         photos = None
         if key == ITEM_ID and image_dir is not None:
             photos = _photos_of_items(Path(image_dir))
-        return cls(table[key].astype(str), table[features].to_numpy(), key=key, model_info=model_info,
-                   photos=photos, image_dir=image_dir)
+        index = cls(table[key].astype(str), table[features].to_numpy(), key=key, model_info=model_info,
+                    photos=photos, image_dir=image_dir)
+        if IMAGE_NAME in table.columns and key == IMAGE_PATH:  # as recorded, not re-derived
+            valid = ~table[features].isna().any(axis=1).to_numpy()
+            index._identities[IMAGE_NAME] = table[IMAGE_NAME].astype(str).to_numpy(dtype=object)[valid]
+        return index
 
     @classmethod
     def read(
         cls, path: str | os.PathLike, *, by_item: bool = False, image_dir: str | os.PathLike | None = None
     ) -> SimilarityIndex:
-        """An index over a table file written by ``skimgfeat extract`` (Parquet or CSV).
+        """An exact index over a table file written by ``skimgfeat extract`` (Parquet or CSV).
 
         The model info comes from the Parquet metadata, else from ``model_info.json``
         beside the table. ``image_dir`` defaults to the photo folder recorded there.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature table {os.fspath(path)!r} does not exist")
-        model_info = read_model_info(path) if path.suffix.lower() == ".parquet" else None
-        beside = path.parent / "model_info.json"
-        if model_info is None and beside.is_file():
-            model_info = json.loads(beside.read_text(encoding="utf-8"))
+        reader = FeatureTableReader(path)
         if image_dir is None:
-            image_dir = (model_info or {}).get("image_dir")
-        return cls.from_table(read_table(path), by_item=by_item, model_info=model_info, image_dir=image_dir)
+            image_dir = (reader.model_info or {}).get("image_dir")
+        if by_item and reader.key == IMAGE_PATH:
+            from ..storage.io import read_table
+
+            return cls.from_table(read_table(path), by_item=True, model_info=reader.model_info, image_dir=image_dir)
+        index = cls.build(reader, kind="flat")
+        if image_dir is not None:
+            index.image_dir = Path(image_dir)
+        if index.key == ITEM_ID and image_dir is not None:
+            index.photos = _photos_of_items(Path(image_dir))
+        return index
+
+    @classmethod
+    def build(
+        cls,
+        features,
+        kind: str = "auto",
+        *,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        pq_m: int | None = None,
+        n_training_rows: int | None = None,
+        batch_rows: int = BATCH_ROWS,
+        model_info: dict | None = None,
+        random_state: int = 0,
+    ) -> SimilarityIndex:
+        """An index over a feature table, read a batch at a time (never whole in memory).
+
+        Parameters
+        ----------
+        features : str, os.PathLike, DataFrame or FeatureTableReader
+            A table written by ``skimgfeat extract`` (``.parquet``, ``.csv``), a folder of
+            Parquet parts (a partitioned dataset), or a table in memory.
+        kind : {"auto", "flat", "ivf", "ivf-sq8", "ivf-pq"}, default="auto"
+            ``"auto"``: exact (``"flat"``) up to 50,000 rows, else ``"ivf-sq8"``, an
+            inverted file of 8-bit codes (a quarter of the memory of float32 vectors).
+            An ``"auto"`` index turns into ``"ivf-sq8"`` when :meth:`add` takes it past
+            50,000 rows.
+        nlist, nprobe : int or None
+            Inverted lists, and lists visited per query (inverted-file kinds); None:
+            about the square root of the rows, and a 32nd of the lists (at least 8).
+        pq_m : int or None
+            Bytes per row of ``"ivf-pq"``.
+        n_training_rows : int or None
+            Rows the lists are trained on, drawn as whole Parquet row groups spread
+            over the table; None: 64 per list, at least 20,000.
+        batch_rows : int, default=16384
+            Rows read and added at a time.
+        model_info : dict or None
+            For a table given in memory; files carry their own.
+        random_state : int, default=0
+            Which row groups train the lists.
+
+        Returns
+        -------
+        SimilarityIndex
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd
+        >>> from skimgfeat import SimilarityIndex
+        >>> table = pd.DataFrame(np.eye(3) + 0.1, columns=["img_feature_0", "img_feature_1", "img_feature_2"])
+        >>> table.insert(0, "image_path", ["shop/a.jpg", "shop/b.jpg", "c.jpg"])
+        >>> index = SimilarityIndex.build(table)
+        >>> index.kind, len(index), index.row_of_image_name("b.jpg")
+        ('flat', 3, 1)
+        """
+        reader = _reader(features, model_info)
+        chosen = choose_kind(reader.n_rows, kind)
+        store = VectorIndex(reader.n_features, chosen, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+        if chosen != "flat":
+            lists = nlist or default_nlist(reader.n_rows)
+            store.train(reader.sample(n_training_rows or training_rows(lists), seed=random_state),
+                        n_rows=reader.n_rows)
+        index = cls.__new__(cls)
+        identities = {name: np.empty(0, dtype=object) for name in reader.identity_columns}
+        index._setup(store, identities, key=reader.key, model_info=reader.model_info,
+                     image_dir=(reader.model_info or {}).get("image_dir"), n_skipped=0, requested_kind=kind)
+        index._append(reader.batches(batch_rows))
+        return index
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, writable: bool = False) -> SimilarityIndex:
+        """The index saved in ``directory`` (its live generation), without the feature table.
+
+        The vectors are memory-mapped, so loading is quick and pages are read as queries
+        touch them; ``writable=True`` reads them into memory (for :meth:`add`, which
+        does so itself when needed).
+
+        Raises
+        ------
+        IndexDirectoryError
+            The folder is missing, truncated, or not a skimgfeat index.
+        """
+        import pyarrow.parquet as pq
+
+        folder, info = read_generation(directory)
+        try:
+            store = VectorIndex.read(folder, info["index"], writable=writable)
+        except (ImportError, KeyError):
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever FAISS or NumPy say about a damaged file
+            raise IndexDirectoryError(folder, f"its vectors cannot be read ({error})") from None
+        try:
+            rows = pq.read_table(folder / ROWS_FILE)
+        except Exception as error:  # noqa: BLE001
+            raise IndexDirectoryError(folder / ROWS_FILE, f"unreadable ({error})") from None
+        if rows.num_rows != len(store) or info.get("key") not in rows.column_names:
+            raise IndexDirectoryError(folder / ROWS_FILE, f"holds {rows.num_rows} rows for {len(store)} vectors")
+        identities = {name: rows.column(name).to_numpy(zero_copy_only=False).astype(object)
+                      for name in rows.column_names}
+        index = cls.__new__(cls)
+        index._setup(store, identities, key=info["key"], model_info=info.get("model_info"),
+                     image_dir=info.get("image_dir"), n_skipped=int(info.get("n_skipped", 0)),
+                     requested_kind=info.get("requested_kind", store.kind), directory=directory)
+        if index.key == ITEM_ID and index.image_dir is not None:
+            index.photos = _photos_of_items(index.image_dir)
+        return index
+
+    def save(self, directory: str | os.PathLike | None = None) -> Path:
+        """Write the index as a new generation of ``directory`` (default: where it was loaded from).
+
+        Atomic: the generation is complete on disk before ``CURRENT`` names it, so a
+        save that is interrupted leaves the previous generation in use.
+
+        Returns
+        -------
+        Path
+            The generation folder written.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        directory = self.directory if directory is None else Path(directory)
+        if directory is None:
+            raise ValueError("save needs a directory: this index was not loaded from one")
+
+        def write_files(folder: Path) -> dict:
+            self._store.write(folder)
+            rows = pa.table({name: pa.array(values, type=pa.string()) for name, values in self._identities.items()})
+            pq.write_table(rows, folder / ROWS_FILE)
+            return {"index": self._store.parameters(), "requested_kind": self.requested_kind, "key": self.key,
+                    "n_rows": len(self), "n_skipped": self.n_skipped, "model_info": self.model_info,
+                    "image_dir": None if self.image_dir is None else os.fspath(self.image_dir)}
+
+        generation = write_generation(directory, write_files)
+        self.directory = directory
+        return generation
+
+    def add(self, features, *, batch_rows: int = BATCH_ROWS) -> SimilarityIndex:
+        """Index more rows (new photos): each is then found exactly as if it had been built in.
+
+        Parameters
+        ----------
+        features : str, os.PathLike, DataFrame or FeatureTableReader
+            As for :meth:`build`: the same key column, embedded by the same model.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ModelMismatchError
+            The features were embedded by another model than the index's.
+        ValueError
+            Another key column, another width, or rows already in the index.
+        """
+        reader = _reader(features, None)
+        if reader.key != self.key:
+            raise ValueError(f"the index is keyed by {self.key}, the new table by {reader.key}")
+        if reader.n_features != self._store.n_features:
+            raise ValueError(f"the new table has {reader.n_features} features, the index {self._store.n_features}")
+        self.check_model(reader.model_info, what="the new table")
+        self._make_writable()
+        if self.requested_kind == "auto" and self._store.kind == "flat" and \
+                len(self) + reader.n_rows > EXACT_MAX_ROWS:
+            self._grow_into_inverted_file(reader)
+        self._append(reader.batches(batch_rows), check_new=True)
+        return self
 
     # -- queries ------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self._store.kind
+
+    @property
+    def nprobe(self) -> int | None:
+        return self._store.nprobe
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._raw if self._raw is not None else self._store.vectors
+
+    @property
+    def identities(self) -> pd.DataFrame:
+        """The identity columns of the rows (``image_path``, ``image_name``, ``item_id``), row by row."""
+        return pd.DataFrame(self._identities)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __contains__(self, name) -> bool:
-        return str(name) in self._row_of
+        return str(name) in self._rows()
+
+    def row_of(self, name: str) -> int:
+        """The row number of ``name`` (an ``image_path`` or ``item_id``); KeyError if not indexed."""
+        try:
+            return self._rows()[str(name)]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a {self.key} of this table (or its features are NaN)") from None
+
+    def row_of_image_name(self, image_name: str) -> int:
+        """The row whose ``image_name`` (file name without folder) is ``image_name``.
+
+        Raises KeyError if none is, ValueError if several are (name the photo by its
+        ``image_path`` then).
+        """
+        names = self._identities.get(IMAGE_NAME)
+        if names is None:
+            raise KeyError(f"{image_name!r}: this index has no image_name column (it is keyed by {self.key})")
+        rows = np.flatnonzero(names == str(image_name))
+        if not len(rows):
+            raise KeyError(f"{image_name!r} is not an image_name of this table")
+        if len(rows) > 1:
+            shown = ", ".join(repr(self.names[row]) for row in rows[:3])
+            raise ValueError(f"image_name {image_name!r} is ambiguous: {len(rows)} rows, e.g. {shown}; "
+                             "give the image_path")
+        return int(rows[0])
 
     def vector(self, name: str) -> np.ndarray:
         """The feature vector of ``name``; KeyError if it is not indexed."""
-        try:
-            return self.vectors[self._row_of[str(name)]]
-        except KeyError:
-            raise KeyError(f"{name!r} is not a {self.key} of this table (or its features are NaN)") from None
+        row = self.row_of(name)
+        return self._raw[row] if self._raw is not None else self._store.reconstruct_rows([row])[0]
+
+    def check_model(self, model_info: dict | None, what: str = "the query") -> None:
+        """Refuse features embedded by another model than the index's (ModelMismatchError).
+
+        Features without model info, or an index without it, are accepted.
+        """
+        reason = model_mismatch(self.model_info, model_info)
+        if reason is not None:
+            raise ModelMismatchError(f"{what} was embedded by another model than the index: {reason}")
+
+    def search_vectors(self, vectors, k: int = 5, *, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of each vector: ``(distances, rows)``, each (n_queries, k), nearest first.
+
+        Cosine distances; where fewer than ``k`` rows exist the row is -1 and the
+        distance ``inf``. ``nprobe`` overrides the lists visited (inverted-file kinds).
+        """
+        _check_k(k)
+        return self._store.search(vectors, k, nprobe=nprobe)
+
+    def range_search(
+        self, vectors, max_distance: float, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row within ``max_distance`` of each vector: ``(lims, distances, rows)``.
+
+        The rows found for query ``i`` are ``rows[lims[i]:lims[i + 1]]``, nearest first,
+        with their cosine distances likewise.
+        """
+        _check_distance(max_distance)
+        return self._store.range_search(vectors, max_distance, nprobe=nprobe)
+
+    def neighbour_pairs(
+        self, max_distance: float, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of rows within ``max_distance``: ``(row_a, row_b, distance)`` with ``row_a < row_b``.
+
+        All rows are queried against the index a block at a time: memory is that of a
+        block and of the pairs found, never rows x rows.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> index = SimilarityIndex(["a", "b", "c"], np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01]]))
+        >>> first, second, distance = index.neighbour_pairs(0.01)
+        >>> first.tolist(), second.tolist()
+        ([0], [2])
+        """
+        _check_distance(max_distance)
+        return self._store.neighbour_pairs(max_distance, nprobe=nprobe)
 
     def search(
         self,
@@ -181,8 +479,9 @@ class SimilarityIndex:
         *,
         labels: Sequence[str] | None = None,
         exclude: Sequence[str | None] | None = None,
+        exclude_rows: Sequence[int | None] | None = None,
     ) -> pd.DataFrame:
-        """The ``k`` nearest rows of each query vector.
+        """The ``k`` nearest rows of each query vector, as a table.
 
         Parameters
         ----------
@@ -192,6 +491,8 @@ class SimilarityIndex:
             The ``query`` column of the result (default: ``"0"``, ``"1"``, ...).
         exclude : sequence of (str or None) or None
             Per query, a name never to return (the query itself when it is indexed).
+        exclude_rows : sequence of (int or None) or None
+            The same by row number.
 
         Returns
         -------
@@ -199,32 +500,96 @@ class SimilarityIndex:
             Columns ``query``, ``rank`` (1 = nearest), the key column and ``distance``
             (cosine distance, 0 for the same direction, 2 for opposite ones).
         """
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        _check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         labels = [str(i) for i in range(len(vectors))] if labels is None else list(labels)
-        exclude = [None] * len(vectors) if exclude is None else list(exclude)
-        rows = []
+        if exclude_rows is None:
+            exclude_rows = [None] * len(vectors) if exclude is None else \
+                [None if name is None or name not in self else self.row_of(name) for name in exclude]
+        result = []
         if len(self) and len(vectors):
-            distances, indices = self._nearest().kneighbors(vectors, n_neighbors=min(k + 1, len(self)))
-            for label, skip, row_distances, row_indices in zip(labels, exclude, distances, indices):
-                kept = [(d, i) for d, i in zip(row_distances, row_indices) if self.names[i] != skip][:k]
-                rows += [(label, rank, self.names[i], float(d)) for rank, (d, i) in enumerate(kept, start=1)]
-        return pd.DataFrame(rows, columns=["query", "rank", self.key, "distance"])
+            distances, rows = self._store.search(vectors, k + 1)
+            for label, skip, row_distances, found in zip(labels, exclude_rows, distances, rows):
+                kept = [(d, row) for d, row in zip(row_distances, found) if row >= 0 and row != skip][:k]
+                result += [(label, rank, self.names[row], float(d)) for rank, (d, row) in enumerate(kept, start=1)]
+        return pd.DataFrame(result, columns=["query", "rank", self.key, "distance"])
 
     def similar(self, names: Sequence[str], k: int = 5) -> pd.DataFrame:
         """The ``k`` nearest rows of indexed rows, each excluding itself; see :meth:`search`."""
         names = [str(name) for name in names]
-        vectors = np.stack([self.vector(name) for name in names]) if names else np.empty((0, 0))
-        return self.search(vectors, k, labels=names, exclude=names)
+        rows = [self.row_of(name) for name in names]
+        return self.search(self._vectors_of(rows), k, labels=names, exclude_rows=rows)
 
     def photo_path(self, name: str) -> Path | None:
         """The photo showing ``name`` (resolved against ``image_dir``), None if unknown."""
         photo = self.photos.get(str(name))
+        if photo is None and self.key == IMAGE_PATH and str(name) in self:
+            photo = str(name)
         if photo is None:
             return None
         photo = Path(photo)
         return photo if photo.is_absolute() or self.image_dir is None else self.image_dir / photo
+
+    def __repr__(self) -> str:
+        where = f", directory={os.fspath(self.directory)!r}" if self.directory is not None else ""
+        return f"SimilarityIndex({len(self)} rows by {self.key}, kind={self.kind!r}{where})"
+
+    # -- internals ----------------------------------------------------------------
+
+    def _vectors_of(self, rows: Sequence[int]) -> np.ndarray:
+        if self._raw is not None:
+            return self._raw[np.asarray(rows, dtype=np.int64)]
+        return self._store.reconstruct_rows(rows)
+
+    def _rows(self) -> dict:
+        if self._row_of is None:
+            self._row_of = {name: row for row, name in enumerate(self.names)}
+        return self._row_of
+
+    def _append(self, batches: Iterable[FeatureBatch], check_new: bool = False) -> None:
+        """Add the rows of ``batches`` (NaN rows skipped) to the store, the identities and raw vectors."""
+        known = self._rows() if check_new else None
+        parts = {name: [values] for name, values in self._identities.items()}
+        raw = [self._raw] if self._raw is not None else None
+        for batch in batches:
+            valid = ~np.isnan(batch.features).any(axis=1)
+            keys = batch.identities[self.key][valid]
+            if known is not None:
+                repeated = [name for name in keys if name in known]
+                if repeated:
+                    raise ValueError(f"{len(repeated)} rows of the new table are already in the index, e.g. "
+                                     f"{repeated[0]!r}: add only new photos")
+            self._store.add(batch.features[valid])
+            for name, values in parts.items():
+                values.append(batch.identities[name][valid] if name in batch.identities else
+                              np.asarray([Path(path).name for path in keys], dtype=object))
+            if raw is not None:
+                raw.append(batch.features[valid])
+            self.n_skipped += int((~valid).sum())
+        self._identities = {name: np.concatenate(values) for name, values in parts.items()}
+        self.names = self._identities[self.key]
+        if raw is not None:
+            self._raw = np.concatenate(raw)
+        self._row_of = None
+        self._neighbours = None
+
+    def _make_writable(self) -> None:
+        """Read a memory-mapped store into memory before it changes."""
+        if self._store.mapped and self._store.kind != "flat":  # a flat one copies itself on add
+            folder, info = read_generation(self.directory)
+            self._store = VectorIndex.read(folder, info["index"], writable=True)
+
+    def _grow_into_inverted_file(self, reader: FeatureTableReader) -> None:
+        """An ``auto`` index passing the exact limit: train an ``ivf-sq8`` one and move every row into it."""
+        n_rows = len(self) + reader.n_rows
+        old = self._store
+        store = VectorIndex(old.n_features, choose_kind(n_rows))
+        wanted = training_rows(default_nlist(n_rows))
+        sample = np.concatenate([old.vectors[:wanted], reader.sample(max(wanted - len(old), 0))])
+        store.train(sample, n_rows=n_rows)
+        for start in range(0, len(old), BATCH_ROWS):
+            store.add(old.reconstruct(start, start + BATCH_ROWS))
+        self._store = store
 
     def _nearest(self):
         from sklearn.neighbors import NearestNeighbors
@@ -232,6 +597,22 @@ class SimilarityIndex:
         if self._neighbours is None:
             self._neighbours = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.vectors)
         return self._neighbours
+
+
+def _reader(features, model_info: dict | None) -> FeatureTableReader:
+    if isinstance(features, FeatureTableReader):
+        return features
+    return FeatureTableReader(features, model_info=model_info)
+
+
+def _check_k(k) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+
+
+def _check_distance(max_distance) -> None:
+    if not 0 <= max_distance <= 2:
+        raise ValueError(f"max_distance must be a cosine distance between 0 and 2, got {max_distance!r}")
 
 
 def _first_photo_per_item(image_paths: pd.Series) -> dict[str, str]:
@@ -261,13 +642,14 @@ def similar_items(
     weights: str | os.PathLike | None = None,
     embedder=None,
 ) -> pd.DataFrame:
-    """The ``k`` nearest rows of each query: a name in the index or an image file.
+    """The ``k`` nearest rows of each query: a row of the index or an image file.
 
-    A query that is a name of the index (an ``image_path`` or ``item_id``, or a file
-    under the index's ``image_dir`` whose relative path is one) uses its stored vector
-    and is left out of its own results. Any other query must be an image file: it is
-    embedded by ``embedder``, by default the network recorded in the index's model
-    info (:func:`embedder_from_model_info`, with ``weights`` replacing the recorded ones).
+    A query that names a row of the index (its ``image_path`` or ``item_id``, a file
+    under the index's ``image_dir`` whose relative path is one, or a row's
+    ``image_name`` when no file of that name exists) uses the row's vector and is left
+    out of its own results. Any other query must be an image file: it is embedded by
+    ``embedder``, by default the network recorded in the index's model info
+    (:func:`embedder_from_model_info`, with ``weights`` replacing the recorded ones).
 
     Parameters
     ----------
@@ -276,6 +658,7 @@ def similar_items(
     k : int, default=5
     weights : str, os.PathLike or None
     embedder : fitted CNNImageEmbedder or None
+        Refused (ModelMismatchError) if it is another model than the index's.
 
     Returns
     -------
@@ -293,28 +676,40 @@ def similar_items(
     0     7     1       8       0.0
     """
     labels = [os.fspath(query) for query in queries]
-    names = [_indexed_name(index, label) for label in labels]
-    files = [label for label, name in zip(labels, names) if name is None]
+    rows = [_indexed_row(index, label) for label in labels]
+    files = [label for label, row in zip(labels, rows) if row is None]
     for label in files:
         if not os.path.isfile(label):
-            raise FileNotFoundError(f"query {label!r} is neither an image file nor a {index.key} of the table")
+            names = f"{index.key} or image_name" if IMAGE_NAME in index._identities else index.key
+            raise FileNotFoundError(f"query {label!r} is neither an image file nor a {names} of the table")
     embedded = {}
     if files:
-        embedder = embedder if embedder is not None else fitted_embedder_from_model_info(index.model_info, weights)
-        embedded = dict(zip(files, np.asarray(embedder.transform(files))))
-    vectors = [index.vector(name) if name is not None else embedded[label] for label, name in zip(labels, names)]
-    matrix = np.stack(vectors) if vectors else np.empty((0, index.vectors.shape[1]), dtype=np.float32)
-    return index.search(matrix, k, labels=labels, exclude=names)
+        if embedder is not None:
+            index.check_model(getattr(embedder, "model_info_", None), what="the query embedder")
+        else:
+            embedder = fitted_embedder_from_model_info(index.model_info, weights)
+        embedded = dict(zip(files, np.asarray(embedder.transform(files), dtype=np.float32)))
+    stored = index._vectors_of([row for row in rows if row is not None])
+    stored_rows = iter(stored)
+    vectors = [next(stored_rows) if row is not None else embedded[label] for label, row in zip(labels, rows)]
+    matrix = np.stack(vectors) if vectors else np.empty((0, index._store.n_features), dtype=np.float32)
+    return index.search(matrix, k, labels=labels, exclude_rows=rows)
 
 
-def _indexed_name(index: SimilarityIndex, query: str) -> str | None:
+def _indexed_row(index: SimilarityIndex, query: str) -> int | None:
     if query in index:
-        return query
-    if index.image_dir is not None and os.path.isfile(query):
+        return index.row_of(query)
+    if os.path.isfile(query):
+        if index.image_dir is None:
+            return None
         try:
             relative = Path(query).resolve().relative_to(index.image_dir.resolve()).as_posix()
         except ValueError:
             return None
-        if relative in index:
-            return relative
+        return index.row_of(relative) if relative in index else None
+    if IMAGE_NAME in index._identities and "/" not in query and os.sep not in query:
+        try:
+            return index.row_of_image_name(query)
+        except KeyError:
+            return None
     return None  # in an item search, a photo of an item is a new query: the item is not left out

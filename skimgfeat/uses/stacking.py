@@ -206,11 +206,47 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         return "allow-nan" if get_tags(self.estimator).input_tags.allow_nan else True
 
     def _folds(self, y):
-        if not isinstance(self.cv, (int, np.integer)) or isinstance(self.cv, bool):
-            return check_cv(self.cv, y, classifier=is_classifier(self.estimator))
-        splitter = StratifiedKFold if is_classifier(self.estimator) else KFold
-        random_state = self.random_state if self.shuffle else None
-        return splitter(n_splits=int(self.cv), shuffle=self.shuffle, random_state=random_state)
+        return fold_splitter(
+            self.cv, y, classifier=is_classifier(self.estimator), shuffle=self.shuffle, random_state=self.random_state
+        )
+
+
+def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True, random_state=None):
+    """The cross-validation splitter behind every out-of-fold step of the package.
+
+    Shared by :class:`OutOfFoldPredictor`, :class:`~skimgfeat.CrossFittedTransformer` and
+    :class:`~skimgfeat.VisualComparables`, so that the same ``cv``, ``shuffle`` and
+    ``random_state`` give the same folds in each.
+
+    Parameters
+    ----------
+    cv : int, cross-validation generator or iterable
+        An int gives :class:`~sklearn.model_selection.KFold` (or
+        :class:`~sklearn.model_selection.StratifiedKFold` when ``classifier``), shuffled
+        when ``shuffle``; anything else goes through :func:`~sklearn.model_selection.check_cv`.
+    y : array-like or None, default=None
+        The target, for stratification.
+    classifier : bool, default=False
+        Stratify by class (only when ``cv`` is an int).
+    shuffle : bool, default=True
+        Shuffle the rows before splitting (only when ``cv`` is an int).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the shuffling.
+
+    Returns
+    -------
+    splitter : cross-validation generator
+
+    Examples
+    --------
+    >>> from skimgfeat.uses.stacking import fold_splitter
+    >>> fold_splitter(3, random_state=0)
+    KFold(n_splits=3, random_state=0, shuffle=True)
+    """
+    if not isinstance(cv, (int, np.integer)) or isinstance(cv, bool):
+        return check_cv(cv, y, classifier=classifier)
+    splitter = StratifiedKFold if classifier else KFold
+    return splitter(n_splits=int(cv), shuffle=shuffle, random_state=random_state if shuffle else None)
 
 
 def _as_columns(predictions) -> np.ndarray:

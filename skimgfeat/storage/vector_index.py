@@ -1,0 +1,583 @@
+"""Unit-length float32 vectors searched by inner product (cosine), exact or with FAISS; index folders on disk.
+
+:class:`VectorIndex` holds L2-normalised vectors and answers k-nearest, range and
+all-pairs queries in cosine distance (``1 - inner product``). Up to
+:data:`EXACT_MAX_ROWS` rows the search is exact (NumPy blocks, no FAISS needed); beyond
+it an inverted-file index of 8-bit scalar-quantised vectors (FAISS
+``IndexIVFScalarQuantizer``, a quarter of the memory) is chosen unless the kind is
+given. Every query runs in blocks whose memory does not grow with the square of the
+number of rows.
+
+An *index directory* keeps generations side by side::
+
+    INDEX_DIR/CURRENT             names the live generation ("gen-000002")
+    INDEX_DIR/gen-000002/index.json    kind, parameters, model info, row count, file sizes
+    INDEX_DIR/gen-000002/vectors.npy   (exact) or vectors.faiss (inverted file)
+    INDEX_DIR/gen-000002/rows.parquet  the identity of each row (image_path, image_name, item_id)
+
+A new generation is written beside the live one, flushed, renamed into place and only
+then named by an atomic rewrite of ``CURRENT``: whatever interrupts a writer, readers
+see the previous generation whole.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import IndexDirectoryError
+from .io import _fsync, _fsync_folder, atomic_path
+
+KINDS = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
+EXACT_MAX_ROWS = 50_000
+FORMAT = "skimgfeat-index"
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+INFO_FILE = "index.json"
+ROWS_FILE = "rows.parquet"
+_GENERATION = re.compile(r"^gen-(\d{6,})$")
+# Lists each row visits when all pairs are sought: a near-duplicate lies in its original's list or a next one.
+PAIR_NPROBE = 2
+# Scores of one query block against all rows are held at once: at most this many floats (64 MB).
+_BLOCK_FLOATS = 2**24
+
+
+def faiss_module():
+    """The ``faiss`` module, or an ImportError saying how to install it."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "an inverted-file index needs FAISS: pip install 'skimgfeat[index]' (faiss-cpu); "
+            "exact search (kind='flat') works without it"
+        ) from error
+    return faiss
+
+
+def choose_kind(n_rows: int, kind: str = "auto") -> str:
+    """The index kind for ``n_rows`` rows: ``kind`` itself unless it is ``"auto"``.
+
+    >>> choose_kind(10_000), choose_kind(2_000_000), choose_kind(10, "ivf")
+    ('flat', 'ivf-sq8', 'ivf')
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    return "flat" if n_rows <= EXACT_MAX_ROWS else "ivf-sq8"
+
+
+def default_nlist(n_rows: int) -> int:
+    """Inverted lists for ``n_rows`` rows: about the square root, at least 16 (1,000 at a million)."""
+    return max(16, int(round(math.sqrt(max(n_rows, 1)))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists visited per query: a 32nd of them, at least 8 (31 of 1,000)."""
+    return min(nlist, max(8, nlist // 32))
+
+
+def training_rows(nlist: int) -> int:
+    """Rows to train the coarse quantizer on: 64 per list, at least 20,000."""
+    return max(20_000, 64 * nlist)
+
+
+def normalise(vectors) -> np.ndarray:
+    """A float32 C-contiguous copy of ``vectors`` with each non-zero row scaled to unit length."""
+    vectors = np.array(vectors, dtype=np.float32, order="C", ndmin=2)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.divide(vectors, norms, out=vectors, where=norms > 0)
+    return vectors
+
+
+class VectorIndex:
+    """Unit-length float32 vectors, searched by cosine distance.
+
+    Parameters
+    ----------
+    n_features : int
+    kind : {"flat", "ivf", "ivf-sq8", "ivf-pq"}, default="flat"
+        ``"flat"``: exact (NumPy). ``"ivf"``: FAISS inverted file over full vectors;
+        ``"ivf-sq8"``: over 8-bit scalar-quantised vectors (4x smaller);
+        ``"ivf-pq"``: over product-quantised ones (``pq_m`` bytes a row).
+    nlist : int or None
+        Inverted lists (inverted-file kinds); None: :func:`default_nlist` of the rows
+        the index is trained for.
+    nprobe : int or None
+        Lists visited per query; None: :func:`default_nprobe`.
+    pq_m : int or None
+        Sub-quantizers of ``"ivf-pq"``; None: the largest of 64, 32, 16, 8... dividing
+        ``n_features``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> index = VectorIndex(2)
+    >>> index.add(np.array([[1.0, 0.0], [0.0, 3.0]]))
+    >>> distances, rows = index.search(np.array([[2.0, 0.1]]), k=1)
+    >>> rows.tolist(), round(float(distances[0, 0]), 4)
+    ([[0]], 0.0012)
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        kind: str = "flat",
+        *,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        pq_m: int | None = None,
+    ) -> None:
+        if kind not in KINDS[1:]:
+            raise ValueError(f"kind must be one of {KINDS[1:]}, got {kind!r}")
+        self.n_features = int(n_features)
+        self.kind = kind
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.pq_m = pq_m
+        self._blocks: list[np.ndarray] = []  # flat: added vectors, joined on first use
+        self._faiss = None  # inverted-file kinds: the FAISS index once trained
+        self.mapped = False  # read-only, memory-mapped from an index directory
+
+    # -- building ---------------------------------------------------------------------
+
+    @property
+    def is_trained(self) -> bool:
+        return self.kind == "flat" or self._faiss is not None
+
+    def train(self, sample, n_rows: int | None = None) -> VectorIndex:
+        """Train the coarse quantizer (and the codes) of an inverted-file kind on ``sample``.
+
+        ``n_rows`` (default: the sample's length) is the size the index is expected to
+        reach; it sets the default ``nlist``. A flat index needs no training.
+        """
+        if self.kind == "flat":
+            return self
+        faiss = faiss_module()
+        sample = normalise(sample)
+        self.nlist = int(self.nlist or default_nlist(n_rows or len(sample)))
+        self.nlist = min(self.nlist, len(sample))  # k-means needs a point per centroid
+        self.nprobe = int(min(self.nprobe or default_nprobe(self.nlist), self.nlist))
+        quantizer = faiss.IndexFlatIP(self.n_features)
+        metric = faiss.METRIC_INNER_PRODUCT
+        if self.kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, self.n_features, self.nlist, metric)
+        elif self.kind == "ivf-sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, self.n_features, self.nlist,
+                                                  faiss.ScalarQuantizer.QT_8bit, metric)
+        else:
+            self.pq_m = int(self.pq_m or _pq_subquantizers(self.n_features))
+            if self.n_features % self.pq_m:
+                raise ValueError(f"pq_m={self.pq_m} does not divide the {self.n_features} features")
+            index = faiss.IndexIVFPQ(quantizer, self.n_features, self.nlist, self.pq_m, 8, metric)
+            index.pq.cp.min_points_per_centroid = 1  # FAISS would warn once per sub-quantizer on small samples
+        index.cp.niter = 10  # enough for well-separated photo clusters; training time is linear in it
+        index.cp.max_points_per_centroid = max(256, -(-len(sample) // self.nlist))
+        index.train(sample)
+        index.nprobe = self.nprobe
+        index.make_direct_map()  # rows can be read back (reconstruct) for queries by name
+        self._faiss = index
+        return self
+
+    def add(self, vectors) -> None:
+        """Append rows (normalised here); they get the next row numbers."""
+        vectors = normalise(vectors)
+        if vectors.shape[1] != self.n_features:
+            raise ValueError(f"vectors have {vectors.shape[1]} features, the index {self.n_features}")
+        if np.isnan(vectors).any():
+            raise ValueError("vectors with NaN cannot be indexed (leave failed photos out)")
+        if not len(vectors):
+            return
+        if self.kind == "flat":
+            self._blocks.append(vectors)
+            return
+        if self._faiss is None:
+            raise ValueError(f"a {self.kind!r} index must be trained before rows are added")
+        self._faiss.add(vectors)
+
+    def __len__(self) -> int:
+        if self.kind == "flat":
+            return sum(len(block) for block in self._blocks)
+        return 0 if self._faiss is None else int(self._faiss.ntotal)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All rows (flat: as stored; inverted-file kinds: decoded, approximate for sq8 and pq)."""
+        return self.reconstruct(0, len(self))
+
+    def reconstruct(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop - 1`` as float32 vectors."""
+        if self.kind == "flat":
+            return self._flat()[start:stop]
+        if stop <= start:
+            return np.empty((0, self.n_features), dtype=np.float32)
+        return self._faiss.reconstruct_n(start, stop - start)
+
+    def reconstruct_rows(self, rows) -> np.ndarray:
+        """The vectors of the given row numbers."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.kind == "flat":
+            return self._flat()[rows]
+        if not len(rows):
+            return np.empty((0, self.n_features), dtype=np.float32)
+        return np.stack([self._faiss.reconstruct(int(row)) for row in rows])
+
+    # -- queries ----------------------------------------------------------------------
+
+    def search(self, queries, k: int, *, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of each query: cosine distances and row numbers, nearest first.
+
+        Returns arrays of shape (n_queries, k); where fewer than ``k`` rows are found
+        the row is -1 and the distance ``inf``.
+        """
+        queries = normalise(queries)
+        n_queries = len(queries)
+        distances = np.full((n_queries, k), np.inf, dtype=np.float32)
+        rows = np.full((n_queries, k), -1, dtype=np.int64)
+        if not len(self) or not n_queries:
+            return distances, rows
+        if self.kind != "flat":
+            with self._probing(nprobe):
+                scores, found = self._faiss.search(queries, k)
+            valid = found >= 0
+            distances[valid] = _distance(scores[valid])
+            rows[valid] = found[valid]
+            return distances, rows
+        vectors = self._flat()
+        kept = min(k, len(vectors))
+        for start, stop in _blocks(n_queries, max(1, _BLOCK_FLOATS // len(vectors))):
+            scores = queries[start:stop] @ vectors.T
+            top = np.argpartition(-scores, kept - 1, axis=1)[:, :kept] if kept < len(vectors) else \
+                np.broadcast_to(np.arange(len(vectors)), scores.shape)
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            rows[start:stop, :kept] = np.take_along_axis(top, order, axis=1)
+            distances[start:stop, :kept] = _distance(np.take_along_axis(top_scores, order, axis=1))
+        return distances, rows
+
+    def range_search(
+        self, queries, max_distance: float, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row within ``max_distance`` (cosine) of each query, FAISS style.
+
+        Returns ``(lims, distances, rows)``: the results of query ``i`` are
+        ``distances[lims[i]:lims[i+1]]`` and ``rows[lims[i]:lims[i+1]]``, nearest first.
+        """
+        queries = normalise(queries)
+        limits, distance_parts, row_parts = [np.zeros(1, dtype=np.int64)], [], []
+        total = 0
+        if self.kind == "flat":
+            vectors = self._flat()
+            for start, stop in _blocks(len(queries), max(1, _BLOCK_FLOATS // max(len(vectors), 1))):
+                scores = queries[start:stop] @ vectors.T
+                query, row = np.nonzero(scores >= 1.0 - max_distance)
+                distance = _distance(scores[query, row])
+                order = np.lexsort((distance, query))
+                counts = np.bincount(query, minlength=stop - start)
+                limits.append(total + np.cumsum(counts))
+                total += len(order)
+                distance_parts.append(distance[order])
+                row_parts.append(row[order].astype(np.int64))
+        else:
+            with self._probing(nprobe):
+                for start, stop in _blocks(len(queries), 4096):
+                    lims, scores, found = self._faiss.range_search(queries[start:stop], 1.0 - max_distance)
+                    lims = lims.astype(np.int64)
+                    query = np.repeat(np.arange(stop - start), np.diff(lims))
+                    distance = _distance(scores)
+                    order = np.lexsort((distance, query))
+                    limits.append(total + lims[1:])
+                    total += len(order)
+                    distance_parts.append(distance[order])
+                    row_parts.append(found[order].astype(np.int64))
+        return (np.concatenate(limits), _join(distance_parts, np.float32), _join(row_parts, np.int64))
+
+    def neighbour_pairs(
+        self, max_distance: float, *, nprobe: int | None = None, block_rows: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of distinct rows within ``max_distance``, once each (``row_a < row_b``).
+
+        Memory is one block's scores plus the pairs found, never rows x rows. The exact
+        kind compares every row with every other, a block of rows at a time. The
+        inverted-file kinds compare, list by list, the rows of the list with each other
+        and with the rows that have the list among their ``nprobe`` nearest (default
+        :data:`PAIR_NPROBE`): a pair is found when either row's list is among the
+        other's nearest lists. With ``nprobe=nlist`` the result is that of exact search
+        over the stored (for sq8 and pq, decoded) vectors.
+        """
+        first, second, distance = (
+            self._flat_pairs(max_distance, block_rows) if self.kind == "flat" else
+            self._list_pairs(max_distance, min(int(nprobe or PAIR_NPROBE), self.nlist), block_rows or 4096)
+        )
+        # A pair may be found from both ends: keep one.
+        order = np.lexsort((distance, second, first))
+        first, second, distance = first[order], second[order], distance[order]
+        unique = np.ones(len(first), dtype=bool)
+        unique[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
+        return first[unique], second[unique], distance[unique]
+
+    def _flat_pairs(self, max_distance: float, block_rows: int | None):
+        vectors = self._flat()
+        block_rows = block_rows or max(1, min(4096, _BLOCK_FLOATS // max(len(vectors), 1)))
+        found = _Pairs()
+        for start, stop in _blocks(len(vectors), block_rows):
+            # Only rows from ``start`` on: each pair is scored once, from its first row.
+            found.add(vectors[start:stop] @ vectors[start:].T, max_distance, np.arange(start, stop),
+                      np.arange(start, len(vectors)))
+        return found.arrays()
+
+    def _list_pairs(self, max_distance: float, nprobe: int, block_rows: int):
+        faiss = faiss_module()
+        inverted = faiss.extract_index_ivf(self._faiss)
+        n_rows = len(self)
+        # The list each row is stored in, and the nprobe lists nearest to each row.
+        home = (faiss.vector_to_array(inverted.direct_map.array) >> 32).astype(np.int64)
+        nearest = np.empty((n_rows, nprobe), dtype=np.int64)
+        for start, stop in _blocks(n_rows, 16384):
+            nearest[start:stop] = inverted.quantizer.search(self.reconstruct(start, stop), nprobe)[1]
+        members = _group_rows(home, self.nlist)
+        guest_of = np.where(nearest == home[:, None], -1, nearest)  # lists a row visits besides its own
+        guests = _group_rows(guest_of.ravel(), self.nlist, np.repeat(np.arange(n_rows), nprobe))
+        found = _Pairs()
+        for number in range(self.nlist):
+            rows = members[number]
+            if not len(rows):
+                continue
+            visitors = np.concatenate([rows, guests[number]])
+            visitor_vectors = self._faiss.reconstruct_batch(visitors)
+            for start, stop in _blocks(len(rows), max(1, min(block_rows, _BLOCK_FLOATS // len(visitors)))):
+                # Members from ``start`` on and every guest: member pairs are scored once.
+                others = np.concatenate([np.arange(start, len(rows)), np.arange(len(rows), len(visitors))])
+                found.add(visitor_vectors[start:stop] @ visitor_vectors[others].T, max_distance,
+                          rows[start:stop], visitors[others])
+        return found.arrays()
+
+    # -- persistence ------------------------------------------------------------------
+
+    def parameters(self) -> dict:
+        """Kind and parameters, as recorded in ``index.json``."""
+        parameters = {"kind": self.kind, "n_features": self.n_features, "n_rows": len(self), "metric": "cosine"}
+        if self.kind != "flat":
+            parameters.update(nlist=self.nlist, nprobe=self.nprobe)
+        if self.kind == "ivf-pq":
+            parameters["pq_m"] = self.pq_m
+        return parameters
+
+    @property
+    def vectors_file(self) -> str:
+        return "vectors.npy" if self.kind == "flat" else "vectors.faiss"
+
+    def write(self, folder: Path) -> None:
+        """Write the vectors into ``folder`` (block by block for the exact kind)."""
+        path = folder / self.vectors_file
+        if self.kind == "flat":
+            stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                               shape=(len(self), self.n_features))
+            position = 0
+            for block in self._blocks:
+                stored[position:position + len(block)] = block
+                position += len(block)
+            stored.flush()
+            del stored
+        else:
+            faiss_module().write_index(self._faiss, os.fspath(path))
+
+    @classmethod
+    def read(cls, folder: Path, parameters: dict, *, writable: bool = False) -> VectorIndex:
+        """The index written by :meth:`write`; memory-mapped unless ``writable``."""
+        index = cls(parameters["n_features"], parameters["kind"], nlist=parameters.get("nlist"),
+                    nprobe=parameters.get("nprobe"), pq_m=parameters.get("pq_m"))
+        path = folder / index.vectors_file
+        if index.kind == "flat":
+            vectors = np.load(path, mmap_mode=None if writable else "r", allow_pickle=False)
+            if vectors.shape != (parameters["n_rows"], index.n_features) or vectors.dtype != np.float32:
+                raise ValueError(f"holds {vectors.shape} {vectors.dtype} vectors, index.json says "
+                                 f"({parameters['n_rows']}, {index.n_features}) float32")
+            index._blocks = [vectors]
+            index.mapped = not writable
+            return index
+        faiss = faiss_module()
+        index._faiss = faiss.read_index(os.fspath(path), 0 if writable else faiss.IO_FLAG_MMAP)
+        index.mapped = not writable
+        if index._faiss.ntotal != parameters["n_rows"] or index._faiss.d != index.n_features:
+            raise ValueError(f"holds {index._faiss.ntotal} rows of {index._faiss.d} features, index.json says "
+                             f"{parameters['n_rows']} of {index.n_features}")
+        return index
+
+    # -- internals --------------------------------------------------------------------
+
+    def _flat(self) -> np.ndarray:
+        if len(self._blocks) != 1:
+            joined = np.concatenate(self._blocks) if self._blocks else np.empty((0, self.n_features), np.float32)
+            self._blocks = [joined]
+        return self._blocks[0]
+
+    def _probing(self, nprobe: int | None):
+        return _Probing(self._faiss, nprobe)
+
+
+class _Probing:
+    """Temporarily another ``nprobe`` for the FAISS index."""
+
+    def __init__(self, index, nprobe: int | None) -> None:
+        self.index, self.nprobe, self.saved = index, nprobe, None
+
+    def __enter__(self):
+        if self.nprobe is not None:
+            self.saved = self.index.nprobe
+            self.index.nprobe = int(self.nprobe)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            self.index.nprobe = self.saved
+
+
+class _Pairs:
+    """Pairs of rows collected block by block from score matrices."""
+
+    def __init__(self) -> None:
+        self.first, self.second, self.distance = [], [], []
+
+    def add(self, scores: np.ndarray, max_distance: float, rows: np.ndarray, columns: np.ndarray) -> None:
+        row, column = np.nonzero(scores >= 1.0 - max_distance)
+        a, b = rows[row], columns[column]
+        other = a != b
+        self.first.append(np.minimum(a, b)[other])
+        self.second.append(np.maximum(a, b)[other])
+        self.distance.append(_distance(scores[row, column][other]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _join(self.first, np.int64), _join(self.second, np.int64), _join(self.distance, np.float32)
+
+
+def _group_rows(labels: np.ndarray, n_groups: int, values: np.ndarray | None = None) -> list[np.ndarray]:
+    """For each group 0..n_groups-1, the values (default: positions) whose label it is; -1 labels dropped."""
+    values = np.arange(len(labels)) if values is None else values
+    kept = labels >= 0
+    labels, values = labels[kept], values[kept]
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_groups + 1))
+    return [values[order[bounds[i]:bounds[i + 1]]] for i in range(n_groups)]
+
+
+def _distance(scores: np.ndarray) -> np.ndarray:
+    """Cosine distance from inner products of unit vectors, clipped to [0, 2] (quantised codes overshoot)."""
+    return np.clip(1.0 - scores, 0.0, 2.0).astype(np.float32)
+
+
+def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _join(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
+
+
+def _pq_subquantizers(n_features: int) -> int:
+    return next(m for m in (64, 32, 16, 8, 4, 2, 1) if n_features % m == 0)
+
+
+# -- index directories ----------------------------------------------------------------
+
+
+def write_generation(directory: str | os.PathLike, write_files: Callable[[Path], dict]) -> Path:
+    """Write a new generation of the index in ``directory`` and make it the live one.
+
+    ``write_files(folder)`` writes the generation's files into an empty folder and
+    returns the ``index.json`` content (without the format keys and file sizes, added
+    here). The folder is flushed and renamed into place, then ``CURRENT`` is replaced
+    atomically; older generations but the previous one are removed afterwards.
+
+    Returns
+    -------
+    Path
+        The new generation's folder.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise IndexDirectoryError(directory, "is a file, not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    generations = _generations(directory)
+    if not (directory / CURRENT).is_file() and any(
+        not entry.name.startswith(".") for entry in directory.iterdir()
+    ):
+        raise IndexDirectoryError(directory, "is a non-empty folder that is not a skimgfeat index; "
+                                             "choose a new or empty folder")
+    number = max(generations, default=0) + 1
+    name = f"gen-{number:06d}"
+    staging = directory / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        info = write_files(staging)
+        sizes = {entry.name: entry.stat().st_size for entry in sorted(staging.iterdir())}
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": number,
+                "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **info, "files": sizes}
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        for entry in staging.iterdir():
+            _fsync(entry)
+        _fsync_folder(staging)
+        try:
+            os.rename(staging, directory / name)
+        except OSError as error:
+            raise IndexDirectoryError(directory, f"another process wrote {name} meanwhile; run again") from error
+        _fsync_folder(directory)
+        with atomic_path(directory / CURRENT) as temporary:
+            temporary.write_text(name + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in generations:
+        if old < number - 1:
+            shutil.rmtree(directory / f"gen-{old:06d}", ignore_errors=True)
+    return directory / name
+
+
+def read_generation(directory: str | os.PathLike) -> tuple[Path, dict]:
+    """The live generation's folder and its ``index.json``; IndexDirectoryError if unusable.
+
+    Checks that ``CURRENT`` names an existing generation, that ``index.json`` is this
+    package's, and that every file has the size recorded when it was written.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise IndexDirectoryError(directory, "does not exist (build one with `skimgfeat index build`)")
+    if not directory.is_dir():
+        raise IndexDirectoryError(directory, "is a file, not an index folder")
+    current = directory / CURRENT
+    if not current.is_file():
+        raise IndexDirectoryError(directory, "has no CURRENT file: not a skimgfeat index")
+    name = current.read_text(encoding="utf-8", errors="replace").strip()
+    folder = directory / name
+    if not _GENERATION.match(name) or not folder.is_dir():
+        raise IndexDirectoryError(directory, f"CURRENT names {name[:40]!r}, which is not a generation folder here")
+    try:
+        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise IndexDirectoryError(folder / INFO_FILE, f"unreadable ({error})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise IndexDirectoryError(folder / INFO_FILE, "is not a skimgfeat index description")
+    if info.get("format_version", 0) > FORMAT_VERSION:
+        raise IndexDirectoryError(directory, f"was written by a newer skimgfeat (format {info['format_version']})")
+    for file, size in info.get("files", {}).items():
+        path = folder / file
+        if not path.is_file():
+            raise IndexDirectoryError(path, "is missing")
+        if path.stat().st_size != size:
+            raise IndexDirectoryError(path, f"has {path.stat().st_size} bytes, {size} were written: truncated "
+                                            "or altered")
+    return folder, info
+
+
+def _generations(directory: Path) -> list[int]:
+    return sorted(int(match.group(1)) for entry in directory.iterdir()
+                  if entry.is_dir() and (match := _GENERATION.match(entry.name)))

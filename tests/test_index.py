@@ -1,0 +1,218 @@
+"""The persistent similarity index: exact and FAISS kinds agree, adds, saved folders, refusals, the commands."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli import skimgfeat
+
+from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
+from skimgfeat.storage.io import FeatureTableReader, write_table
+from skimgfeat.storage.vector_index import write_generation
+
+pytest.importorskip("faiss", reason="the inverted-file kinds need faiss-cpu (the [index] extra)")
+
+N_FEATURES = 32
+MODEL = {"model_name": "mobilenet_v2", "n_features": N_FEATURES, "parameters_sha256": "a" * 64,
+         "preprocessing": {"resize_mode": "square", "crop": 224}}
+
+
+def feature_table(n_rows: int, seed: int = 0, prefix: str = "shop") -> pd.DataFrame:
+    """Rows in extract's layout: 40 clusters of non-negative vectors, every row at its own distance."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((40, N_FEATURES))
+    vectors = np.abs(centres[rng.integers(0, 40, n_rows)] + rng.normal(0, 0.3, (n_rows, N_FEATURES)))
+    table = pd.DataFrame(vectors.astype(np.float32), columns=[f"img_feature_{i}" for i in range(N_FEATURES)])
+    paths = [f"{prefix}/{seed}-{i}/lot{seed}x{i}_1.jpg" for i in range(n_rows)]
+    table.insert(0, "image_name", [path.rsplit("/", 1)[1] for path in paths])
+    table.insert(0, "image_path", paths)
+    table["error"] = ""
+    return table
+
+
+def features(table: pd.DataFrame) -> np.ndarray:
+    return table.filter(like="img_feature_").to_numpy()
+
+
+def exact_neighbours(table: pd.DataFrame, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: cosine distances to every row, the k smallest."""
+    rows = features(table) / np.linalg.norm(features(table), axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    distances = 1 - queries @ rows.T
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, axis=1), order
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tables") / "image_features_raw.parquet"
+    write_table(feature_table(1200), path, model_info=MODEL)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_an_inverted_file_visiting_every_list_finds_what_exact_search_finds(kind):
+    table = feature_table(1200)
+    index = SimilarityIndex.build(table, kind=kind, nlist=16)
+    queries = features(feature_table(30, seed=1))
+    distances, rows = index.search_vectors(queries, k=10, nprobe=16)
+    expected_distances, expected_rows = exact_neighbours(table, queries, 10)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(distances, expected_distances, atol=1e-5)
+    assert index.kind == kind
+
+
+def test_eight_bit_codes_keep_the_nearest_rows_of_distinct_photos():
+    table = feature_table(1200)
+    index = SimilarityIndex.build(table, kind="ivf-sq8", nlist=16)
+    queries = features(table.iloc[:50]) * 1.01  # each query is a copy of a row
+    _, rows = index.search_vectors(queries, k=1, nprobe=16)
+    assert rows[:, 0].tolist() == list(range(50))
+
+
+def test_range_search_and_neighbour_pairs_are_those_of_brute_force():
+    table = feature_table(600)
+    copies = table.iloc[:20].copy()
+    copies[copies.filter(like="img_feature_").columns] *= 1.0 + np.linspace(0, 0.02, N_FEATURES)
+    copies["image_path"] = "copies/" + copies["image_path"]
+    union = pd.concat([table, copies], ignore_index=True)
+    vectors = features(union) / np.linalg.norm(features(union), axis=1, keepdims=True)
+    within = np.triu(1 - vectors @ vectors.T <= 0.01, k=1)
+    expected = set(zip(*np.nonzero(within)))
+    assert len(expected) >= 20
+    for kind in ("flat", "ivf"):
+        index = SimilarityIndex.build(union, kind=kind, nlist=8)
+        first, second, distance = index.neighbour_pairs(0.01, nprobe=8)
+        assert set(zip(first.tolist(), second.tolist())) == expected
+        assert (first < second).all() and (distance <= 0.01).all()
+        lims, found_distances, found = index.range_search(vectors[:5], 0.01, nprobe=8)
+        for query in range(5):
+            hits = found[lims[query]:lims[query + 1]]
+            assert set(hits.tolist()) == set(np.flatnonzero(1 - vectors @ vectors[query] <= 0.01).tolist())
+            assert np.all(np.diff(found_distances[lims[query]:lims[query + 1]]) >= 0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_rows_added_later_are_found_as_if_they_had_been_built_in(kind, tmp_path):
+    first, later = feature_table(900), feature_table(300, seed=2, prefix="new")
+    union = pd.concat([first, later], ignore_index=True)
+    write_table(later, tmp_path / "later.parquet", model_info=MODEL)
+    built = SimilarityIndex.build(union, kind=kind, nlist=16)
+    grown = SimilarityIndex.build(first, kind=kind, nlist=16, model_info=MODEL)
+    grown.save(tmp_path / "index")
+    grown = SimilarityIndex.load(tmp_path / "index").add(tmp_path / "later.parquet")
+    queries = features(feature_table(20, seed=3))
+    assert grown.names.tolist() == union["image_path"].tolist()
+    np.testing.assert_array_equal(grown.search_vectors(queries, 8, nprobe=16)[1],
+                                  built.search_vectors(queries, 8, nprobe=16)[1])
+    assert grown.similar([later["image_path"][5]], k=3).equals(built.similar([later["image_path"][5]], k=3))
+    with pytest.raises(ValueError, match="already in the index"):
+        grown.add(later.iloc[:3])
+
+
+def test_a_folder_of_parquet_parts_builds_the_index_of_the_whole_table(tmp_path):
+    table = feature_table(1000)
+    for part, start in enumerate(range(0, 1000, 300)):
+        write_table(table.iloc[start:start + 300], tmp_path / "parts" / f"day={part}" / "part-0.parquet",
+                    model_info=MODEL)
+    reader = FeatureTableReader(tmp_path / "parts")
+    assert (reader.n_rows, reader.key, reader.model_info) == (1000, "image_path", MODEL)
+    from_parts = SimilarityIndex.build(tmp_path / "parts", kind="ivf", nlist=16)
+    whole = SimilarityIndex.build(table, kind="ivf", nlist=16)
+    assert from_parts.names.tolist() == table["image_path"].tolist()
+    queries = features(table.iloc[::97])
+    np.testing.assert_array_equal(from_parts.search_vectors(queries, 5, nprobe=16)[1],
+                                  whole.search_vectors(queries, 5, nprobe=16)[1])
+
+
+def test_features_of_another_model_are_refused(table_file, tmp_path):
+    index = SimilarityIndex.build(table_file)
+    other = dict(MODEL, parameters_sha256="b" * 64)
+    write_table(feature_table(10, seed=5, prefix="x"), tmp_path / "other.parquet", model_info=other)
+    with pytest.raises(ModelMismatchError, match="parameters_sha256"):
+        index.add(tmp_path / "other.parquet")
+    with pytest.raises(ModelMismatchError, match="model_name"):
+        index.check_model(dict(MODEL, model_name="resnet18"))
+    index.check_model(dict(MODEL, weights="file:/elsewhere/the-same-weights.pth"))  # where they lie is no matter
+    index.save(tmp_path / "index")
+    result = skimgfeat("index", "add", tmp_path / "index", tmp_path / "other.parquet")
+    assert result.returncode == 2, result.stderr
+    assert "another model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_query_may_be_an_image_name_unless_two_rows_share_it():
+    table = feature_table(50)
+    index = SimilarityIndex.build(table)
+    name, path = table["image_name"][7], table["image_path"][7]
+    by_name = similar_items(index, [name], k=3)
+    by_path = similar_items(index, [path], k=3)
+    assert by_name.drop(columns="query").equals(by_path.drop(columns="query"))
+    assert path not in set(by_name["image_path"])  # the row itself is left out
+    twice = pd.concat([table, table.iloc[[7]].assign(image_path="other/" + name)], ignore_index=True)
+    with pytest.raises(ValueError, match="ambiguous"):
+        similar_items(SimilarityIndex.build(twice), [name])
+    with pytest.raises(FileNotFoundError, match="image_name"):
+        similar_items(index, ["nowhere.jpg"])
+
+
+def test_the_saved_index_answers_the_same_in_a_new_process(table_file, tmp_path):
+    built = skimgfeat("index", "build", table_file, "-o", tmp_path / "index", "--kind", "ivf-sq8", "--nlist", "16")
+    assert built.returncode == 0, built.stderr
+    index = SimilarityIndex.load(tmp_path / "index")
+    assert (index.kind, index.nprobe, len(index)) == ("ivf-sq8", 8, 1200)
+    queries = [index.names[3], index._identities["image_name"][10]]
+    answered = skimgfeat("similar", *queries, "--index", tmp_path / "index", "-k", "4")
+    assert answered.returncode == 0, answered.stderr
+    expected = similar_items(index, queries, k=4)
+    np.testing.assert_allclose(pd.read_csv(io.StringIO(answered.stdout))["distance"], expected["distance"], atol=1e-6)
+    assert pd.read_csv(io.StringIO(answered.stdout))["image_path"].tolist() == expected["image_path"].tolist()
+    info = skimgfeat("index", "info", tmp_path / "index")
+    assert '"kind": "ivf-sq8"' in info.stdout and '"n_rows": 1200' in info.stdout
+
+
+def test_an_interrupted_change_leaves_the_previous_generation_in_use(table_file, tmp_path):
+    SimilarityIndex.build(table_file).save(tmp_path / "index")
+
+    def fails_halfway(folder):
+        (folder / "vectors.npy").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_generation(tmp_path / "index", fails_halfway)
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["CURRENT", "gen-000001"]
+    assert len(SimilarityIndex.load(tmp_path / "index")) == 1200
+
+
+def test_a_truncated_or_foreign_index_folder_is_a_clear_error_without_traceback(table_file, tmp_path):
+    SimilarityIndex.build(table_file, kind="ivf", nlist=16).save(tmp_path / "index")
+    vectors = next((tmp_path / "index").glob("gen-*/vectors.faiss"))
+    vectors.write_bytes(vectors.read_bytes()[:1000])
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"not an index")
+    for folder, reason in [(tmp_path / "index", "truncated"), (tmp_path / "photos", "not a skimgfeat index"),
+                           (tmp_path / "nowhere", "does not exist")]:
+        with pytest.raises(IndexDirectoryError, match=reason):
+            SimilarityIndex.load(folder)
+        result = skimgfeat("similar", "a.jpg", "--index", folder)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("skimgfeat: error: index directory") and reason in result.stderr
+    refused = skimgfeat("index", "build", table_file, "-o", tmp_path / "photos")
+    assert refused.returncode == 2 and "not a skimgfeat index" in refused.stderr
+
+
+def test_exact_search_works_without_faiss(table_file):
+    script = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "from skimgfeat import SimilarityIndex\n"
+        f"index = SimilarityIndex.build({str(table_file)!r})\n"
+        "print(index.kind, index.similar([index.names[0]], k=2).shape)\n"
+        f"SimilarityIndex.build({str(table_file)!r}, kind='ivf')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.stdout.strip() == "flat (2, 4)"
+    assert "ImportError" in result.stderr and "skimgfeat[index]" in result.stderr
