@@ -315,7 +315,7 @@ def larger_photos(tmp_path_factory) -> Path:
 
 
 def measured_counts(stdout: str) -> tuple[int, int]:
-    found = re.search(r"measured (\d+) images \((\d+) resumed from the checkpoint", stdout)
+    found = re.search(r"(\d+) measured in [\d.]+ s \([\d.]+ images/s\), (\d+) resumed from the checkpoint", stdout)
     return int(found.group(1)), int(found.group(2))
 
 

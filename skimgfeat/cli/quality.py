@@ -78,8 +78,9 @@ def run_quality(args: argparse.Namespace) -> int:
                                                   model_info=dict(info, aggregation=args.aggregate)))
     if not args.quiet:
         rate = len(run.todo) / max(run.seconds, 1e-9)
-        print(f"measured {len(run.todo)} images ({run.n_resumed} resumed from the checkpoint, {len(messages)} "
-              f"failed in all) in {run.seconds:.1f} s: {rate:.1f} images/s; wall {time.perf_counter() - started:.1f} s")
+        print(f"{len(paths)} images ({len(messages)} failed): {len(run.todo)} measured in {run.seconds:.1f} s "
+              f"({rate:.1f} images/s), {run.n_resumed} resumed from the checkpoint; "
+              f"wall {time.perf_counter() - started:.1f} s")
         for path in outputs:
             print(f"  {path}")
         for row in sorted(messages)[:20]:

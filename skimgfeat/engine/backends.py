@@ -206,7 +206,7 @@ def _load_onnx_graph(key: str) -> OnnxRuntimeModule | None:
         return None
     try:
         header, graph = entry.split(b"\n", 1)
-        return OnnxRuntimeModule(graph, onnx_session_threads(), {**json.loads(header), "from_cache": True})
+        return OnnxRuntimeModule(graph, onnx_session_threads(), json.loads(header))  # as exported, then
     except Exception:  # noqa: BLE001 - an entry ONNX Runtime refuses is a miss: export again
         return None
 

@@ -354,10 +354,9 @@ class VectorIndex:
             visitors = np.concatenate([rows, guests[number]])
             visitor_vectors = self._faiss.reconstruct_batch(visitors)
             for start, stop in _blocks(len(rows), max(1, min(block_rows, _BLOCK_FLOATS // len(visitors)))):
-                # Members from ``start`` on and every guest: member pairs are scored once.
-                others = np.concatenate([np.arange(start, len(rows)), np.arange(len(rows), len(visitors))])
-                found.add(visitor_vectors[start:stop] @ visitor_vectors[others].T, max_distance,
-                          rows[start:stop], visitors[others])
+                # Members from ``start`` on, then every guest (a view, no copy): member pairs are scored once.
+                found.add(visitor_vectors[start:stop] @ visitor_vectors[start:].T, max_distance,
+                          rows[start:stop], visitors[start:])
         return found.arrays()
 
     # -- persistence ------------------------------------------------------------------
