@@ -287,10 +287,10 @@ class SimilarityIndex:
         folder, info = read_generation(directory)
         try:
             store = VectorIndex.read(folder, info["index"], writable=writable)
-        except (ImportError, KeyError):
+        except ImportError:
             raise
         except Exception as error:  # noqa: BLE001 - whatever FAISS or NumPy say about a damaged file
-            raise IndexDirectoryError(folder, f"its vectors cannot be read ({error})") from None
+            raise IndexDirectoryError(folder, f"its vectors cannot be read ({type(error).__name__}: {error})") from None
         try:
             rows = pq.read_table(folder / ROWS_FILE)
         except Exception as error:  # noqa: BLE001
