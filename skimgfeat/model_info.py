@@ -18,11 +18,8 @@ import numpy as np
 import pandas as pd
 import PIL
 import sklearn
-import torch
-import torchvision
 
 from . import __version__
-from .registry import parameters_sha256
 from .storage.output import FEATURE_PREFIX
 
 
@@ -31,6 +28,8 @@ def fitted_model_info(embedder, built, fine_tuning: dict | None = None) -> dict:
 
     ``fine_tuning``: the fine-tuning record, when the network was fine-tuned.
     """
+    from .registry import parameters_sha256  # torch: only once a network is fitted
+
     preprocessing = embedder.preprocessing_
     overridden = [
         f"{name}={getattr(embedder, name)!r}"
@@ -73,6 +72,9 @@ def json_safe_params(params: dict) -> dict:
 
 def library_versions() -> dict[str, str]:
     """The versions of the libraries that decide the features."""
+    import torch
+    import torchvision
+
     return {
         "skimgfeat": __version__,
         "torch": torch.__version__,
