@@ -228,6 +228,8 @@ def test_without_the_copy_check_one_feature_threshold_decides_and_chains_reshoot
 
 def test_features_and_against_exclude_each_other(tmp_path):
     result = skimgfeat("duplicates", "--features", tmp_path / "a.parquet", "--against", tmp_path / "b.parquet")
-    assert result.returncode == 2 and "either --features" in result.stderr
+    assert result.returncode == 2 and "not allowed with argument --features" in result.stderr
     result = skimgfeat("duplicates", "--against", tmp_path / "b.parquet")
-    assert result.returncode == 2 and "NEW" in result.stderr
+    assert result.returncode == 2 and "--against needs NEW" in result.stderr
+    result = skimgfeat("duplicates", "new.jpg", "--features", tmp_path / "a.parquet")
+    assert result.returncode == 2 and "go with --against" in result.stderr
