@@ -190,7 +190,8 @@ def test_against_an_archive_table_finds_which_new_photos_exist_already(shop, sha
     shot_again = pairs[pairs["image_a"] == "melon_shot_again.jpg"]  # a third shot of the melon: not in the archive
     assert len(shot_again) and shot_again["verdict"].eq("different").all()
     gone = pairs[pairs["image_a"] == str(tmp_path / "gone.jpg")]
-    assert gone["verdict"].tolist() == ["unreadable"] and gone["reason"].str.startswith("missing").all()
+    assert gone["verdict"].tolist() == ["unreadable"] and gone["reason"].str.contains("gone.jpg: missing").all()
+    assert "cannot read" in result.stderr and "gone.jpg: missing" in result.stderr
     with Image.open(tmp_path / "sheet.png") as sheet:  # the two new photos found, each with its copies
         assert sheet.width == 6 * 160 and 2 * 160 < sheet.height < 3 * 160
 
@@ -228,6 +229,8 @@ def test_without_the_copy_check_one_feature_threshold_decides_and_chains_reshoot
 
 def test_features_and_against_exclude_each_other(tmp_path):
     result = skimgfeat("duplicates", "--features", tmp_path / "a.parquet", "--against", tmp_path / "b.parquet")
-    assert result.returncode == 2 and "either --features" in result.stderr
+    assert result.returncode == 2 and "not allowed with argument --features" in result.stderr
     result = skimgfeat("duplicates", "--against", tmp_path / "b.parquet")
-    assert result.returncode == 2 and "NEW" in result.stderr
+    assert result.returncode == 2 and "--against needs NEW" in result.stderr
+    result = skimgfeat("duplicates", "new.jpg", "--features", tmp_path / "a.parquet")
+    assert result.returncode == 2 and "go with --against" in result.stderr

@@ -175,8 +175,9 @@ def test_duplicates_groups_the_copies_and_leaves_distinct_photos_out(catalogue):
     result = skimgfeat("duplicates", "--features", catalogue[1] / "image_features_raw.parquet")
     assert result.returncode == 0, result.stderr
     groups = read_csv(result.stdout)
-    assert groups.columns.tolist() == ["group", "image_path"]
-    assert groups.values.tolist() == [[0, "lot0_1.jpg"], [0, "lot0_2.jpg"], [1, "lot8_1.jpg"], [1, "lot8_2.jpg"]]
+    assert groups.columns.tolist() == ["group", "image_path", "chained"]
+    assert groups.values.tolist() == [[0, "lot0_1.jpg", False], [0, "lot0_2.jpg", False], [1, "lot8_1.jpg", False],
+                                      [1, "lot8_2.jpg", False]]
 
 
 @pytest.mark.shared

@@ -109,6 +109,7 @@ def _against_archive(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    from ..uses.copy_check import COPY, UNREADABLE
     from ..uses.duplicates import find_copies_against
 
     with usage_errors():
@@ -120,9 +121,9 @@ def _against_archive(args: argparse.Namespace) -> int:
                                     copy_threshold=args.copy_threshold)
     if failed:  # new photos that could not be embedded: reported, never silently dropped
         pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
-                                                "copy_score": np.nan, "verdict": "unreadable",
+                                                "copy_score": np.nan, "verdict": UNREADABLE,
                                                 "reason": list(failed.values())})], ignore_index=True)
-    found = pairs[pairs["verdict"] == "copy"]
+    found = pairs[pairs["verdict"] == COPY]
     found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
     found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
@@ -201,7 +202,7 @@ def _new_photos(args: argparse.Namespace, index):
                                             on_error="nan").fit()
         embedded = np.asarray(embedder.transform(files), dtype=np.float32)
         for error in embedder.errors_:
-            failed[error.path] = _reason(error)
+            failed[error.path] = f"{error.path}: {_reason(error)}"
         names += files
         vectors.append(embedded)
         photos += files
@@ -219,15 +220,15 @@ def _reason(error) -> str:
 
 def _report(args: argparse.Namespace, pairs) -> None:
     from ..storage.io import write_table
+    from ..uses.copy_check import COPY, DIFFERENT, UNREADABLE
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
     counts = pairs["verdict"].value_counts()
-    unreadable = pairs[pairs["verdict"] == "unreadable"]
-    for reason in dict.fromkeys(unreadable["reason"]):
-        print(f"skimgfeat: warning: unreadable photo in a candidate pair: {reason}", file=sys.stderr)
+    for reason in dict.fromkeys(pairs.loc[pairs["verdict"] == UNREADABLE, "reason"]):
+        print(f"skimgfeat: warning: cannot read {reason}", file=sys.stderr)
     _note(args, f"{len(pairs)} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}"
-                                                              for v in ("copy", "different", "unreadable")))
+                                                              for v in (COPY, DIFFERENT, UNREADABLE)))
 
 
 def _note(args: argparse.Namespace, message: str) -> None:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, N_HASHES, UNREADABLE, PhotoHashes, copy_distance
-from .similarity import SimilarityIndex
+
+if TYPE_CHECKING:  # the index arrives built: importing it here would import torch for `skimgfeat --help`
+    from .similarity import SimilarityIndex
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.1
