@@ -212,3 +212,22 @@ def test_the_matcher_and_pair_verdicts_from_python(lots):
     verdicts = add_same_object_verdicts(pairs, matcher.local_features)
     assert verdicts["verdict"].tolist() == ["same_object", "different", "different", "copy"]
     assert verdicts["inliers"].iloc[0] >= 18 and verdicts["inliers"].iloc[2] == 0
+
+
+@pytest.mark.shared
+def test_duplicates_tells_re_photographed_objects_from_copies_with_local_features(lots):
+    """Beside the table, local features turn the candidate pairs that are not copies into same_object or
+    different; groups stay made of copies only."""
+    root, output = lots
+    pairs_file = root / "pairs.csv"
+    result = skimgfeat("duplicates", "--features", output / "image_features_raw.parquet", "--threshold", "0.6",
+                       "--pairs", pairs_file)
+    assert result.returncode == 0, result.stderr
+    pairs = pd.read_csv(pairs_file)
+    assert {"inliers", "verdict"} <= set(pairs.columns)
+    case = pairs["image_a"].str[:6].where(pairs["image_a"].str.startswith("dvd"))
+    same_case = case.notna() & case.eq(pairs["image_b"].str[:6])
+    assert (pairs.loc[same_case, "verdict"] == "same_object").any()
+    assert (pairs.loc[~same_case, "verdict"] != "same_object").all()
+    groups = read_csv(result.stdout)
+    assert groups.empty  # no two photos of the folder are copies of one picture

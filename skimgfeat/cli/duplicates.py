@@ -53,7 +53,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                                  "directory, when there)")
     duplicates.add_argument("--pairs", type=Path, default=None, metavar="PAIRS.csv",
                             help="also write every candidate pair: image_a,image_b,feature_distance,copy_score,"
-                                 "verdict (copy, different, unreadable),reason")
+                                 "verdict (copy, different, unreadable; same_object with local features),reason")
+    duplicates.add_argument("--local-features", type=Path, default=None, metavar="DIR",
+                            help="the photos' local features (`skimgfeat extract --local-features`; default: "
+                                 "local_features beside the table, when there): candidate pairs that are not copies "
+                                 "are verified as same_object or different, with their inliers")
     duplicates.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
                             help="also draw each group (each new photo and its copies) as a row of a contact sheet")
     duplicates.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
@@ -97,6 +101,7 @@ def _group_table(args: argparse.Namespace, archive: Path) -> int:
         copy_check = _copy_check(args, index, archive, args.hashes)
         pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
                                 copy_threshold=args.copy_threshold)
+        pairs = _same_object_verdicts(args, archive, pairs)
     groups = duplicate_groups(pairs, key=index.key, order=index.names)
     groups.to_csv(sys.stdout, index=False)
     _report(args, pairs)
@@ -150,6 +155,20 @@ def _read_index(path: Path, image_dir: Path | None):
     if image_dir is not None:
         index.image_dir = image_dir
     return index
+
+
+def _same_object_verdicts(args: argparse.Namespace, archive: Path, pairs):
+    """Re-photographed objects told apart from other look-alikes, where the local features are at hand."""
+    from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+    from ..uses.object_match import add_same_object_verdicts
+
+    folder = args.local_features
+    if folder is None:
+        beside = (archive if archive.is_dir() else archive.parent) / LOCAL_FEATURES_DIR
+        folder = beside if beside.is_dir() else None
+    if folder is None or pairs.empty:
+        return pairs
+    return add_same_object_verdicts(pairs, LocalFeatureStore(folder))
 
 
 def _hashes_beside(archive: Path) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..aggregation import ITEM_ID, item_id_from_name
+from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, copy_distance
 from .duplicates import DEFAULT_CANDIDATE_DISTANCE
 from .local_features import (
     LOCAL_FEATURES_DIR,
@@ -37,9 +38,7 @@ from .local_features import (
 from .similarity import IMAGE_PATH, SimilarityIndex, similar_items
 from .verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST, PairVerification, is_same_object, verify_pair
 
-COPY = "copy"
 SAME_OBJECT = "same_object"
-DIFFERENT = "different"
 VERDICTS = (COPY, SAME_OBJECT, DIFFERENT)
 MATCH_COLUMNS = ("query", "rank", "feature_distance", "inliers", "verdict")
 
@@ -51,8 +50,6 @@ def is_copy(hashes_a: np.ndarray | None, hashes_b: np.ndarray | None) -> bool:
     (:func:`~skimgfeat.uses.copy_check.hash_photo`); None for a photo that could not be
     hashed, which is no copy.
     """
-    from .copy_check import COPY_THRESHOLD, copy_distance
-
     if hashes_a is None or hashes_b is None:
         return False
     return int(copy_distance(hashes_a, hashes_b)) <= COPY_THRESHOLD
@@ -103,12 +100,16 @@ def add_same_object_verdicts(
     1  7_1.jpg       9_1.jpg          0.251873        31.0  same_object               48
     """
     first, second = columns
-    copies = pairs["verdict"].eq(COPY).to_numpy() if "verdict" in pairs.columns else np.zeros(len(pairs), bool)
+    earlier = pairs["verdict"] if "verdict" in pairs.columns else pd.Series("", index=pairs.index)
     inliers, verdicts = [], []
-    for a, b, copy in zip(pairs[first].astype(str), pairs[second].astype(str), copies):
+    for a, b, said in zip(pairs[first].astype(str), pairs[second].astype(str), earlier):
+        if said == UNREADABLE:  # its reason says which photo could not be read: nothing to verify
+            inliers.append(0)
+            verdicts.append(said)
+            continue
         verification = verify_pair(local_features[a], local_features[b])
         inliers.append(verification.inliers)
-        verdicts.append(verdict(verification, copy=bool(copy), min_inliers=min_inliers))
+        verdicts.append(verdict(verification, copy=said == COPY, min_inliers=min_inliers))
     return pairs.assign(verdict=verdicts, inliers=np.asarray(inliers, dtype=int))
 
 
