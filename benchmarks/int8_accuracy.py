@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.inference import decode_pixels
+from skimgfeat.engine.decoding import decode_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", ROOT.parent / "shared"))

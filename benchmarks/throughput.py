@@ -176,7 +176,7 @@ def run_skimgfeat(paths: list[str], model_name: str, mode: str, settings: dict) 
     if weights is None:  # the baseline's random network, so that features can be compared
         embedder.model_.load_state_dict(build_reference_model(model_name).state_dict())
     if mode == "stages":
-        from skimgfeat.engine.inference import decode_pixels
+        from skimgfeat.engine.decoding import decode_pixels
 
         runner = embedder._runner()
         pixels = np.stack([decode_pixels(p, embedder.preprocessing_, None) for p in paths[:BATCH]])
@@ -351,7 +351,7 @@ def gpu_mode(args: argparse.Namespace, folder: Path) -> None:
     import torch
 
     from skimgfeat import CNNImageEmbedder
-    from skimgfeat.engine.inference import decode_pixels
+    from skimgfeat.engine.decoding import decode_pixels
 
     if not torch.cuda.is_available():
         sys.exit("--gpu needs CUDA")

@@ -192,8 +192,13 @@ def write_api_page() -> None:
 
 
 def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser by name, nested ones (``index build``) after their parent."""
     actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-    return dict(actions[0].choices) if actions else {}
+    found = {}
+    for name, sub in (actions[0].choices.items() if actions else ()):
+        found[name] = sub
+        found.update({f"{name} {inner}": nested for inner, nested in subcommand_parsers(sub).items()})
+    return found
 
 
 def write_cli_page() -> None:
@@ -217,8 +222,9 @@ def write_cli_page() -> None:
 
 def user_guide_pages() -> list[str]:
     """The guide's Markdown pages: a preferred order first, then any other page in ``docs/``."""
-    preferred = ["index", "models", "tabular", "similarity", "quality", "finetuning", "cli", "original-module"]
-    preferred.append("performance")
+    preferred = ["index", "models", "tabular", "similarity", "millions-of-photos", "object-matching", "quality",
+                 "fine-tuning", "cli", "original-module"]
+    preferred += ["performance", "architecture"]
     elsewhere = {"changelog", "benchmarks"}
     present = {path.stem for path in DOCS.glob("*.md")}
     return [name for name in preferred if name in present] + sorted(present - set(preferred) - elsewhere)

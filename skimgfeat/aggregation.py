@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 
 from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
@@ -63,9 +64,11 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
     Parameters
     ----------
     method : {"mean", "max", "first"}, default="mean"
-        ``"first"`` takes the first valid photo: in array input, the first along axis 1;
-        in a table, the one with the lowest image number (``_1`` before ``_2``
-        before ``_10``), not file-system order.
+        ``"mean"`` and ``"max"`` skip NaN feature by feature (a feature one photo lacks,
+        e.g. the JPEG quality of a PNG, does not blank the item's). ``"first"`` takes
+        the first photo that loaded, whole, NaN features included: in array input, the
+        first along axis 1; in a table, the one with the lowest image number (``_1``
+        before ``_2`` before ``_10``), not file-system order.
     item_id : None, str or callable, default=None
         Table input only. None: the ``item_id`` column if there is one, else
         :func:`item_id_from_name` of ``image_name`` (or ``image_path``). A str naming a
@@ -94,6 +97,12 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
            [5., 6.]])
     """
 
+    _parameter_constraints: dict = {
+        "method": [StrOptions(set(METHODS))],
+        "item_id": [None, str, callable],
+        "count_images": ["boolean"],
+    }
+
     def __init__(
         self,
         method: str = "mean",
@@ -105,9 +114,9 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
         self.item_id = item_id
         self.count_images = count_images
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> ItemAggregator:
-        """Check the method and record the feature width (and names, for tables)."""
-        self._check_method()
+        """Check the parameters and record the feature width (and names, for tables)."""
         self.table_input_ = isinstance(X, pd.DataFrame) and self._is_table(X)
         if self.table_input_:
             columns = _feature_columns(X, self._id_column(X))
@@ -119,7 +128,7 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
 
     def transform(self, X):
         """Aggregate; see the class docstring for input and output forms."""
-        self._check_method()
+        self._validate_params()  # no fit is needed, so it may not have checked them
         if isinstance(X, pd.DataFrame) and self._is_table(X):
             return self._aggregate_table(X)
         index = X.index if isinstance(X, pd.DataFrame) else None
@@ -182,10 +191,6 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
             )
         return values
 
-    def _check_method(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-
     def _id_column(self, table: pd.DataFrame) -> str | None:
         if isinstance(self.item_id, str) and self.item_id in table.columns:
             return self.item_id
@@ -220,13 +225,27 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
             keys = [image_number(name) for name in table[name_column].astype(str)]
             order = np.asarray(sorted(range(len(table)), key=lambda i: keys[i]), dtype=int)
         features = table[columns].iloc[order].reset_index(drop=True)
-        groups = features.groupby(ids.iloc[order].to_numpy(), sort=True)
-        result = getattr(groups, self.method)()
+        keys = ids.iloc[order].to_numpy()
+        loaded = features.notna().any(axis=1)
+        if self.method == "first":
+            result = _first_loaded_rows(features, keys, loaded.to_numpy())
+        else:
+            result = getattr(features.groupby(keys, sort=True), self.method)()
         result.index.name = ITEM_ID
         if self.count_images:
-            valid = features.notna().any(axis=1)
-            result[COUNT_COLUMN] = valid.groupby(ids.iloc[order].to_numpy(), sort=True).sum().astype(int)
+            result[COUNT_COLUMN] = loaded.groupby(keys, sort=True).sum().astype(int)
         return result.reset_index()
+
+
+def _first_loaded_rows(features: pd.DataFrame, keys: np.ndarray, loaded: np.ndarray) -> pd.DataFrame:
+    """Per item (sorted), its first row that loaded, whole; NaN for an item with none.
+
+    Not ``groupby().first()``: that takes the first number of each column on its own,
+    mixing photos (sharpness of photo 1 beside the JPEG quality of photo 2).
+    """
+    candidates = features[loaded].set_axis(keys[loaded])
+    firsts = candidates[~candidates.index.duplicated(keep="first")]
+    return firsts.reindex(pd.Index(np.unique(keys.astype(str)), dtype=object))
 
 
 def _regex_item_id(pattern: re.Pattern, name: str) -> str:

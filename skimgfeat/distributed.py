@@ -6,7 +6,7 @@ this machine or a ``dask.distributed`` cluster) as one object of the task graph.
 Dask's default threaded scheduler, or several threads per worker, the partitions of one
 process share that one embedder: it is prepared once, and its decode and inference
 threads are sized to the worker's ``threads_per_worker`` (see
-:func:`skimgfeat.engine.inference.cpu_budget`). Each
+:func:`skimgfeat.engine.threads.cpu_budget`). Each
 partition is embedded with ``iter_transform`` (threaded decoding, batched inference) and
 comes back as a table with the partition's index, so features stay aligned with
 whatever else the collection holds.

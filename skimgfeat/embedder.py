@@ -1,72 +1,42 @@
-"""CNNImageEmbedder: image paths in, one CNN feature vector per image out."""
+"""CNNImageEmbedder: image paths in, one CNN feature vector per image out.
+
+The estimator holds parameters, fits (builds the network, fine-tunes or calibrates it
+when asked, records what it is) and transforms by delegating to the engine: the
+decode loop (:mod:`skimgfeat.engine.decoding`), the prepared runner
+(:mod:`skimgfeat.engine.runner`), the result assembly and feature cache
+(:mod:`skimgfeat.engine.embedding`, :mod:`skimgfeat.storage.cache`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import os
-import platform
-import threading
-import warnings
 from collections.abc import Iterator, Sequence
+from numbers import Integral
 
 import numpy as np
-import pandas as pd
-import PIL
-import sklearn
 import torch
-import torchvision
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import __version__
-from .engine.backends import BACKENDS, OnnxRuntimeModule, onnx_session_threads, prepare_module
+from .engine.backends import BACKENDS
+from .engine.decoding import ON_ERROR, pixel_decoder
+from .engine.embedding import embed_input, embedder_cache
 from .engine.finetune import TASKS, fine_tune_network, make_recipe
-from .engine.image_loading import default_max_pixels
-from .engine.inference import (
-    EmbeddedBatch,
-    ModelRunner,
-    decode_pixels,
-    default_decode_workers,
-    embed_stream,
-    shared_decode_pool,
-)
-from .engine.inputs import ImageInput, parse_image_input
-from .engine.preprocessing import INTERPOLATIONS, RESIZE_MODES, Preprocessing
-from .exceptions import ImageLoadError
-from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks, parameters_sha256
+from .engine.inference import EmbeddedBatch, ModelRunner, embed_stream
+from .engine.inputs import parse_image_input
+from .engine.preprocessing import INTERPOLATIONS, RESIZE_MODES
+from .engine.runner import PRECISIONS, PreparedRunner, build_runner, device_here, resolve_device
+from .model_info import fitted_model_info
+from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks
 from .registry.multi_scale import multi_scale_network, stage_feature_names
-from .storage.cache import FeatureCache
-from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, progress_bar, wrap_output
+from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
 
-ON_ERROR = ("raise", "nan")
-# Autocast dtype of each precision; "int8" runs a quantised ONNX graph instead (skimgfeat.engine.quantization).
-PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": None}
+__all__ = ["ON_ERROR", "CNNImageEmbedder"]
 
-# Cache entries locked per claim: bounds the open lock files of one call.
-_CLAIM_CHUNK = 256
-
-# Guards the creation of each embedder's own preparation lock (a lock cannot be pickled,
-# so every copy makes its own on first use).
-_LOCK_CREATION = threading.Lock()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when available, else CPU; anything else must be usable here."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"invalid device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device=None or 'cpu'")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available")
-    return resolved
+_POSITIVE = Interval(Integral, 1, None, closed="left")
+_SIZE_OR_NONE = [_POSITIVE, None]
 
 
 class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -217,6 +187,32 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     array(['img_feature_0', 'img_feature_1'], dtype=object)
     """
 
+    _parameter_constraints: dict = {
+        "model_name": [str],
+        "weights": "no_validation",  # a name, a file, a weights enum member or None: the registry says which
+        "device": [str, torch.device, None],
+        "batch_size": [_POSITIVE, StrOptions({"auto"})],
+        "resize_mode": [StrOptions(set(RESIZE_MODES)), None],
+        "resize_size": _SIZE_OR_NONE,
+        "crop_size": _SIZE_OR_NONE,
+        "interpolation": [StrOptions(set(INTERPOLATIONS)), None],
+        "on_error": [StrOptions(set(ON_ERROR))],
+        "max_pixels": [Interval(Integral, 0, None, closed="left"), None],
+        "draft": ["boolean"],
+        "decode_device": [str, torch.device, None],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "backend": [StrOptions(set(BACKENDS))],
+        "n_workers": _SIZE_OR_NONE,
+        "cache": [str, os.PathLike, None],
+        "progress": ["boolean"],
+        "random_state": ["random_state"],
+        "fine_tune": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "fine_tune_task": [StrOptions(set(TASKS))],
+        "fine_tune_epochs": [_POSITIVE],
+        "fine_tune_options": [dict, None],
+        "multi_scale": [_POSITIVE],
+    }
+
     def __init__(
         self,
         model_name: str = "mobilenet_v2",
@@ -270,6 +266,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
     # -- scikit-learn protocol -------------------------------------------------
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None) -> CNNImageEmbedder:
         """Build the network, fine-tune it on (X, y) when ``fine_tune`` asks, record what it is.
 
@@ -277,7 +274,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         ----------
         X : image input as in :meth:`transform`, or None
             Used when ``fine_tune`` is not 0, and by ``precision="int8"``: up to 64 of
-            these photos, evenly spread, calibrate the quantisation.
+            these photos (at least 4 that load), evenly spread, calibrate the quantisation.
         y : array-like of shape (n_samples,) or (n_samples, n_targets), or None
             Class labels or numbers; required when ``fine_tune`` is not 0.
 
@@ -285,12 +282,10 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         -------
         self : CNNImageEmbedder
         """
-        self._check_params()
+        self._check_combinations()
         built = build_model(self.model_name, self.weights, self.random_state)
-        self.model_ = built.module
-        self.n_features_out_ = built.n_features
-        self.preprocessing_ = self._recipe(built.recipe)
-        self.errors_ = []
+        self.model_, self.n_features_out_, self.errors_ = built.module, built.n_features, []
+        self.preprocessing_ = dataclasses.replace(built.recipe, **self._recipe_overrides(), draft=bool(self.draft))
         fine_tuning = self._fine_tune(X, y) if self.fine_tune != 0 else None
         self.stage_columns_ = None
         if self.multi_scale > 1:
@@ -298,44 +293,21 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 get_spec(self.model_name), self.model_, self.multi_scale, self.preprocessing_.crop
             )
             self.n_features_out_ = sum(column.width for column in self.stage_columns_)
-        self.model_info_ = {
-            "model_name": self.model_name,
-            "weights": built.weights,
-            "weights_sha256": built.weights_sha256,
-            "parameters_sha256": parameters_sha256(self.model_),
-            "n_features": self.n_features_out_,
-            "feature_names": f"{FEATURE_PREFIX}0 ... {FEATURE_PREFIX}{built.n_features - 1}",
-            "output": built.output,
-            "input_size": [3, self.preprocessing_.crop, self.preprocessing_.crop],
-            "preprocessing": self.preprocessing_.to_dict(),
-            "recipe_source": self._recipe_source(built),
-            "params": json_safe_params(self.get_params(deep=False)),
-            "precision": self.precision,
-            "versions": library_versions(),
-            "fitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        if fine_tuning is not None:
-            self.model_info_["fine_tuning"] = fine_tuning
-        if self.stage_columns_ is not None:
-            names = self.get_feature_names_out()
-            self.model_info_["feature_names"] = f"{names[0]} ... {names[-1]}"
-            self.model_info_["output"] += "; before it, the global average pool of earlier stages' outputs"
-            self.model_info_["multi_scale"] = [dataclasses.asdict(column) for column in self.stage_columns_]
-        self.n_embedded_ = 0
-        self.quantized_graph_ = None
+        self._runtime = PreparedRunner()
+        self.model_info_ = fitted_model_info(self, built, fine_tuning)
+        self.n_embedded_, self.quantized_graph_ = 0, None
         if self.precision == "int8":
             self.quantized_graph_, self.model_info_["calibration"] = self._calibrate(X)
-        self._runtime = None
         return self
 
     def prepare(self) -> CNNImageEmbedder:
         """Prepare the network for the device now rather than at the first transform.
 
         Copies the network to the device and builds the backend (ONNX export and
-        session, TorchScript trace): about a second on the CPU. It happens once per
-        fitted embedder, even when several threads ask at the same time; later calls
-        return at once. Useful before timing, or before sharing the embedder between
-        threads so no call pays for it.
+        session, TorchScript trace; read back from the artifact cache after the first
+        time). It happens once per fitted embedder, even when several threads ask at
+        the same time; later calls return at once. Useful before timing, or before
+        sharing the embedder between threads so no call pays for it.
 
         Returns
         -------
@@ -363,14 +335,17 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         """
         check_is_fitted(self, "model_")
         data = parse_image_input(X)
-        missing = self._missing_path_errors(data)
-        paths = data.unique_paths()
-        matrix, errors, n_embedded = self._embed_with_cache(paths)
-        features = data.assemble(paths, matrix)
+        missing = data.missing_path_errors()
+        if missing and self.on_error == "raise":
+            raise missing[0]
+        cache = None
+        if self.cache is not None:
+            cache = embedder_cache(self.cache, self.model_info_, self.max_pixels, self.decode_device)
+        embedded = embed_input(data, self.iter_transform, self.n_features_out_, cache, self.progress)
         # Set once per call, so concurrent calls never mix their results.
-        self.errors_ = missing + errors
-        self.n_embedded_ = n_embedded
-        return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
+        self.errors_ = missing + embedded.errors
+        self.n_embedded_ = embedded.n_embedded
+        return wrap_output(embedded.features, data.index, self.get_feature_names_out(), self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """``img_feature_0 ... img_feature_{n_features_out_ - 1}`` (with ``multi_scale``: stage columns first)."""
@@ -393,10 +368,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
         state.pop("_runtime", None)  # device copies and compiled graphs are rebuilt on load
-        state.pop("_lock", None)
         return state
-
-    # -- streaming -------------------------------------------------------------
 
     def iter_transform(self, paths: Sequence, on_error: str | None = None) -> Iterator[EmbeddedBatch]:
         """Embed ``paths`` batch by batch, in order, with flat memory.
@@ -408,72 +380,31 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         """
         check_is_fitted(self, "model_")
         runner = self._runner()
-        on_error = self.on_error if on_error is None else on_error
-        n_workers = self.n_workers or default_decode_workers()
+        batch_size = self.batch_size if self.batch_size != "auto" else 256 if runner.device.type == "cuda" else 32
         yield from embed_stream(
-            paths,
-            runner,
-            self._decoder(),
-            self.n_features_out_,
-            self._batch_size(runner.device),
-            n_workers,
-            on_error,
-            parallel_calls=runner.parallel_calls,
-            pool=shared_decode_pool(n_workers) if self.n_workers is None else None,
+            paths, runner, self._decoder(), self.n_features_out_, int(batch_size), self.n_workers,
+            self.on_error if on_error is None else on_error, parallel_calls=runner.parallel_calls,
         )
+
+    def inference_device(self) -> torch.device:
+        """The device the network runs on: the fitted ``device``, or the CPU (with a warning) where it is absent.
+
+        ``fit`` refuses a device that is not there; a pickle fitted on a GPU machine and
+        loaded on a CPU-only one still runs (on the CPU) rather than failing a deployment.
+        """
+        return device_here(self.device)
 
     # -- internals -------------------------------------------------------------
 
-    def _recipe(self, recipe: Preprocessing) -> Preprocessing:
-        """The weights' recipe with the user's overrides (None keeps the recipe's value)."""
-        overrides = {
-            "resize_mode": self.resize_mode,
-            "resize": self.resize_size,
-            "crop": self.crop_size,
-            "interpolation": self.interpolation,
-        }
-        chosen = {name: value for name, value in overrides.items() if value is not None}
-        return dataclasses.replace(recipe, **chosen, draft=bool(self.draft))
+    def _recipe_overrides(self) -> dict:
+        """The user's overrides of the weights' recipe (None keeps the recipe's value)."""
+        overrides = {"resize_mode": self.resize_mode, "resize": self.resize_size, "crop": self.crop_size,
+                     "interpolation": self.interpolation}
+        return {name: value for name, value in overrides.items() if value is not None}
 
-    def _recipe_source(self, built) -> str:
-        overridden = [
-            f"{name}={getattr(self, name)!r}"
-            for name in ("resize_mode", "resize_size", "crop_size", "interpolation")
-            if getattr(self, name) is not None
-        ]
-        return built.recipe_source + (f"; overridden by {', '.join(overridden)}" if overridden else "")
-
-    def _check_params(self) -> None:
-        choices = {
-            "on_error": (self.on_error, ON_ERROR),
-            "resize_mode": (self.resize_mode, (None, *RESIZE_MODES)),
-            "interpolation": (self.interpolation, (None, *INTERPOLATIONS)),
-            "precision": (self.precision, tuple(PRECISIONS)),
-            "backend": (self.backend, BACKENDS),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.batch_size != "auto" and not _is_int_at_least(self.batch_size, 1):
-            raise ValueError(f"batch_size must be a positive int or 'auto', got {self.batch_size!r}")
-        for name in ("resize_size", "crop_size"):
-            value = getattr(self, name)
-            if value is not None and not _is_int_at_least(value, 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if self.n_workers is not None and not _is_int_at_least(self.n_workers, 1):
-            raise ValueError(f"n_workers must be a positive int or None, got {self.n_workers!r}")
-        if self.max_pixels is not None and not _is_int_at_least(self.max_pixels, 0):
-            raise ValueError(f"max_pixels must be a non-negative int or None, got {self.max_pixels!r}")
-        fine_tune = self.fine_tune
-        if fine_tune != "all" and not _is_int_at_least(fine_tune, 0):
-            raise ValueError(f"fine_tune must be a non-negative int or 'all', got {fine_tune!r}")
-        if self.fine_tune_task not in TASKS:
-            raise ValueError(f"fine_tune_task must be one of {TASKS}, got {self.fine_tune_task!r}")
-        if not _is_int_at_least(self.fine_tune_epochs, 1):
-            raise ValueError(f"fine_tune_epochs must be a positive int, got {self.fine_tune_epochs!r}")
+    def _check_combinations(self) -> None:
+        """What ``_parameter_constraints`` cannot say: devices here, recipe names, int8's needs."""
         make_recipe(self.fine_tune_options)
-        if not _is_int_at_least(self.multi_scale, 1):
-            raise ValueError(f"multi_scale must be a positive int, got {self.multi_scale!r}")
         device = resolve_device(self.device)
         if self.decode_device is not None:
             resolve_device(self.decode_device)
@@ -484,19 +415,13 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             )
 
     def _calibrate(self, X) -> tuple[bytes, dict]:
-        """The int8 graph calibrated on photos of X, and what identifies the calibration."""
-        from .engine.quantization import calibration_paths, calibration_pixels, quantize_graph
+        """The int8 graph calibrated on photos of X, and the calibration's record."""
+        from .engine.quantization import calibrate
 
         if X is None:
             raise ValueError("precision='int8' calibrates on real photos: pass image paths to fit(X)")
-        paths = calibration_paths(parse_image_input(X).unique_paths())
-        pixels = calibration_pixels(paths, self._decoder(), self.n_workers or default_decode_workers())
-        cpu, size = torch.device("cpu"), self.preprocessing_.crop
-        float_module = prepare_module(self.model_, cpu, "onnxruntime", input_size=size)
-        if not isinstance(float_module, OnnxRuntimeModule):
-            raise RuntimeError("precision='int8' needs the network exported to ONNX, which failed (see the warning)")
-        quantized = quantize_graph(float_module.graph, pixels, self.preprocessing_)
-        return quantized, {"n_images": len(pixels), "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
+        paths = parse_image_input(X).unique_paths()
+        return calibrate(self.model_, paths, self._decoder(), self.preprocessing_, self.n_workers)
 
     def _fine_tune(self, X, y) -> dict:
         """Train ``model_`` on (X, y); failed photos are left out and listed in ``errors_``."""
@@ -506,21 +431,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
                 "with y (class labels or numbers, one per sample), or use fine_tune=0 for frozen features"
             )
         result = fine_tune_network(
-            self.model_,
-            network_blocks(self.model_name, self.model_),
-            parse_image_input(X),
-            y,
-            fine_tune=self.fine_tune,
-            task=self.fine_tune_task,
-            epochs=self.fine_tune_epochs,
-            recipe=make_recipe(self.fine_tune_options),
-            preprocessing=self.preprocessing_,
-            max_pixels=self.max_pixels,
-            on_error=self.on_error,
-            device=resolve_device(self.device),
-            random_state=self.random_state,
-            progress=self.progress,
-            n_workers=self.n_workers,
+            self.model_, network_blocks(self.model_name, self.model_), parse_image_input(X), y,
+            fine_tune=self.fine_tune, task=self.fine_tune_task, epochs=self.fine_tune_epochs,
+            recipe=make_recipe(self.fine_tune_options), preprocessing=self.preprocessing_,
+            max_pixels=self.max_pixels, on_error=self.on_error, device=resolve_device(self.device),
+            random_state=self.random_state, progress=self.progress, n_workers=self.n_workers,
         )
         self.errors_ = result.errors
         return result.record
@@ -528,180 +443,20 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     def _runner(self) -> ModelRunner:
         device = self.inference_device()
         key = (str(device), self.backend, self.precision, self.preprocessing_)
-        runtime = getattr(self, "_runtime", None)
-        if runtime is not None and runtime[0] == key:
-            return runtime[1]
-        with self._prepare_lock():
-            runtime = getattr(self, "_runtime", None)  # another thread may have prepared it meanwhile
-            if runtime is not None and runtime[0] == key:
-                return runtime[1]
-            autocast_dtype = PRECISIONS[self.precision]
-            if getattr(self, "quantized_graph_", None) is not None:
-                module = OnnxRuntimeModule(self.quantized_graph_, onnx_session_threads())
-            else:
-                module = prepare_module(
-                    self.model_,
-                    device,
-                    self.backend,
-                    input_size=self.preprocessing_.crop,
-                    autocast=autocast_dtype is not None,
-                )
-            runner = ModelRunner(module, device, self.preprocessing_, autocast_dtype)
-            self._runtime = (key, runner)
-            return runner
+        runtime = self.__dict__.setdefault("_runtime", PreparedRunner())  # atomic: one per estimator
+        return runtime.get(key, lambda: self._build_runner(device))
 
-    def _prepare_lock(self) -> threading.Lock:
-        with _LOCK_CREATION:
-            if getattr(self, "_lock", None) is None:
-                self._lock = threading.Lock()
-            return self._lock
-
-    def inference_device(self) -> torch.device:
-        """The device the network runs on.
-
-        The fitted ``device``; a fitted model loaded where its device is absent runs on the CPU.
-
-        ``fit`` refuses a device that is not there. A pickle fitted on a GPU machine and
-        loaded on a CPU-only one still works (the network is stored as CPU tensors): it
-        warns and runs on the CPU rather than failing a deployment.
-        """
-        try:
-            return resolve_device(self.device)
-        except ValueError as error:
-            if _device_type(self.device) not in ("cuda", "mps"):
-                raise
-            warnings.warn(
-                f"{error.args[0].split(';')[0]}: running on the CPU instead (set_params(device=None) silences this)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return torch.device("cpu")
-
-    def _batch_size(self, device: torch.device) -> int:
-        if self.batch_size == "auto":
-            return 256 if device.type == "cuda" else 32
-        return int(self.batch_size)
+    def _build_runner(self, device: torch.device) -> ModelRunner:
+        runner = build_runner(self.model_, device, self.backend, self.precision, self.preprocessing_,
+                              self.quantized_graph_)
+        self.model_info_["runtime"] = runner.describe()  # what runs, and any fallback: known once prepared
+        return runner
 
     def _decoder(self):
-        preprocessing, max_pixels = self.preprocessing_, self.max_pixels
+        decode = pixel_decoder(self.preprocessing_, self.max_pixels)
+        if self.decode_device is not None:
+            from .engine.gpu_decode import batch_decoder
 
-        def decode(path):
-            return decode_pixels(path, preprocessing, max_pixels)
-
-        if getattr(self, "decode_device", None) is not None:
-            from .engine.gpu_decode import decode_jpeg_batch
-
-            device = torch.device(self.decode_device)
-            decode.decode_batch = lambda paths: decode_jpeg_batch(paths, preprocessing, device, decode, max_pixels)
+            decode.decode_batch = batch_decoder(self.preprocessing_, torch.device(self.decode_device), decode,
+                                                self.max_pixels)
         return decode
-
-    def _missing_path_errors(self, data: ImageInput) -> list[ImageLoadError]:
-        errors = data.missing_path_errors()
-        if errors and self.on_error == "raise":
-            raise errors[0]
-        return errors
-
-    def _embed_with_cache(self, paths: list) -> tuple[np.ndarray, list[ImageLoadError], int]:
-        """Features of ``paths`` (NaN rows for failures), the failures in input order, how many were embedded."""
-        matrix = np.full((len(paths), self.n_features_out_), np.nan, dtype=np.float32)
-        failures: list[tuple[int, ImageLoadError]] = []
-        if self.cache is None:
-            with progress_bar(len(paths), enabled=self.progress) as bar:
-                self._embed_rows(paths, list(range(len(paths))), matrix, failures, bar)
-            n_embedded = len(paths)
-        else:
-            n_embedded = self._embed_through_cache(paths, matrix, failures)
-        return matrix, [error for _, error in sorted(failures, key=lambda item: item[0])], n_embedded
-
-    def _embed_rows(self, paths: list, rows: list[int], matrix: np.ndarray, failures: list, bar, store=None) -> None:
-        """Embed ``paths[rows]`` into ``matrix[rows]``; ``store(row, vector)`` each success."""
-        if not rows:
-            return
-        for batch in self.iter_transform([paths[i] for i in rows]):
-            positions = rows[batch.start : batch.start + len(batch.features)]
-            matrix[positions] = batch.features
-            failures.extend((rows[position], error) for position, error in batch.errors)
-            failed = {position for position, _ in batch.errors}
-            for k, row in enumerate(positions):
-                if store is not None and batch.start + k not in failed:
-                    store(row, batch.features[k])
-            bar.update(len(batch.features))
-
-    def _embed_through_cache(self, paths: list, matrix: np.ndarray, failures: list) -> int:
-        cache = FeatureCache(self.cache, self._cache_namespace())
-        # Keys from the files as they are before decoding: a file changed meanwhile never
-        # gets these features under the key of its new version.
-        keys = cache.keys(paths)
-        hits = cache.get_many(keys)
-        for i, vector in hits.items():
-            matrix[i] = vector
-        misses = [i for i in range(len(paths)) if i not in hits]
-        writable = True
-
-        def store(row: int, vector: np.ndarray) -> None:
-            nonlocal writable
-            writable = writable and cache.put(keys[row], vector)  # one warning, then no more tries
-
-        embedded, elsewhere = [], []
-        with progress_bar(len(misses), enabled=self.progress) as bar:
-            for start in range(0, len(misses), _CLAIM_CHUNK):
-                chunk = misses[start : start + _CLAIM_CHUNK]
-                with cache.claim([keys[i] for i in chunk]) as claimed:
-                    mine = [chunk[k] for k in sorted(claimed)]
-                    self._embed_rows(paths, mine, matrix, failures, bar, store)
-                embedded += mine
-                elsewhere += [row for k, row in enumerate(chunk) if k not in claimed]
-            left = []
-            for row in elsewhere:  # another process was embedding these: take its results
-                vector = cache.wait(keys[row])
-                if vector is None:
-                    left.append(row)
-                else:
-                    matrix[row] = vector
-                    bar.update(1)
-            self._embed_rows(paths, left, matrix, failures, bar, store)
-        return len(embedded) + len(left)
-
-    def _cache_namespace(self) -> str:
-        info = self.model_info_
-        max_pixels = default_max_pixels() if self.max_pixels is None else self.max_pixels
-        return "|".join(
-            [
-                info["parameters_sha256"],
-                repr(sorted(self.preprocessing_.to_dict().items())),
-                self.precision,
-                f"max_pixels={max_pixels}",
-            ]
-            + ([info["calibration"]["pixels_sha256"]] if "calibration" in info else [])
-        )
-
-def _device_type(device) -> str | None:
-    try:
-        return torch.device(device).type
-    except (RuntimeError, TypeError):
-        return None
-
-
-def _is_int_at_least(value, minimum: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
-
-
-def json_safe_params(params: dict) -> dict:
-    """``get_params(deep=False)`` as JSON values: paths and enum members become strings."""
-    return {
-        name: value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-        for name, value in params.items()
-    }
-
-
-def library_versions() -> dict[str, str]:
-    return {
-        "skimgfeat": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pillow": PIL.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "pandas": pd.__version__,
-        "python": platform.python_version(),
-    }

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skimgfeat import ItemAggregator, item_id_from_name
@@ -58,9 +59,16 @@ def test_pandas_output_has_feature_names():
     assert len(frame) == 3
 
 
-def test_unknown_method_is_refused():
-    with pytest.raises(ValueError, match="method must be one of"):
-        ItemAggregator(method="median").fit(PHOTOS)
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [({"method": "median"}, "method"), ({"item_id": 3}, "item_id"), ({"count_images": "yes"}, "count_images")],
+)
+def test_a_bad_parameter_is_refused_by_name_in_fit_and_in_a_transform_without_fit(parameters, named):
+    aggregator = ItemAggregator(**parameters)
+    with pytest.raises(InvalidParameterError, match=f"The '{named}' parameter of ItemAggregator must be"):
+        aggregator.fit(PHOTOS)
+    with pytest.raises(InvalidParameterError, match=f"The '{named}' parameter"):
+        aggregator.transform(per_image_table())
 
 
 def test_clone_keeps_parameters():
@@ -98,6 +106,24 @@ def test_first_in_a_table_is_the_lowest_image_number_not_row_order():
     result = ItemAggregator(method="first").fit_transform(per_image_table())
     # 84512_2 comes before 84512_10 although the _10 row is listed first
     assert result.set_index("item_id").loc["84512"].tolist() == [3.0, 4.0]
+
+
+def test_first_takes_the_first_photo_that_loaded_whole_in_a_table_as_in_an_array():
+    # Photo 1 loaded but lacks one measure (the JPEG quality of a PNG); photo 2 has both.
+    table = pd.DataFrame(
+        {
+            "image_name": ["9_2.jpg", "9_1.png", "4_1.png", "4_2.jpg", "5_1.png"],
+            "sharpness": [20.0, 10.0, NAN, 30.0, NAN],
+            "jpeg_quality": [90.0, NAN, NAN, 75.0, NAN],
+        }
+    )
+    result = ItemAggregator(method="first", count_images=True).fit_transform(table).set_index("item_id")
+    np.testing.assert_array_equal(result.loc["9"], [10.0, NAN, 2])  # photo 1 whole, not mixed with photo 2
+    np.testing.assert_array_equal(result.loc["4"], [30.0, 75.0, 1])  # photo 1 failed to load: photo 2
+    np.testing.assert_array_equal(result.loc["5"], [NAN, NAN, 0])  # no photo loaded
+    photos = np.array([[[10.0, NAN], [20.0, 90.0]], [[NAN, NAN], [30.0, 75.0]], [[NAN, NAN], [NAN, NAN]]])
+    same_items = result.loc[["9", "4", "5"], ["sharpness", "jpeg_quality"]]
+    np.testing.assert_array_equal(ItemAggregator(method="first").fit_transform(photos), same_items)
 
 
 def test_table_item_id_by_regex_or_callable():

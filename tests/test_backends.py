@@ -15,13 +15,17 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from sklearn.base import clone
 from torch import nn
 from torchvision import transforms
 
 from skimgfeat import CNNImageEmbedder
 from skimgfeat.engine.backends import BACKENDS, OnnxRuntimeModule, prepare_module, resolve_backend
-from skimgfeat.engine.inference import DECODE_NICENESS, ModelRunner, default_inference_threads, iter_decoded
+from skimgfeat.engine.decoding import iter_decoded
+from skimgfeat.engine.inference import ModelRunner
 from skimgfeat.engine.preprocessing import Preprocessing
+from skimgfeat.engine.threads import DECODE_NICENESS, default_inference_threads
+from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 MIN_COSINE = 0.9999
 FAST_BACKENDS = [b for b in BACKENDS if b not in ("eager",)]
@@ -131,6 +135,36 @@ def test_preparation_failure_falls_back_to_eager_with_a_warning():
     assert not isinstance(prepared, torch.jit.ScriptModule)
     batch = torch.randn(2, 3, 8, 8)
     assert torch.equal(prepared(batch), Untraceable()(batch))
+
+
+def test_onnx_export_uses_the_torch_export_based_exporter(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))  # export now, not read back
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder = CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, random_state=0, device="cpu",
+                                    backend="onnxruntime").fit().prepare()
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]  # the TorchScript exporter warns
+    assert embedder.model_info_["runtime"] == {"device": "cpu", "backend": "onnxruntime", "exporter": "torch.export"}
+    (entry,) = (tmp_path / "onnx").iterdir()
+    written = entry.stat().st_mtime_ns
+    again = clone(embedder).fit().prepare()
+    assert entry.stat().st_mtime_ns == written  # exported once per machine, then read back
+    assert again.model_info_["runtime"] == embedder.model_info_["runtime"]  # with how it was exported
+
+
+def test_a_network_torch_export_cannot_capture_falls_back_to_the_older_exporter_naming_it():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            rows = x.flatten(1)
+            step = int(rows.abs().sum(1).max().item() > 0) + 1  # a Python number read from the data
+            return rows[:, ::step]
+
+    with pytest.warns(RuntimeWarning, match="DataDependent cannot be exported to ONNX by torch.export"):
+        prepared = prepare_module(DataDependent(), CPU, "onnxruntime", input_size=8)
+    assert prepared.prepared_as["exporter"] == "torchscript"
+    assert prepared.prepared_as["fallback_from"] == "torch.export"
+    batch = torch.randn(3, 3, 8, 8)
+    torch.testing.assert_close(prepared(batch), DataDependent()(batch))
 
 
 def test_prepared_module_is_a_copy():

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.storage.cache import FeatureCache, cache_info, prune_cache
+from skimgfeat.engine.embedding import embedder_cache
+from skimgfeat.storage.cache import FeatureCache, cache_info, fcntl, prune_cache
 
 
 def _embedder(cache=None, **params) -> CNNImageEmbedder:
@@ -56,7 +58,7 @@ def test_a_same_size_edit_with_its_modification_time_restored_is_embedded_again(
 def test_a_file_replaced_while_it_is_embedded_never_leaves_its_old_features_under_the_new_file(tmp_path, photo):
     cache_dir = tmp_path / "cache"
     embedder = _embedder(cache_dir)
-    cache = FeatureCache(cache_dir, embedder._cache_namespace())
+    cache = embedder_cache(cache_dir, embedder.model_info_, embedder.max_pixels, embedder.decode_device)
     keys = cache.keys([photo])  # the run looks at the file ...
     old_features = _fresh(photo)  # ... decodes and embeds it ...
     replacement = photo.with_name("incoming.png")
@@ -166,3 +168,58 @@ def test_the_cache_command_shows_and_prunes_the_folder(tmp_path, synthetic_photo
     pruned = skimgfeat("--max-size", "0")
     assert pruned.returncode == 0 and "removed 3 entries" in pruned.stdout and ": 0 entries" in pruned.stdout
     assert skimgfeat("--max-size", "lots").returncode == 2
+
+
+def test_features_decoded_on_a_device_are_never_served_to_the_exact_decoder(tmp_path, synthetic_photos):
+    cache = tmp_path / "cache"
+    jpegs = [p for p in synthetic_photos if p.suffix == ".jpg"]
+    _embedder(cache, decode_device="cpu").transform(jpegs)  # torchvision's decoder: not bit-exact
+    exact = _embedder(cache)
+    np.testing.assert_array_equal(exact.transform(jpegs), _fresh_many(jpegs))
+    assert exact.n_embedded_ == len(jpegs)  # another namespace: nothing served across decoders
+
+
+def test_a_zero_length_entry_counts_as_a_miss(tmp_path, synthetic_photos):
+    cache = tmp_path / "cache"
+    _embedder(cache).transform(synthetic_photos)
+    for entry in cache.rglob("*.npy"):
+        entry.write_bytes(b"")  # what a power cut can leave after a rename that was not made durable
+    embedder = _embedder(cache)
+    np.testing.assert_array_equal(embedder.transform(synthetic_photos), _fresh_many(synthetic_photos))
+    assert embedder.n_embedded_ == len(synthetic_photos)
+    assert all(entry.stat().st_size > 0 for entry in cache.rglob("*.npy"))  # and is written again
+
+
+@pytest.mark.skipif(fcntl is None, reason="no advisory locks on this platform")
+def test_waiting_for_an_entry_another_process_computes_gives_up_after_the_timeout(tmp_path, photo):
+    cache = FeatureCache(tmp_path / "cache", "namespace")
+    (key,) = cache.keys([photo])
+    with cache.claim([key]) as claimed:  # held as by a stuck process
+        assert claimed == {0}
+        started = time.monotonic()
+        assert cache.wait(key, timeout=0.3) is None
+        assert 0.3 <= time.monotonic() - started < 10
+
+
+@pytest.mark.skipif(fcntl is None, reason="no advisory locks on this platform")
+def test_a_waiter_whose_lock_file_was_replaced_waits_for_the_new_holder(tmp_path, photo):
+    cache = FeatureCache(tmp_path / "cache", "namespace")
+    (key,) = cache.keys([photo])
+    first = cache.claim([key])
+    assert first.__enter__() == {0}  # process A computes the entry
+    (lock,) = (tmp_path / "cache").rglob("*.lock")
+    result = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("vector", cache.wait(key, timeout=60)))
+    waiter.start()
+    time.sleep(0.3)  # the waiter has opened A's lock file
+    lock.unlink()  # the file goes (a clean-up) ...
+    second = cache.claim([key])
+    assert second.__enter__() == {0}  # ... and process C locks a new one at the same path
+    first.__exit__(None, None, None)  # A lets go of a lock that no longer guards the entry
+    time.sleep(0.3)
+    assert waiter.is_alive()  # the waiter must wait for C, not take A's orphaned lock as the entry's
+    vector = np.arange(4, dtype=np.float32)
+    cache.put(key, vector)
+    second.__exit__(None, None, None)
+    waiter.join(60)
+    np.testing.assert_array_equal(result["vector"], vector)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.inference import available_cpus, cgroup_cpu_limit, cpu_budget
+from skimgfeat.engine.threads import available_cpus, cgroup_cpu_limit, cpu_budget, live_pools
 
 
 def _embedder() -> CNNImageEmbedder:
@@ -69,10 +69,10 @@ def test_four_threads_sharing_one_unprepared_embedder_get_the_serial_result(list
 def test_prepare_builds_the_runtime_once_ahead_of_the_first_transform(listing):
     embedder = _embedder().fit()
     assert embedder.prepare() is embedder
-    runtime = embedder._runtime
+    runtime = embedder._runtime.runner
     embedder.prepare()
     embedder.transform(listing[:2])
-    assert embedder._runtime is runtime
+    assert embedder._runtime.runner is runtime
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
@@ -161,3 +161,18 @@ def test_the_caller_budget_overrides_the_cpu_count(monkeypatch):
     assert 1 <= cpu_budget() <= available_cpus()
     monkeypatch.setenv("SKIMGFEAT_NUM_THREADS", "1")
     assert cpu_budget() == 1
+
+
+def test_a_caller_with_another_thread_budget_never_shuts_down_a_pool_in_use(synthetic_photos, monkeypatch):
+    """A client thread and an in-process LocalCluster worker get different budgets in one process."""
+    embedder = _embedder().fit()
+    paths = [str(p) for p in synthetic_photos] * 3  # more than the decode window: work is still being queued
+    expected = embedder.transform(paths)
+    monkeypatch.setenv("SKIMGFEAT_NUM_THREADS", "2")
+    stream = embedder.iter_transform(paths)
+    batches = [next(stream)]
+    monkeypatch.setenv("SKIMGFEAT_NUM_THREADS", "3")
+    embedder.transform(synthetic_photos)  # another caller, another pool size, while the stream is open
+    batches += list(stream)
+    np.testing.assert_array_equal(np.concatenate([batch.features for batch in batches]), expected)
+    assert {size for kind, size in live_pools() if kind == "decode"} == {3}  # the other size went with its last user

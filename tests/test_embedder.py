@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from sklearn.base import clone
+from sklearn.utils._param_validation import InvalidParameterError
 
 from skimgfeat import CNNImageEmbedder, ImageLoadError
 
@@ -179,10 +180,12 @@ def test_unusable_devices_are_refused_clearly(device):
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("on_error", "zero"), ("batch_size", 0), ("resize_mode", "crop"), ("precision", "int4"), ("backend", "tpu")],
+    [("on_error", "zero"), ("batch_size", 0), ("resize_mode", "crop"), ("precision", "int4"), ("backend", "tpu"),
+     ("n_workers", 0), ("multi_scale", 0), ("fine_tune", -1), ("fine_tune_epochs", 0), ("max_pixels", -1),
+     ("resize_size", "big"), ("draft", "yes"), ("fine_tune_task", "ranking")],
 )
 def test_invalid_parameters_fail_in_fit_naming_the_parameter(param, value):
-    with pytest.raises(ValueError, match=param):
+    with pytest.raises(InvalidParameterError, match=f"'{param}' parameter of CNNImageEmbedder"):
         CNNImageEmbedder(weights=None, **{param: value}).fit()
 
 
@@ -265,7 +268,7 @@ def test_feature_cache_serves_repeated_transforms(tmp_path, synthetic_photos):
     served = random_embedder(cache=cache).fit()
     cached = served.transform(synthetic_photos)
     np.testing.assert_array_equal(cached, first)
-    assert served._runtime is None  # every vector came from the cache: no backend was prepared for nothing
+    assert served._runtime.runner is None  # every vector came from the cache: no backend was prepared for nothing
     other_model = CNNImageEmbedder(weights=None, random_state=1, cache=cache).fit().transform(synthetic_photos[:1])
     assert not np.allclose(other_model[0], first[0])
 

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,15 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import Pipeline
 
 from skimgfeat import CNNImageEmbedder, ItemAggregator
+from skimgfeat.engine.decoding import decode_pixels
+from skimgfeat.engine.finetune import Photos, PhotoStore, decode_samples
+from skimgfeat.engine.inputs import parse_image_input
+from skimgfeat.engine.preprocessing import Preprocessing
 
 # Quick settings for tests that check the mechanics, not the recipe: small crops, one epoch.
 QUICK = {"train_size": 64, "source_size": 80, "validation_fraction": 0.0}
+# ... and embedding at 96 px instead of 224: every pass over the photos costs a fifth.
+SMALL = {"resize_size": 110, "crop_size": 96}
 
 
 def grocery_split(name: str, classes: list[int], per_class: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -42,7 +49,7 @@ def small_grocery():
 
 
 def quick_embedder(weights, **params) -> CNNImageEmbedder:
-    settings = {"fine_tune": 2, "fine_tune_epochs": 1, "fine_tune_options": QUICK, "random_state": 0}
+    settings = {"fine_tune": 2, "fine_tune_epochs": 1, "fine_tune_options": QUICK, "random_state": 0, **SMALL}
     return CNNImageEmbedder(weights=weights, **{**settings, **params})
 
 
@@ -69,7 +76,7 @@ def test_bad_fine_tuning_parameters_are_named(synthetic_photos, params, message)
 
 def test_fine_tuned_features_keep_width_and_names_and_change(small_grocery, shared_weights):
     paths, labels = small_grocery
-    frozen = CNNImageEmbedder(weights=shared_weights).fit()
+    frozen = CNNImageEmbedder(weights=shared_weights, **SMALL).fit()
     tuned = quick_embedder(shared_weights).fit(paths, labels)
     assert tuned.n_features_out_ == frozen.n_features_out_ == 1280
     assert list(tuned.get_feature_names_out()) == list(frozen.get_feature_names_out())
@@ -151,7 +158,7 @@ def test_failed_photos_are_left_out_of_training(small_grocery, shared_weights, t
 
 def test_the_cache_keeps_fine_tuned_and_frozen_features_apart(small_grocery, shared_weights, tmp_path):
     paths, labels = small_grocery
-    frozen = CNNImageEmbedder(weights=shared_weights, cache=tmp_path).fit().transform(paths[:4])
+    frozen = CNNImageEmbedder(weights=shared_weights, cache=tmp_path, **SMALL).fit().transform(paths[:4])
     tuned = quick_embedder(shared_weights, cache=tmp_path).fit(paths, labels)
     first = tuned.transform(paths[:4])
     assert not np.allclose(first, frozen)
@@ -180,3 +187,66 @@ def test_pickled_fine_tuned_embedder_gives_identical_features_in_a_fresh_process
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), expected)
     assert result.stdout.strip() == "classification"
+
+
+@pytest.mark.parametrize(
+    ("y", "task", "message"),
+    [
+        ([3, 3, 3, 3], "auto", r"at least two classes in y, got only \[3\]"),
+        ([1.5, np.nan, 2.5, 4.0], "regression", r"finite y: 1 of 4 samples .* position 1"),
+        ([1.5, 2.5, np.inf, 4.0], "auto", r"finite y: 1 of 4 samples .* position 2"),
+    ],
+)
+def test_unusable_y_is_refused_before_any_photo_is_decoded(tmp_path, y, task, message):
+    # none of these files exists: decoding the first would raise ImageLoadError instead
+    missing = [str(tmp_path / f"not_decoded_{i}.jpg") for i in range(4)]
+    with pytest.raises(ValueError, match=message):
+        CNNImageEmbedder(weights=None, fine_tune="all", fine_tune_task=task).fit(missing, y)
+
+
+def test_decoded_training_photos_wait_in_a_file_not_in_memory(grocery_photos):
+    """Decoding 96 photos for training takes no more memory than decoding 8, and all of them read back."""
+    paths = [str(path) for path in grocery_photos[:96]]
+    source = Preprocessing(resize=96, crop=96)
+
+    def decoding_peak(some_paths):
+        tracemalloc.start()
+        try:
+            photos, errors = decode_samples(parse_image_input(some_paths), source, None, "raise", n_workers=1)
+            return photos, errors, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    few, _, few_peak = decoding_peak(paths[:8])
+    photos, errors, peak = decoding_peak(paths)
+    one_photo = 96 * 96 * 3
+    assert errors == [] and len(photos.sample_of_photo) == 96
+    assert peak < few_peak + 24 * one_photo  # all 96 in memory would add 88 photos, twice that while stacked
+    expected = np.stack([decode_pixels(path, source, None) for path in paths[::7]])
+    np.testing.assert_array_equal(photos.store.read(range(0, 96, 7)).numpy(), expected)
+    few.close()
+    photos.close()
+
+
+def test_the_photos_of_a_batch_of_samples_come_from_where_each_sample_starts():
+    # six samples with 2, 1, 0 (left out), 3, 1 and 2 photos; photos are stored sample after sample
+    photos = Photos(PhotoStore(8), np.array([0, 0, 1, 2, 2, 2, 3, 4, 4]), np.array([0, 1, 3, 4, 5]))
+    rows, owners = photos.rows_of(np.array([4, 0, 2]))
+    assert rows.tolist() == [7, 8, 0, 1, 3, 4, 5]
+    assert owners.tolist() == [0, 0, 1, 1, 2, 2, 2]
+    assert photos.photo_count(np.array([2, 3, 1])).tolist() == [3, 1, 1]
+    photos.close()
+
+
+DIVERGING = {"learning_rate": 1e10, "batch_size": 4}  # far too high: the loss is NaN within the first epoch
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_diverging_fine_tune_raises_and_names_the_learning_rate(small_grocery, shared_weights, task):
+    paths, labels = small_grocery[0][::2], small_grocery[1][::2]
+    y = labels if task == "classification" else np.log1p(labels) + np.linspace(0, 1, len(labels))
+    embedder = quick_embedder(
+        shared_weights, fine_tune="all", fine_tune_options={**QUICK, **DIVERGING, "validation_fraction": 0.25}
+    )
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1: .* fine_tune_options\['learning_rate'\]"):
+        embedder.fit(paths, y)

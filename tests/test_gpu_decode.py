@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from skimgfeat import CNNImageEmbedder
+from skimgfeat.engine.decoding import decode_pixels
 from skimgfeat.engine.gpu_decode import decode_jpeg_batch
-from skimgfeat.engine.inference import decode_pixels
 from skimgfeat.engine.preprocessing import Preprocessing
 from skimgfeat.exceptions import TOO_MANY_PIXELS, ImageLoadError
 

@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import FeatureUnion, make_pipeline
+from sklearn.utils._param_validation import InvalidParameterError
 from test_cli import skimgfeat
 
 from skimgfeat import CNNImageEmbedder, ImageLoadError, ImageQualityFeatures, ItemAggregator
@@ -152,3 +153,11 @@ def test_beside_the_embedder_in_a_feature_union_and_a_column_transformer(synthet
     assert out.columns[:2].tolist() == ["quality__sharpness", "quality__brightness"]
     assert out["tabular__price"].tolist() == [1.0, 2.0, 3.0, 4.0]
     np.testing.assert_allclose(out.iloc[:, :11].to_numpy(), values[:, 1024:])
+
+
+@pytest.mark.parametrize(
+    ("param", "value"), [("working_size", 4), ("on_error", "zero"), ("max_pixels", -1), ("n_workers", 0)]
+)
+def test_invalid_parameters_fail_in_fit_naming_the_parameter(param, value):
+    with pytest.raises(InvalidParameterError, match=f"'{param}' parameter of ImageQualityFeatures"):
+        ImageQualityFeatures(**{param: value}).fit()

@@ -9,10 +9,13 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.quantization import calibration_paths
+from skimgfeat.engine.decoding import pixel_decoder
+from skimgfeat.engine.embedding import embedder_cache
+from skimgfeat.engine.quantization import calibration_paths, check_quantized
 from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 
@@ -26,6 +29,10 @@ def int8_and_float(synthetic_photos):
     settings = dict(model_name="shufflenet_v2_x0_5", weights=None, random_state=0, device="cpu")
     int8 = CNNImageEmbedder(precision="int8", **settings).fit(synthetic_photos[:4])
     return int8, CNNImageEmbedder(**settings).fit()
+
+
+def _cache_root(embedder):
+    return embedder_cache("cache", embedder.model_info_, embedder.max_pixels, embedder.decode_device).root
 
 
 def test_int8_features_are_close_to_float32(int8_and_float, synthetic_photos):
@@ -58,7 +65,7 @@ def test_other_calibration_photos_give_another_graph_and_cache_namespace(int8_an
     int8, _ = int8_and_float
     other = clone(int8).fit(synthetic_photos[2:])
     assert other.quantized_graph_ != int8.quantized_graph_
-    assert other._cache_namespace() != int8._cache_namespace()
+    assert _cache_root(other) != _cache_root(int8)
 
 
 def test_int8_needs_calibration_photos_and_the_onnx_cpu_path(synthetic_photos):
@@ -82,3 +89,29 @@ def test_int8_keeps_real_features_and_predictions(shared_weights, imagenet_dir, 
     got, expected = int8.transform(photos), float32.transform(photos)
     assert cosines(got, expected).min() >= 0.95
     assert np.median(cosines(got, expected)) >= 0.99
+
+
+def test_int8_refuses_to_calibrate_on_fewer_than_four_photos(synthetic_photos):
+    with pytest.raises(ValueError, match="at least 4"):
+        CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, precision="int8", device="cpu").fit(synthetic_photos[:3])
+
+
+def test_int8_records_how_closely_it_follows_float32_on_the_calibration_photos(int8_and_float):
+    int8, _ = int8_and_float
+    calibration = int8.model_info_["calibration"]
+    assert 0.99 <= calibration["cosine_min"] <= calibration["cosine_mean"] <= 1.0
+
+
+def test_a_quantised_graph_far_from_the_float_one_is_reported(int8_and_float, synthetic_photos):
+    int8, _ = int8_and_float
+    float_module = int8.model_
+
+    class Broken(torch.nn.Module):  # what a bad quantisation amounts to: other features
+        def forward(self, batch):
+            return -float_module(batch)
+
+    decode = pixel_decoder(int8.preprocessing_, None)
+    pixels = np.stack([decode(path) for path in synthetic_photos[:4]])
+    with pytest.warns(UserWarning, match=r"min cosine -1\.0000 < 0\.95.*precision='float32'"):
+        cosine = check_quantized(float_module, Broken(), pixels, int8.preprocessing_)
+    np.testing.assert_allclose(cosine, -1.0)

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from skimgfeat import CNNImageEmbedder
-from skimgfeat.engine.inference import decode_pixels
+from skimgfeat.engine.decoding import decode_pixels
 from skimgfeat.registry import MODEL_REGISTRY, build_model, get_spec, network_blocks
 from skimgfeat.registry.built_model import seeded
 from skimgfeat.registry.multi_scale import multi_scale_network

@@ -124,7 +124,7 @@ def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_pat
     if process.returncode == 0:
         pytest.skip("the run finished before it could be interrupted")
     assert process.returncode == 130
-    assert stderr == "skimgfeat: error: interrupted; what was embedded is checkpointed, continue with --resume\n"
+    assert stderr == "skimgfeat: error: interrupted; the work done so far is checkpointed, continue with --resume\n"
     assert len(list(parts.glob("part-*.npz"))) >= 2
 
 

@@ -54,8 +54,9 @@ def test_duplicates_are_connected_components_numbered_in_table_order():
     pair = 1 - np.cos(np.radians(10))
     groups = find_duplicates(SimilarityIndex(["a", "b", "c", "d", "e", "f"], np.column_stack(
         [np.cos(angles), np.sin(angles)])), threshold=pair * 1.01)
-    assert groups.columns.tolist() == ["group", "image_path"]
-    assert groups.values.tolist() == [[0, "a"], [0, "b"], [0, "c"], [1, "d"], [1, "e"]]
+    assert groups.columns.tolist() == ["group", "image_path", "chained"]
+    assert groups.values.tolist() == [[0, "a", True], [0, "b", True], [0, "c", True], [1, "d", False],
+                                      [1, "e", False]]  # a~c only through b: a chain
     assert find_duplicates(index, threshold=0.0).empty
     with pytest.raises(ValueError, match="threshold"):
         find_duplicates(index, threshold=-0.1)

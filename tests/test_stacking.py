@@ -12,6 +12,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeRegressor
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skimgfeat import OutOfFoldPredictor
@@ -103,12 +104,54 @@ def test_nan_passes_only_to_an_estimator_that_accepts_it(noise):
         OutOfFoldPredictor(Ridge()).fit(X, y)
 
 
-def test_parameters_are_checked_when_fitting_and_clone_keeps_them(noise):
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"method": "predict_log_proba"}, "method"),
+        ({"cv": 1}, "cv"),
+        ({"shuffle": "yes"}, "shuffle"),
+        ({"random_state": "seed"}, "random_state"),
+        ({"n_jobs": 1.5}, "n_jobs"),
+        ({"estimator": "ridge"}, "estimator"),
+    ],
+)
+def test_a_bad_parameter_is_refused_by_name_when_fitting(noise, parameters, named):
     X, y = noise
-    stacker = OutOfFoldPredictor(Ridge(alpha=3.0), cv=4, method="predict_log_proba")
+    stacker = OutOfFoldPredictor(Ridge()).set_params(**parameters)
+    with pytest.raises(InvalidParameterError, match=f"The '{named}' parameter of OutOfFoldPredictor must be"):
+        stacker.fit(X, y)
+    with pytest.raises(InvalidParameterError, match=f"The '{named}' parameter"):
+        stacker.fit_transform(X, y)
+
+
+def test_clone_keeps_the_parameters_and_transform_needs_a_fit(noise):
+    X, _ = noise
+    stacker = OutOfFoldPredictor(Ridge(alpha=3.0), cv=4, method="predict")
     assert clone(stacker).get_params()["cv"] == 4
     assert clone(stacker).get_params()["estimator__alpha"] == 3.0
-    with pytest.raises(ValueError, match="method must be one of"):
-        stacker.fit(X, y)
     with pytest.raises(NotFittedError):
         OutOfFoldPredictor(Ridge()).transform(X)
+
+
+class CountingRidge(Ridge):
+    """A Ridge that counts the fits of all its clones."""
+
+    fits = 0
+
+    def fit(self, X, y, sample_weight=None):
+        type(self).fits += 1
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def test_fit_keeps_the_out_of_fold_predictions_and_fit_transform_fits_k_plus_one_times(noise):
+    X, y = noise
+    folds = KFold(4, shuffle=True, random_state=0)
+    CountingRidge.fits = 0
+    stacker = OutOfFoldPredictor(CountingRidge(), cv=folds).fit(X, y)
+    assert CountingRidge.fits == 4 + 1  # one per fold, then the refit on all rows
+    np.testing.assert_allclose(stacker.oof_predictions_[:, 0], cross_val_predict(Ridge(), X, y, cv=folds))
+
+    CountingRidge.fits = 0
+    returned = OutOfFoldPredictor(CountingRidge(), cv=folds).fit_transform(X, y)
+    assert CountingRidge.fits == 4 + 1
+    np.testing.assert_array_equal(returned, stacker.oof_predictions_)

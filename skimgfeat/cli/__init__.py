@@ -3,10 +3,11 @@
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``--max-images 50`` the original ``test_image_features.py``), ``models``,
 ``sample-images``, ``index`` (a persistent similarity index: ``build``, ``add``,
-``info``), and the uses of a feature table: ``similar``, ``duplicates`` and
-``quality``; ``cache`` shows and prunes a feature cache folder. Run
+``info``), and the uses of a feature table: ``similar``, ``duplicates``,
+``quality`` and ``match`` (the same object in new photos); ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
-parser with ``add_parser(commands, common)`` and sets its handler.
+parser with ``add_parser(commands, common)`` and sets its handler, and
+``resumable=True`` when it has ``--resume`` (Ctrl-C then points to it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import admin, duplicates, extract, index, quality, similar
+from . import admin, duplicates, extract, index, match, quality, similar
 from .common import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -26,9 +27,11 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    check_environment,
+    exit_codes,
 )
 
-SUBCOMMANDS = (extract, admin, index, similar, duplicates, quality)
+SUBCOMMANDS = (extract, admin, index, similar, duplicates, quality, match)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     for module in SUBCOMMANDS:
         module.add_parser(commands, common)
+    for command in commands.choices.values():
+        command.epilog = exit_codes(resumable=bool(command.get_default("resumable")))
     return parser
 
 
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_environment()
         return args.handler(args)
     except BrokenPipeError:
         # The reader went away (``skimgfeat models | head``): not an error of ours.

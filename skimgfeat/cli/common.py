@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import textwrap
 from collections.abc import Iterator
@@ -15,7 +16,24 @@ EXIT_USAGE = 2
 EXIT_IMAGES_FAILED = 3
 EXIT_INTERRUPTED = 130
 
-EXIT_CODES = f"""\
+
+
+# What Ctrl-C leaves of a command with --resume: its --help and its interrupt message say the same.
+CHECKPOINTED_ON_INTERRUPT = "the work done so far is checkpointed, continue with --resume"
+
+
+def exit_codes(resumable: bool | None = None) -> str:
+    """The exit codes, for the end of ``--help``.
+
+    What Ctrl-C leaves depends on the command: a ``resumable`` one checkpoints its work;
+    None describes all commands (``skimgfeat --help``).
+    """
+    interrupted = {
+        True: CHECKPOINTED_ON_INTERRUPT,
+        False: "run the command again",
+        None: "a command with --resume continues where it stopped",
+    }[resumable]
+    return f"""\
 exit codes:
   {EXIT_OK}    success; images that could not be read do not fail the run: they are
        listed in image_errors.csv, in the summary and in the raw table's "error" column
@@ -25,9 +43,11 @@ exit codes:
        folder, no matching image, a checkpoint that does not fit the run, an output
        folder another run is writing into
   {EXIT_IMAGES_FAILED}    --strict was given and some images could not be read
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); extract and quality keep the work done so far in a
-       checkpoint: continue with --resume
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): {interrupted}
 """
+
+
+EXIT_CODES = exit_codes()
 
 WEIGHTS_ENV = "SKIMGFEAT_WEIGHTS"
 
@@ -48,6 +68,13 @@ def add_command(commands, common: argparse.ArgumentParser, name: str, summary: s
     )
 
 
+def check_environment() -> None:
+    """Refuse a bad thread-count variable before any work: a failure (exit 1) under every command."""
+    from ..engine.environment import check_thread_variables
+
+    check_thread_variables()
+
+
 # -- argument types ------------------------------------------------------------------
 
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -62,18 +89,18 @@ def size(text: str) -> int:
         value = float(number) * _SIZE_UNITS[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}") from None
-    if value < 0:
+    if not (math.isfinite(value) and value >= 0):  # int() of inf raises OverflowError, which argparse lets through
         raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}")
     return int(value)
 
 
 def positive_float(text: str) -> float:
-    """A number > 0."""
+    """A finite number > 0."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 

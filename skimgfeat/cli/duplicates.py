@@ -1,39 +1,256 @@
-"""``skimgfeat duplicates``: groups of near-duplicate photos in a feature table."""
+"""``skimgfeat duplicates``: copies among the photos of a feature table, or of new photos in an archive."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, add_command, usage_errors
+from .common import EXIT_OK, WEIGHTS_ENV, UsageError, add_command, usage_errors, weights_from_env
+
+TABLE_SUFFIXES = (".parquet", ".csv")
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``duplicates``."""
-    from ..uses.duplicates import DEFAULT_DUPLICATE_THRESHOLD
+    from ..uses.copy_check import COPY_THRESHOLD, HASHES_FILE
+    from ..uses.duplicates import DEFAULT_CANDIDATE_DISTANCE, DEFAULT_DUPLICATE_THRESHOLD
 
     duplicates = add_command(
-        commands, common, "duplicates", "list groups of near-duplicate photos in a feature table",
-        "Print, as CSV on stdout (group,image_path), every photo of FEATURES that has a near-duplicate "
-        "(a resized, recompressed, slightly cropped or re-exposed copy): photos closer than --threshold "
-        "in cosine distance are linked, groups are the connected photos, numbered from 0. Photos "
-        "without a duplicate are not listed.",
+        commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
+        "Two stages: photos closer than --threshold in cosine distance are candidate pairs, then the copy "
+        "check compares their perceptual hashes, which a resized, recompressed, lightly cropped or re-exposed "
+        "copy keeps and a re-shoot of the same object does not. With --features (or --index), print as CSV on "
+        "stdout "
+        "(group,image_path,chained) every photo of the table that has a copy: groups are the connected "
+        "copy pairs, numbered from 0 in table order; chained marks a group in which some two photos are not "
+        "themselves copies. With NEW... --against ARCHIVE, print (image_path,duplicate_of,feature_distance,"
+        f"copy_score) each new photo that already exists in the archive, which is not regrouped. Hashes come "
+        f"from {HASHES_FILE} beside a table or in an index directory (`skimgfeat extract --hashes` writes it); "
+        "photos without them are hashed now.",
     )
-    duplicates.add_argument("--features", type=Path, required=True, metavar="FEATURES",
-                            help="a table written by `skimgfeat extract` (.parquet or .csv)")
-    duplicates.add_argument("--threshold", type=float, default=DEFAULT_DUPLICATE_THRESHOLD, metavar="T",
-                            help="cosine distance under which two photos are duplicates (default: %(default)s, "
-                                 "measured on copies of real photos with MobileNetV2)")
+    duplicates.add_argument("new", nargs="*", metavar="NEW",
+                            help="with --against: new image files or feature tables (.parquet, .csv)")
+    source = duplicates.add_mutually_exclusive_group()
+    source.add_argument("--features", type=Path, default=None, metavar="FEATURES",
+                        help="a per-image table written by `skimgfeat extract` (.parquet, .csv): group its copies")
+    source.add_argument("--index", type=Path, default=None, metavar="INDEX_DIR",
+                        help="an index directory written by `skimgfeat index build`: group its copies")
+    source.add_argument("--against", type=Path, default=None, metavar="ARCHIVE",
+                        help="the archive's feature table or index directory: which NEW photos are copies of its "
+                             "photos")
+    duplicates.add_argument("--threshold", type=float, default=None, metavar="T",
+                            help=f"cosine distance of the candidate pairs (default: {DEFAULT_CANDIDATE_DISTANCE}; "
+                                 f"{DEFAULT_DUPLICATE_THRESHOLD} with --no-copy-check, where it alone decides)")
+    duplicates.add_argument("--copy-threshold", type=_bits, default=COPY_THRESHOLD, metavar="BITS",
+                            help="largest copy distance, in bits of the perceptual hashes, of a copy "
+                                 "(default: %(default)s)")
+    duplicates.add_argument("--no-copy-check", action="store_true",
+                            help="features alone decide: every candidate pair is a copy (no photo is read)")
+    duplicates.add_argument("--hashes", type=Path, default=None, metavar="FILE",
+                            help=f"the archive's hashes (default: {HASHES_FILE} beside the table or inside the index "
+                                 "directory, when there)")
+    duplicates.add_argument("--pairs", type=Path, default=None, metavar="PAIRS.csv",
+                            help="also write every candidate pair: image_a,image_b,feature_distance,copy_score,"
+                                 "verdict (copy, different, unreadable),reason")
+    duplicates.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
+                            help="also draw each group (each new photo and its copies) as a row of a contact sheet")
+    duplicates.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                            help="the folder of the table's photos (default: the one recorded by extract)")
+    duplicates.add_argument("--weights", default=None,
+                            help=f"state-dict file replacing the recorded weights to embed NEW image files offline "
+                                 f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
     duplicates.set_defaults(handler=run_duplicates)
 
 
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits from 0 to 64, got {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of bits from 0 to 64, got {text!r}")
+    return value
+
+
 def run_duplicates(args: argparse.Namespace) -> int:
-    """Print the groups of near-duplicates as CSV."""
-    from ..uses.duplicates import find_duplicates
+    """Group the copies of a table, or find the new photos' copies in an archive."""
+    archive = args.features or args.index
+    if archive is None and args.against is None:
+        raise UsageError("give either --features TABLE or --index INDEX_DIR (group its copies), "
+                         "or NEW... --against ARCHIVE")
+    if archive is not None and args.new:
+        raise UsageError(f"NEW photos or tables ({args.new[0]!r}) go with --against, not --features or --index")
+    if args.against is not None and not args.new:
+        raise UsageError("--against needs NEW image files or feature tables to look for")
+    if archive is not None:
+        return _group_table(args, archive)
+    return _against_archive(args)
+
+
+def _group_table(args: argparse.Namespace, archive: Path) -> int:
+    from ..uses.duplicates import duplicate_groups, duplicate_pairs
+
+    with usage_errors():  # a missing or foreign table or index, a threshold out of range, a foreign hashes file
+        index = _read_index(archive, args.image_dir)
+        copy_check = _copy_check(args, index, archive, args.hashes)
+        pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
+                                copy_threshold=args.copy_threshold)
+    groups = duplicate_groups(pairs, key=index.key, order=index.names)
+    groups.to_csv(sys.stdout, index=False)
+    _report(args, pairs)
+    if args.sheet is not None:
+        _draw(args.sheet, _group_sheet_rows(groups, pairs, index.key), index)
+    return EXIT_OK
+
+
+def _against_archive(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from ..uses.duplicates import find_copies_against
+
+    with usage_errors():
+        index = _read_index(args.against, args.image_dir)
+        archive_hashes = _copy_check(args, index, args.against, args.hashes)
+        names, vectors, photos, new_hashes, failed = _new_photos(args, index)
+        pairs = find_copies_against(index, names, vectors, photos=photos, max_distance=args.threshold,
+                                    copy_check=new_hashes, archive_hashes=archive_hashes,
+                                    copy_threshold=args.copy_threshold)
+    if failed:  # new photos that could not be embedded: reported, never silently dropped
+        pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
+                                                "copy_score": np.nan, "verdict": "unreadable",
+                                                "reason": list(failed.values())})], ignore_index=True)
+    found = pairs[pairs["verdict"] == "copy"]
+    found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
+    found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
+        sys.stdout, index=False, float_format="%.6f")
+    _report(args, pairs)
+    if args.sheet is not None:
+        photo_of = dict(zip(names, (os.fspath(photo) if photo is not None else name
+                                    for name, photo in zip(names, photos))))
+        sheet_rows = found.assign(query=found["image_path"].map(photo_of), distance=found["feature_distance"])
+        sheet_rows["rank"] = sheet_rows.groupby("query").cumcount() + 1
+        _draw(args.sheet, sheet_rows.rename(columns={"duplicate_of": index.key}), index)
+    return EXIT_OK
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+
+def _read_index(path: Path, image_dir: Path | None):
+    """A feature table's exact index, or an index directory (its photos under ``image_dir`` when given)."""
     from ..uses.similarity import SimilarityIndex
 
-    with usage_errors():  # a missing or foreign table, a threshold out of range
-        groups = find_duplicates(SimilarityIndex.read(args.features), threshold=args.threshold)
-    groups.to_csv(sys.stdout, index=False)
-    return EXIT_OK
+    if not path.is_dir():
+        return SimilarityIndex.read(path, image_dir=image_dir)
+    index = SimilarityIndex.load(path)
+    if image_dir is not None:
+        index.image_dir = image_dir
+    return index
+
+
+def _hashes_beside(archive: Path) -> Path:
+    from ..uses.copy_check import HASHES_FILE
+
+    return (archive if archive.is_dir() else archive.parent) / HASHES_FILE
+
+
+def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
+    """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
+    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+
+    if args.no_copy_check:
+        return False
+    if index.key != "image_path":
+        _note(args, f"{os.fspath(table)} has one row per item: features alone decide (no copy check)")
+        return False
+    hashes_file = hashes_file or _hashes_beside(table)
+    if hashes_file.is_file():
+        return PhotoHashes.read(hashes_file)
+    if args.hashes is not None:
+        raise FileNotFoundError(f"hashes file {os.fspath(hashes_file)!r} does not exist")
+    where = "in" if table.is_dir() else "beside"
+    _note(args, f"no {HASHES_FILE} {where} {os.fspath(table)}: the photos of candidate pairs are hashed now "
+                "(`skimgfeat extract --hashes` writes it once)")
+    return True
+
+
+def _new_photos(args: argparse.Namespace, index):
+    """(names, vectors, photo paths, hashes or True/False, {name: reason} of failed photos) of NEW."""
+    import numpy as np
+
+    from .. import embedder_from_model_info
+    from ..uses.copy_check import PhotoHashes
+
+    names, vectors, photos, hashes, failed = [], [], [], None, {}
+    files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
+    for table in (Path(item) for item in args.new if Path(item).suffix.lower() in TABLE_SUFFIXES):
+        new = _read_index(table, None)
+        index.check_model(new.model_info, what=os.fspath(table))
+        names += list(new.names)
+        vectors.append(new.vectors)
+        photos += [new.photo_path(name) for name in new.names]
+        beside = _hashes_beside(table)
+        if beside.is_file() and not args.no_copy_check:
+            read = PhotoHashes.read(beside)
+            hashes = read if hashes is None else hashes.merged(read)
+    if files:
+        embedder = embedder_from_model_info(index.model_info or {}, weights_from_env(args.weights),
+                                            on_error="nan").fit()
+        embedded = np.asarray(embedder.transform(files), dtype=np.float32)
+        for error in embedder.errors_:
+            failed[error.path] = _reason(error)
+        names += files
+        vectors.append(embedded)
+        photos += files
+    copy_check = False if args.no_copy_check else (hashes if hashes is not None else True)
+    return names, np.concatenate(vectors), photos, copy_check, failed
+
+
+def _reason(error) -> str:
+    reason, detail = getattr(error, "reason", str(error)), getattr(error, "detail", "")
+    return f"{reason} ({detail})" if detail else reason
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace, pairs) -> None:
+    from ..storage.io import write_table
+
+    if args.pairs is not None:
+        write_table(pairs, args.pairs)
+    counts = pairs["verdict"].value_counts()
+    unreadable = pairs[pairs["verdict"] == "unreadable"]
+    for reason in dict.fromkeys(unreadable["reason"]):
+        print(f"skimgfeat: warning: unreadable photo in a candidate pair: {reason}", file=sys.stderr)
+    _note(args, f"{len(pairs)} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}"
+                                                              for v in ("copy", "different", "unreadable")))
+
+
+def _note(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(f"skimgfeat: {message}", file=sys.stderr)
+
+
+def _group_sheet_rows(groups, pairs, key: str):
+    """Each group as one row of the sheet: its first member, then the others with their distance to it."""
+    import pandas as pd
+
+    distance = {(a, b): d for a, b, d in zip(pairs["image_a"], pairs["image_b"], pairs["feature_distance"])}
+    rows = []
+    for _, members in groups.groupby("group", sort=True)[key]:
+        first, *others = members.tolist()
+        for rank, other in enumerate(others, start=1):
+            rows.append((first, rank, other, distance.get((first, other), distance.get((other, first), float("nan")))))
+    return pd.DataFrame(rows, columns=["query", "rank", key, "distance"])
+
+
+def _draw(path: Path, rows, index) -> None:
+    from ..storage.io import atomic_path
+    from ..uses.contact_sheet import contact_sheet
+
+    with atomic_path(path) as temporary:
+        contact_sheet(rows, index).save(temporary, format="PNG")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -71,7 +72,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
     add_table_output_options(extract)
-    add_checkpoint_options(extract, done="embedded")
+    add_checkpoint_options(extract)
+    extract.add_argument("--hashes", action="store_true",
+                         help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
+                              "checks copies with, computed once here instead of at every duplicates run")
+    add_local_features_option(extract)
     extract.set_defaults(handler=run_extract)
 
 
@@ -101,8 +106,11 @@ def run_extract(args: argparse.Namespace) -> int:
         run = CheckpointedRun(args, paths, _fingerprint(args, embedder), CHECKPOINT_DIR)
         embedder.prepare()  # the network's copy and export happen now: not part of the throughput
         run.compute(embedder.iter_transform)
+        local_features = write_local_features_of_run(args, paths)  # before the checkpoint goes: --resume continues
         with run.gathered(embedder.n_features_out_) as rows:
             result = _write_outputs(args, rows, run.relative, embedder)
+        result.outputs += _write_hashes(args, paths, run.relative)
+        result.outputs += local_features
     result.n_resumed, result.n_embedded = run.n_resumed, len(run.todo)
     result.embed_seconds, result.wall_seconds = run.seconds, time.perf_counter() - started
     if not args.quiet:
@@ -190,6 +198,17 @@ def _write_outputs(args, rows: Gathered, relative: list[str], embedder) -> Extra
     return ExtractResult(len(relative), failures, statistics, n_items, outputs, 0, 0, 0.0, 0.0, model_info)
 
 
+def _write_hashes(args: argparse.Namespace, paths: list[Path], relative: list[str]) -> list[Path]:
+    """With --hashes, the copy check's hashes of every photo; without, no hashes of an earlier run's photos."""
+    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+
+    target = args.output_dir / HASHES_FILE
+    if not args.hashes:
+        target.unlink(missing_ok=True)  # they would describe other photos than these tables
+        return []
+    return [PhotoHashes.compute(paths, relative, n_workers=args.workers).write(target)]
+
+
 def _remove_leftovers(output_dir: Path) -> None:
     """Delete temporary files of final outputs that a killed run left behind."""
     for name in (RAW_TABLE, ITEM_TABLE, Path(ERRORS_FILE).stem, Path(MODEL_INFO_FILE).stem):
@@ -241,3 +260,27 @@ def _print_statistics(stats: FeatureStatistics) -> None:
     columns = [f"{FEATURE_PREFIX}{i}" for i in range(min(5, width))]
     with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
         print(stats.sample[["image_name", *columns]].to_string(index=False))
+
+
+# -- local features for `skimgfeat match` ----------------------------------------------------------------------------
+
+
+def add_local_features_option(parser: argparse.ArgumentParser) -> None:
+    """--local-features."""
+    parser.add_argument("--local-features", action="store_true",
+                        help="also store the photos' local features (ORB keypoints, at most 500 per photo) in "
+                             "OUT/local_features, for `skimgfeat match`; photos stored by an earlier run are kept "
+                             "(needs the match extra: OpenCV)")
+
+
+def write_local_features_of_run(args: argparse.Namespace, paths: list[Path]) -> list[Path]:
+    """Store the local features of ``paths`` not stored yet when ``--local-features`` is given."""
+    if not args.local_features:
+        return []
+    from ..storage.output import progress_bar
+    from ..uses.local_features import LOCAL_FEATURES_DIR, write_local_features
+
+    folder = args.output_dir / LOCAL_FEATURES_DIR
+    with progress_bar(len(paths), enabled=not args.quiet and sys.stderr.isatty()) as bar:
+        write_local_features(paths, folder, image_dir=args.image_dir, on_progress=bar.update)
+    return [folder]

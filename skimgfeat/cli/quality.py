@@ -42,13 +42,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     add_image_folder_options(quality)
     add_table_output_options(quality)
-    add_checkpoint_options(quality, done="measured")
+    add_checkpoint_options(quality)
     quality.set_defaults(handler=run_quality)
 
 
 def run_quality(args: argparse.Namespace) -> int:
     """Measure the photos (checkpointed), then stream the per-image and per-item tables."""
-    from ..embedder import library_versions
+    from ..model_info import library_versions
     from ..uses.quality import QUALITY_FEATURES, ImageQualityFeatures
 
     started = time.perf_counter()

@@ -11,15 +11,22 @@ Backends:
   convolutions) and passed through ``optimize_for_inference``, which fuses
   convolution + ReLU for oneDNN. Faster than eager on the CPU (measured in
   ``benchmarks/README.md``); the float32 result differs from eager only by summation order.
-* ``"onnxruntime"``: exported to ONNX (batch axis dynamic) and run by an ONNX Runtime
-  CPU session with its graph optimisations. Faster again than the TorchScript graph
-  (``benchmarks/README.md``), same float32 results up to summation order.
+* ``"onnxruntime"``: exported to ONNX (batch axis dynamic) by torch's
+  ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``, which needs
+  ``onnxscript``) and run by an ONNX Runtime CPU session with its graph optimisations.
+  Faster again than the TorchScript graph (``benchmarks/README.md``), same float32
+  results up to summation order. A network that exporter cannot capture is exported by
+  the deprecated TorchScript-based exporter instead, with a warning naming the network,
+  recorded in ``model_info_["runtime"]``.
 * ``"auto"``: ``"onnxruntime"`` on the CPU in float32 (``"torchscript"`` when ONNX
   Runtime is not importable), ``"eager"`` elsewhere (cuDNN already fuses on CUDA, and
   a frozen graph would ignore autocast).
 
 A backend that fails to prepare, or whose output does not match eager on a probe batch,
 falls back to ``"eager"`` with a warning: a slower run, never a failed or wrong one.
+
+What was prepared (backend, exporter, any fallback and why) is in the prepared
+module's ``prepared_as`` dict, which the embedder records as ``model_info_["runtime"]``.
 
 An exported ONNX graph that passed that check is kept in the artifact cache
 (:mod:`skimgfeat.storage.artifact_cache`) under a digest of the network's parameters and
@@ -34,21 +41,26 @@ import copy
 import importlib.metadata
 import importlib.util
 import io
+import json
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..storage import artifact_cache
+from .threads import inference_layout
 
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 
 # A prepared graph must agree with eager this closely on the probe batch; float32
 # reordering gives > 0.99999, a broken graph gives far less.
 _PROBE_MIN_COSINE = 0.9999
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # the torch.export-based exporter's own default
+# Key of the exported graphs in the artifact cache: bumped with the exporter.
+_EXPORT_SCHEME = "dynamo-1"
 
 
 def resolve_backend(backend: str, device: torch.device, autocast: bool = False) -> str:
@@ -88,27 +100,24 @@ def prepare_module(
         if cached is not None:
             return cached
     eager = _prepare_eager(module, device)
+    eager.prepared_as = {"backend": "eager"}
     if concrete == "eager":
         return eager
-    # torch.jit and the TorchScript-based ONNX exporter are marked deprecated, but they
-    # work in the pinned torch and prepare in about a second, with no compiler. Their
-    # warnings go to the caller's filters: silencing them with warnings.catch_warnings()
-    # would swap the process-wide filter list, which is not thread-safe before Python
-    # 3.14 (another thread's filters would be lost). The exporter's DeprecationWarnings
-    # are hidden by Python's default filters; under "-W error" ignore torch's
-    # deprecations (``-W "ignore::DeprecationWarning:torch"``) or the preparation falls back.
+    # torch.jit (and the TorchScript-based ONNX exporter, used only as a fallback) are
+    # marked deprecated. Their warnings go to the caller's filters: silencing them with
+    # warnings.catch_warnings() would swap the process-wide filter list, which is not
+    # thread-safe before Python 3.14 (another thread's filters would be lost).
     try:
         example = _example_batch(device, input_size)
         prepared = _PREPARERS[concrete](eager, example)
         _check_matches(prepared, eager, example)
         if graph_key is not None:
-            artifact_cache.store("onnx", graph_key, prepared.graph)
+            artifact_cache.store("onnx", graph_key, _tagged(prepared.graph, prepared.prepared_as))
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
-        warnings.warn(
-            f"backend {concrete!r} could not be prepared ({type(error).__name__}: {error}); using 'eager'",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        reason = f"{type(error).__name__}: {error}"
+        warnings.warn(f"backend {concrete!r} could not be prepared ({reason}); using 'eager'", RuntimeWarning,
+                      stacklevel=2)
+        eager.prepared_as = {"backend": "eager", "fallback_from": concrete, "reason": reason}
         return eager
     return prepared
 
@@ -130,7 +139,9 @@ def _prepare_torchscript(eager: nn.Module, example: torch.Tensor) -> nn.Module:
     with torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(eager, example, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
-        return torch.jit.optimize_for_inference(frozen)
+        prepared = torch.jit.optimize_for_inference(frozen)
+    prepared.prepared_as = {"backend": "torchscript"}
+    return prepared
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -143,11 +154,12 @@ class OnnxRuntimeModule(nn.Module):
     # documents Run as thread-safe), so the engine may infer several batches at once.
     supports_concurrent_calls = True
 
-    def __init__(self, onnx_model: bytes, n_threads: int) -> None:
+    def __init__(self, onnx_model: bytes, n_threads: int, prepared_as: dict | None = None) -> None:
         super().__init__()
         import onnxruntime
 
         self.graph = onnx_model
+        self.prepared_as = {"backend": "onnxruntime", **(prepared_as or {})}
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = n_threads
@@ -169,9 +181,10 @@ def onnx_graph_key(module: nn.Module, input_size: int) -> str:
     """
     from ..registry import parameters_sha256
 
-    versions = [torch.__version__, *(_version(name) for name in ("onnx", "onnxruntime"))]
+    versions = [torch.__version__, *(_version(name) for name in ("onnx", "onnxruntime", "onnxscript"))]
     return artifact_cache.digest(
-        "onnx-export", parameters_sha256(module), repr(module), str(input_size), str(ONNX_OPSET), *versions
+        "onnx-export", _EXPORT_SCHEME, parameters_sha256(module), repr(module), str(input_size), str(ONNX_OPSET),
+        *versions,
     )
 
 
@@ -182,37 +195,81 @@ def _version(distribution: str) -> str:
         return "absent"
 
 
+def _tagged(graph: bytes, prepared_as: dict) -> bytes:
+    """An artifact-cache entry: how the graph was exported (one JSON line), then the graph."""
+    return json.dumps(prepared_as).encode("utf-8") + b"\n" + graph
+
+
 def _load_onnx_graph(key: str) -> OnnxRuntimeModule | None:
-    graph = artifact_cache.load("onnx", key)
-    if graph is None:
+    entry = artifact_cache.load("onnx", key)
+    if entry is None:
         return None
     try:
-        return OnnxRuntimeModule(graph, onnx_session_threads())
+        header, graph = entry.split(b"\n", 1)
+        return OnnxRuntimeModule(graph, onnx_session_threads(), json.loads(header))  # as exported, then
     except Exception:  # noqa: BLE001 - an entry ONNX Runtime refuses is a miss: export again
         return None
 
 
 def onnx_session_threads() -> int:
-    """Intra-op threads of one ONNX Runtime session: see :func:`skimgfeat.engine.inference.inference_layout`."""
-    from .inference import inference_layout
-
+    """Intra-op threads of one ONNX Runtime session: see :func:`skimgfeat.engine.threads.inference_layout`."""
     return inference_layout().threads_per_call
 
 
 def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
-    buffer = io.BytesIO()
-    with torch.inference_mode(False), torch.no_grad(), _without_attention_fastpath():
-        torch.onnx.export(
-            eager,
-            example.contiguous(),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+    """Export with the ``torch.export``-based exporter; the TorchScript one only for a network it cannot capture."""
+    try:
+        graph = _export(_export_dynamo, eager, example)
+        prepared_as = {"exporter": "torch.export"}
+    except Exception as error:  # noqa: BLE001 - any capture failure: the older exporter may still work
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("\n")[0]  # no terminal colours
+        reason = f"{type(error).__name__}: {first_line}"
+        warnings.warn(
+            f"{type(eager).__name__} cannot be exported to ONNX by torch.export ({reason}); exporting it with the "
+            "deprecated TorchScript-based exporter instead",
+            RuntimeWarning,
+            stacklevel=4,
         )
-    return OnnxRuntimeModule(buffer.getvalue(), onnx_session_threads())
+        graph = _export(_export_torchscript, eager, example)
+        prepared_as = {"exporter": "torchscript", "fallback_from": "torch.export", "reason": reason}
+    return OnnxRuntimeModule(graph, onnx_session_threads(), prepared_as)
+
+
+def _export(exporter: Callable, eager: nn.Module, example: torch.Tensor) -> bytes:
+    with torch.inference_mode(False), torch.no_grad(), _without_attention_fastpath():
+        return exporter(eager, example.contiguous())
+
+
+def _export_dynamo(eager: nn.Module, example: torch.Tensor) -> bytes:
+    program = torch.onnx.export(
+        eager,
+        (example,),
+        dynamo=True,
+        opset_version=ONNX_OPSET,
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        optimize=True,
+        verify=False,
+        report=False,
+        verbose=False,
+    )
+    return program.model_proto.SerializeToString()
+
+
+def _export_torchscript(eager: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        eager,
+        example,
+        buffer,
+        dynamo=False,
+        opset_version=ONNX_OPSET,
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+    )
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager

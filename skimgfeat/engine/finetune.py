@@ -2,8 +2,10 @@
 
 The recipe, chosen by measurement on the grocery photos (benchmarks/README.md):
 
-* every photo is decoded once, with the package's own engine, to a small square uint8
-  copy kept in memory; each epoch cuts a random resized crop from it, flips it, and
+* every photo is decoded once, by the package's one decode loop
+  (:func:`skimgfeat.engine.decoding.decode_batches`), to a small square uint8
+  copy kept in a temporary file (:class:`PhotoStore`: memory stays flat however many
+  photos train); each epoch cuts a random resized crop from it, flips it, and
   trains at a lower resolution than ``transform`` embeds at (cheaper steps, and a
   network trained on zoomed-in crops sees objects at the right size on full photos);
 * the temporary head starts from a linear probe fitted on frozen features (LP-FT), so
@@ -18,7 +20,9 @@ The recipe, chosen by measurement on the grocery photos (benchmarks/README.md):
   at the embedding resolution; the best epoch's weights are kept, and training stops
   after ``patience`` epochs without improvement;
 * with ``fine_tune=N`` the frozen part runs once per augmented view of each photo and
-  its output is reused every epoch; only the last N blocks run per step.
+  its output is reused every epoch; only the last N blocks run per step;
+* a loss, weight or validation score that stops being finite raises FloatingPointError
+  naming the learning rates at once, rather than training on (or keeping) NaN weights.
 
 The loop is a small one of our own rather than skorch's: the parts that matter here
 (photos of one sample pooled before the head, batch norms kept in inference mode
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -43,11 +49,15 @@ from torch.nn import functional
 
 from ..exceptions import ImageLoadError
 from ..storage.output import progress_bar
-from .inference import _torch_threads, decode_pixels, default_decode_workers, iter_decoded
+from .decoding import decode_batches, pixel_decoder
 from .inputs import ImageInput
 from .preprocessing import Preprocessing
+from .threads import default_decode_workers
+from .threads import torch_threads as _torch_threads
 
 TASKS = ("auto", "classification", "regression")
+# Photos decoded per write to the PhotoStore: what decoding holds in memory at a time.
+STORE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,8 @@ class Recipe:
         Side of the augmented training crops (``transform`` embeds at the
         preprocessing's crop, 224).
     source_size : int
-        Side of the in-memory square copy of each photo the crops are cut from.
+        Side of the square copy of each photo the crops are cut from (kept in a
+        temporary file, ``source_size**2 * 3`` bytes per photo).
     crop_scale : (float, float)
         Area range of the random resized crops, as a fraction of the photo.
     batch_size : int
@@ -86,8 +97,9 @@ class Recipe:
         Augmented views of each photo run through the frozen part and reused
         (``fine_tune=N`` only).
     cache_megabytes : int
-        Memory allowed for those views; fewer views (or none: the frozen part then runs
-        every step) when they would not fit.
+        Memory allowed for the frozen part's outputs (``fine_tune=N`` only): those of the
+        validation photos first (scored every epoch), then the views; fewer views (or
+        none: the frozen part then runs every step) when they would not fit.
     probe_epochs : int
         Full-batch passes fitting the initial head on frozen features.
     """
@@ -125,6 +137,8 @@ def resolve_task(y: np.ndarray, task: str) -> str:
     """``"classification"`` or ``"regression"``, from ``task`` or from y as scikit-learn reads it."""
     if task not in TASKS:
         raise ValueError(f"fine_tune_task must be one of {TASKS}, got {task!r}")
+    if y.dtype.kind in "fc":
+        _check_finite(y)
     if task != "auto":
         return task
     kind = type_of_target(y, input_name="y")
@@ -136,6 +150,15 @@ def resolve_task(y: np.ndarray, task: str) -> str:
         f"fine-tuning learns one class label or one or more numbers per sample; y is {kind!r}. "
         "Set fine_tune_task to force a task."
     )
+
+
+def _check_finite(numbers: np.ndarray) -> None:
+    bad = ~np.isfinite(numbers.reshape(len(numbers), -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"fine-tuning needs finite y: {int(bad.sum())} of {len(numbers)} samples have NaN or infinity "
+            f"(first at position {int(np.argmax(bad))}); drop them or impute y first"
+        )
 
 
 @dataclass
@@ -154,15 +177,16 @@ class Targets:
                 raise ValueError(f"classification fine-tuning needs a 1-D y, got shape {y.shape}")
             classes, codes = np.unique(y, return_inverse=True)
             if len(classes) < 2:
-                raise ValueError("classification fine-tuning needs at least two classes in y")
+                raise ValueError(
+                    f"classification fine-tuning needs at least two classes in y, got only {classes.tolist()}"
+                )
             return cls(task, torch.from_numpy(codes.astype(np.int64)), len(classes), classes)
         try:
             numbers = np.asarray(y, dtype=np.float64)
         except ValueError:
             raise ValueError("regression fine-tuning needs numeric y") from None
         numbers = numbers.reshape(len(numbers), -1)
-        if not np.all(np.isfinite(numbers)):
-            raise ValueError("regression fine-tuning needs finite y (no NaN or infinity)")
+        _check_finite(numbers)
         scale = numbers.std(axis=0)
         standardised = (numbers - numbers.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
         return cls(task, torch.from_numpy(standardised.astype(np.float32)), numbers.shape[1])
@@ -187,43 +211,119 @@ class Targets:
         return "accuracy" if self.task == "classification" else "r2"
 
 
+class PhotoStore:
+    """Decoded square uint8 photos in an unnamed temporary file, read back a few at a time.
+
+    Training visits every photo each epoch; holding them all in memory would cost
+    ``side**2 * 3`` bytes a photo (130 kB at 208 px: 13 GB for 100,000 photos). Reads go
+    through the operating system's file cache, which it gives back under pressure,
+    instead of this process's own memory. The file is in :func:`tempfile.gettempdir`
+    (``TMPDIR``) and disappears when the store is closed or the process ends.
+    """
+
+    def __init__(self, side: int):
+        self.shape = (side, side, 3)
+        self.photo_bytes = side * side * 3
+        self.n_photos = 0
+        self._file = tempfile.TemporaryFile(prefix="skimgfeat-finetune-")
+
+    def __len__(self) -> int:
+        return self.n_photos
+
+    def append(self, pixels: np.ndarray) -> None:
+        """Add a ``(n, side, side, 3)`` uint8 batch of photos after the others."""
+        if pixels.shape[1:] != self.shape or pixels.dtype != np.uint8:
+            raise ValueError(f"the store holds {self.shape} uint8 photos, got {pixels.shape} {pixels.dtype}")
+        self._file.seek(self.n_photos * self.photo_bytes)
+        try:
+            self._file.write(np.ascontiguousarray(pixels).data)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"fine-tuning keeps its decoded photos ({self.photo_bytes / 2**20:.2f} MB each) in a temporary "
+                f"file in {tempfile.gettempdir()} and could not write it ({error.strerror}); "
+                "point TMPDIR at a disk with room",
+            ) from error
+        self.n_photos += len(pixels)
+
+    def read(self, rows) -> torch.Tensor:
+        """The photos at ``rows`` as one ``(len(rows), side, side, 3)`` uint8 tensor."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        pixels = np.empty((len(rows), *self.shape), dtype=np.uint8)
+        buffer = memoryview(pixels).cast("B")
+        # consecutive rows come in one read: the chunked passes read the file in order
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            self._file.seek(int(rows[start]) * self.photo_bytes)
+            wanted = (stop - start) * self.photo_bytes
+            if self._file.readinto(buffer[start * self.photo_bytes : stop * self.photo_bytes]) != wanted:
+                raise EOFError(f"the store holds {self.n_photos} photos; rows {rows[start]}..{rows[stop - 1]} asked")
+        return torch.from_numpy(pixels)
+
+    def chunks(self, size: int = 64):
+        """``(start, stop)`` of consecutive chunks of at most ``size`` photos."""
+        for start in range(0, self.n_photos, size):
+            yield start, min(start + size, self.n_photos)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class Photos:
-    """The decoded photos of the samples used for training, and which sample each belongs to."""
+    """The decoded photos of the samples used for training, and which sample each belongs to.
 
-    pixels: torch.Tensor  # (n_photos, side, side, 3) uint8
-    sample_of_photo: np.ndarray  # (n_photos,) positions in the list of kept samples
-    samples: np.ndarray  # positions in X of the samples with at least one photo
+    Photos are stored sample after sample, so a sample's photos are one run of rows.
+    """
+
+    store: PhotoStore
+    sample_of_photo: np.ndarray  # (n_photos,) positions in the list of kept samples, non-decreasing
+    samples: np.ndarray  # positions in the input of the samples with at least one photo
+
+    def __post_init__(self):
+        counts = np.bincount(self.sample_of_photo, minlength=len(self.samples))
+        self.first_photo = np.concatenate([[0], np.cumsum(counts)])
+
+    def photo_count(self, sample_rows: np.ndarray) -> np.ndarray:
+        return self.first_photo[np.asarray(sample_rows) + 1] - self.first_photo[sample_rows]
+
+    def rows_of(self, sample_rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Photo rows of these samples, and each photo's sample position in ``sample_rows``."""
+        counts = self.photo_count(sample_rows)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rows = np.repeat(self.first_photo[sample_rows] - offsets, counts) + np.arange(counts.sum())
+        return rows, torch.from_numpy(np.repeat(np.arange(len(sample_rows)), counts))
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def decode_samples(
-    data: ImageInput, preprocessing: Preprocessing, max_pixels: int | None, on_error: str, n_workers: int
+    data: ImageInput, preprocessing: Preprocessing, max_pixels: int | None, on_error: str, n_workers: int | None
 ) -> tuple[Photos, list[ImageLoadError]]:
-    """Decode every photo of every sample with ``preprocessing``; failures drop the photo.
+    """Decode every photo of every sample with ``preprocessing`` into a :class:`PhotoStore`.
 
-    With ``on_error="raise"`` the first failure raises. A sample left without any photo
-    is left out of training.
+    A photo that fails is dropped (with ``on_error="raise"`` the first failure raises);
+    a sample left without any photo is left out of training.
     """
-    flat = [(i, path) for i, sample in enumerate(data.samples) for path in sample]
-
-    def decode(path):
-        return decode_pixels(path, preprocessing, max_pixels)
-
-    decoded = iter_decoded([path for _, path in flat], decode, n_workers, window=4 * n_workers)
-    pixels, owners, errors = [], [], []
-    for (sample, _), result in zip(flat, decoded):
-        if isinstance(result, ImageLoadError):
-            if on_error == "raise":
-                decoded.close()
-                raise result
-            errors.append(result)
-            continue
-        pixels.append(result)
-        owners.append(sample)
-    if not pixels:
-        raise ValueError("fine-tuning found no readable photo in X")
-    samples, sample_of_photo = np.unique(np.asarray(owners), return_inverse=True)
-    return Photos(torch.from_numpy(np.stack(pixels)), sample_of_photo, samples), errors
+    paths = [path for sample in data.samples for path in sample]
+    sample_of_path = np.repeat(np.arange(len(data.samples)), [len(sample) for sample in data.samples])
+    store = PhotoStore(preprocessing.crop)
+    owners, errors = [], []
+    try:
+        for batch in decode_batches(paths, pixel_decoder(preprocessing, max_pixels), STORE_BATCH,
+                                    on_error=on_error, n_workers=n_workers):
+            errors += [error for _, error in batch.errors]
+            if batch.stacked is not None:
+                store.append(batch.stacked)
+                owners.append(sample_of_path[batch.positions])
+        if not owners:
+            raise ValueError("fine-tuning found no readable photo in X")
+    except BaseException:
+        store.close()
+        raise
+    samples, sample_of_photo = np.unique(np.concatenate(owners), return_inverse=True)
+    return Photos(store, sample_of_photo, samples), errors
 
 
 @dataclass
@@ -348,7 +448,12 @@ class FineTuneResult:
 
 
 class _Trainer:
-    """One fine-tuning run: inputs prepared once, then epochs of SGD on the trunk and head."""
+    """One fine-tuning run: the frozen part's outputs prepared once, then epochs of AdamW on trunk and head.
+
+    Every pass over photos reads them from their :class:`PhotoStore` a chunk at a time,
+    so memory holds one chunk of inputs, per-sample pooled features and, for
+    ``fine_tune=N``, the frozen outputs that fit in ``cache_megabytes``.
+    """
 
     def __init__(self, network: NetworkSplit, targets: Targets, photos: Photos, validation: Photos | None,
                  split: Split, recipe: Recipe, preprocessing: Preprocessing, device, generator, progress):
@@ -360,6 +465,7 @@ class _Trainer:
             self.prefix.to(device)
         self.augment = Augmenter(preprocessing, recipe.train_size, recipe.crop_scale, generator)
         self.validation = validation
+        self.validation_frozen: torch.Tensor | None = None
         self.views: list[torch.Tensor] = []
 
     # -- inputs ----------------------------------------------------------------
@@ -370,23 +476,48 @@ class _Trainer:
         with torch.no_grad():
             return self.prefix(inputs.to(self.device)).cpu()
 
-    def _in_chunks(self, function, pixels: torch.Tensor, size: int = 64) -> torch.Tensor:
-        return torch.cat([function(pixels[i : i + size]) for i in range(0, len(pixels), size)])
+    def _validation_inputs(self, start: int, stop: int) -> torch.Tensor:
+        if self.validation_frozen is not None:
+            return self.validation_frozen[start:stop]
+        return self._frozen(self.preprocessing.normalize(self.validation.store.read(range(start, stop))))
 
-    def prepare_views(self, n_epochs: int) -> None:
-        """Run the frozen prefix over ``n_views`` augmented views of every photo, once."""
+    def _probe_inputs(self, start: int, stop: int) -> torch.Tensor:
+        pixels = self.photos.store.read(range(start, stop))
+        return self._frozen(center_inputs(pixels, self.preprocessing, self.recipe.train_size))
+
+    def _view_inputs(self, start: int, stop: int) -> torch.Tensor:
+        return self._frozen(self.augment(self.photos.store.read(range(start, stop))))
+
+    def _all_frozen(self, store: PhotoStore, inputs_of: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """``inputs_of`` over the whole store, chunk by chunk, into one preallocated tensor."""
+        output = None
+        for start, stop in store.chunks():
+            chunk = inputs_of(start, stop)
+            if output is None:
+                output = torch.empty((len(store), *chunk.shape[1:]), dtype=chunk.dtype)
+            output[start:stop] = chunk
+        return output
+
+    def prepare_frozen(self, n_epochs: int) -> None:
+        """With a frozen prefix: its outputs for the validation photos, then ``n_views`` augmented views."""
         if self.prefix is None:
             return
-        sample = self._frozen(self.augment(self.photos.pixels[:1]))
-        per_view = sample.element_size() * sample.numel() * len(self.photos.pixels)
-        n_views = min(self.recipe.n_views, n_epochs, int(self.recipe.cache_megabytes * 2**20 // per_view))
-        for _ in range(n_views):
-            self.views.append(self._in_chunks(lambda chunk: self._frozen(self.augment(chunk)), self.photos.pixels))
+        budget = self.recipe.cache_megabytes * 2**20
+        if self.validation is not None:
+            one = self._frozen(self.preprocessing.normalize(self.validation.store.read([0])))
+            size = one.element_size() * one.numel() * len(self.validation.store)
+            if size <= budget:
+                self.validation_frozen = self._all_frozen(self.validation.store, self._validation_inputs)
+                budget -= size
+        one = self._view_inputs(0, 1)
+        per_view = one.element_size() * one.numel() * len(self.photos.store)
+        for _ in range(min(self.recipe.n_views, n_epochs, int(budget // per_view))):
+            self.views.append(self._all_frozen(self.photos.store, self._view_inputs))
 
     def training_inputs(self, photo_rows: np.ndarray, epoch: int) -> torch.Tensor:
         if self.views:
             return self.views[epoch % len(self.views)][photo_rows]
-        return self._frozen(self.augment(self.photos.pixels[photo_rows]))
+        return self._frozen(self.augment(self.photos.store.read(photo_rows)))
 
     # -- batches of samples ----------------------------------------------------
 
@@ -395,16 +526,21 @@ class _Trainer:
         for start in range(0, len(epoch_order), per_batch):
             yield epoch_order[start : start + per_batch]
 
-    def photo_rows(self, photos: Photos, sample_rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Photo positions of these samples, and each photo's sample position in the batch."""
-        where = {sample: k for k, sample in enumerate(sample_rows)}
-        rows = np.flatnonzero(np.isin(photos.sample_of_photo, sample_rows))
-        owners = torch.as_tensor([where[s] for s in photos.sample_of_photo[rows]], dtype=torch.long)
-        return rows, owners
-
     def sample_features(self, inputs: torch.Tensor, owners: torch.Tensor, n_samples: int) -> torch.Tensor:
         features = self.trunk(inputs.to(self.device, memory_format=torch.channels_last))
         return pool_by_sample(features, owners.to(self.device), n_samples)
+
+    def pooled_features(self, photos: Photos, inputs_of: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """Per-sample mean of the trunk's features over all ``photos``, a chunk at a time (no gradients)."""
+        sums = None
+        with torch.no_grad():
+            for start, stop in photos.store.chunks():
+                features = self.trunk(inputs_of(start, stop).to(self.device, memory_format=torch.channels_last))
+                if sums is None:
+                    sums = torch.zeros(len(photos.samples), features.shape[1], device=self.device)
+                sums.index_add_(0, torch.as_tensor(photos.sample_of_photo[start:stop], device=self.device), features)
+        counts = torch.as_tensor(photos.photo_count(np.arange(len(photos.samples))), device=self.device)
+        return sums / counts.clamp_min(1)[:, None].to(sums.dtype)
 
     # -- stages ----------------------------------------------------------------
 
@@ -413,17 +549,11 @@ class _Trainer:
         if self.recipe.probe_epochs == 0:
             return
         self.trunk.eval()
-        with torch.no_grad():
-            inputs = self._in_chunks(
-                lambda chunk: self._frozen(center_inputs(chunk, self.preprocessing, self.recipe.train_size)),
-                self.photos.pixels,
+        pooled = self.pooled_features(self.photos, self._probe_inputs)[torch.as_tensor(self.split.train)]
+        if not torch.isfinite(pooled).all():
+            raise FloatingPointError(
+                "the network gives NaN or infinite features on these photos before any training: check its weights"
             )
-            features = torch.cat([
-                self.trunk(inputs[i : i + 64].to(self.device, memory_format=torch.channels_last))
-                for i in range(0, len(inputs), 64)
-            ])
-            owners = torch.as_tensor(self.photos.sample_of_photo, device=self.device)
-            pooled = pool_by_sample(features, owners, len(self.targets.values))[torch.as_tensor(self.split.train)]
         linear = head[-1]
         optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=self.recipe.probe_epochs,
                                       line_search_fn="strong_wolfe")
@@ -439,24 +569,29 @@ class _Trainer:
 
         optimizer.step(closure)
 
-    def validation_score(self, head: nn.Module) -> float | None:
+    def validation_score(self, head: nn.Module, epoch: int) -> float | None:
         if self.validation is None:
             return None
         self.trunk.eval()
         head.eval()
+        pooled = self.pooled_features(self.validation, self._validation_inputs)
         with torch.no_grad():
-            if not hasattr(self, "_validation_inputs"):
-                self._validation_inputs = self._in_chunks(
-                    lambda chunk: self._frozen(self.preprocessing.normalize(chunk)), self.validation.pixels
-                )
-            features = torch.cat([
-                self.trunk(self._validation_inputs[i : i + 64].to(self.device, memory_format=torch.channels_last))
-                for i in range(0, len(self._validation_inputs), 64)
-            ])
-            owners = torch.as_tensor(self.validation.sample_of_photo, device=self.device)
-            pooled = pool_by_sample(features, owners, len(self.split.validation))
             outputs = head(pooled).cpu()
-        return self.targets.score(outputs, torch.as_tensor(self.split.validation))
+        if not torch.isfinite(outputs).all():
+            raise self._diverged("the head's outputs on the validation photos are NaN or infinite", epoch)
+        rows = torch.as_tensor(self.split.validation[self.validation.samples])
+        score = self.targets.score(outputs, rows)
+        if not math.isfinite(score):
+            raise self._diverged(f"the validation {self.targets.metric} is {score}", epoch)
+        return score
+
+    def _diverged(self, what: str, epoch: int) -> FloatingPointError:
+        recipe = self.recipe
+        return FloatingPointError(
+            f"fine-tuning diverged at epoch {epoch + 1}: {what}. Lower fine_tune_options['learning_rate'] "
+            f"(now {recipe.learning_rate:g}) and 'head_learning_rate' (now {recipe.head_learning_rate:g}), "
+            "for example ten times"
+        )
 
     def train(self, head: nn.Module, epochs: int) -> dict[str, Any]:
         recipe = self.recipe
@@ -486,7 +621,7 @@ class _Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         history: list[dict[str, float | None]] = []
         best = (-math.inf, None, -1)  # score, weights, epoch
-        n_photos = int(np.isin(self.photos.sample_of_photo, self.split.train).sum())
+        n_photos = int(self.photos.photo_count(self.split.train).sum())
         with progress_bar(epochs * n_photos, enabled=self.progress) as bar:
             bar.unit = "photo"
             for epoch in range(epochs):
@@ -496,17 +631,21 @@ class _Trainer:
                 order = self.split.train[torch.randperm(n_train, generator=self.generator).numpy()]
                 losses = []
                 for sample_rows in self.batches(order, photos_per_sample):
-                    rows, owners = self.photo_rows(self.photos, sample_rows)
+                    rows, owners = self.photos.rows_of(sample_rows)
                     inputs = self.training_inputs(rows, epoch)
                     outputs = head(self.sample_features(inputs, owners, len(sample_rows)))
                     loss = self.targets.loss(outputs, torch.as_tensor(sample_rows), recipe.label_smoothing)
+                    losses.append(float(loss.detach()))
+                    if not math.isfinite(losses[-1]):
+                        raise self._diverged(f"the training loss is {losses[-1]}", epoch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
-                    losses.append(float(loss.detach()))
                     bar.update(len(rows))
-                score = self.validation_score(head)
+                if not all(torch.isfinite(parameter).all() for parameter in [*trained, *head.parameters()]):
+                    raise self._diverged("the weights are NaN or infinite", epoch)
+                score = self.validation_score(head, epoch)
                 history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "validation_score": score})
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}",
                                 **({f"val_{self.targets.metric}": f"{score:.3f}"} if score is not None else {}))
@@ -548,6 +687,8 @@ def fine_tune_network(
     """Train ``model`` (in place, left on the CPU in eval mode) on the photos of ``data`` and ``y``.
 
     ``blocks`` are the network's blocks from :func:`skimgfeat.registry.network_blocks`.
+    y is checked (two classes at least, finite numbers) before any photo is decoded.
+    A diverging run raises FloatingPointError naming the learning rates.
 
     Returns what ``model_info_`` records and the photos that failed to load.
     """
@@ -555,28 +696,34 @@ def fine_tune_network(
     if len(y) != len(data.samples):
         raise ValueError(f"X has {len(data.samples)} samples but y has {len(y)}")
     task = resolve_task(y, task)
+    Targets.from_y(y, task)
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    workers = n_workers or default_decode_workers()
     source = replace(preprocessing, resize=recipe.source_size, crop=recipe.source_size)
-    photos, errors = decode_samples(data, source, max_pixels, on_error, workers)
-    targets = Targets.from_y(y[photos.samples], task)
-    split = split_samples(targets, recipe.validation_fraction, seed)
+    photos, errors = decode_samples(data, source, max_pixels, on_error, n_workers)
     validation = None
-    if len(split.validation):
-        chosen = photos.samples[split.validation]
-        held_out = ImageInput([data.samples[i] for i in chosen], data.multi, None)
-        validation, _ = decode_samples(held_out, preprocessing, max_pixels, "nan", workers)
-    with torch.random.fork_rng(devices=[]), _torch_threads(default_decode_workers() if device.type == "cpu" else None):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        width = model(torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)).shape[1]
-        head = nn.Sequential(nn.Dropout(recipe.head_dropout), nn.Linear(width, targets.n_outputs))
-        network = split_network(model, blocks, fine_tune, preprocessing.crop)
-        trainer = _Trainer(network, targets, photos, validation, split, recipe, preprocessing, device,
-                           generator, progress)
-        trainer.prepare_views(epochs)
-        trainer.probe_head(head)
-        outcome = trainer.train(head, epochs)
+    try:
+        targets = Targets.from_y(y[photos.samples], task)
+        split = split_samples(targets, recipe.validation_fraction, seed)
+        if len(split.validation):
+            chosen = photos.samples[split.validation]
+            held_out = ImageInput([data.samples[i] for i in chosen], data.multi, None)
+            validation, _ = decode_samples(held_out, preprocessing, max_pixels, "nan", n_workers)
+        threads = default_decode_workers() if device.type == "cpu" else None
+        with torch.random.fork_rng(devices=[]), _torch_threads(threads):
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            width = model(torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)).shape[1]
+            head = nn.Sequential(nn.Dropout(recipe.head_dropout), nn.Linear(width, targets.n_outputs))
+            network = split_network(model, blocks, fine_tune, preprocessing.crop)
+            trainer = _Trainer(network, targets, photos, validation, split, recipe, preprocessing, device,
+                               generator, progress)
+            trainer.prepare_frozen(epochs)
+            trainer.probe_head(head)
+            outcome = trainer.train(head, epochs)
+    finally:
+        photos.close()
+        if validation is not None:
+            validation.close()
     model.to("cpu")
     model.eval()
     model.requires_grad_(False)

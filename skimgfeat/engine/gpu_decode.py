@@ -19,9 +19,18 @@ import numpy as np
 import torch
 
 from ..exceptions import ImageLoadError
-from .inference import _decode_or_error
+from .decoding import decode_or_error
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def batch_decoder(preprocessing, device: torch.device, exact: Callable, max_pixels: int | None = None) -> Callable:
+    """``decode_batch(paths)``: :func:`decode_jpeg_batch` with these settings."""
+
+    def decode_batch(paths: Sequence) -> list[np.ndarray | ImageLoadError]:
+        return decode_jpeg_batch(paths, preprocessing, device, exact, max_pixels)
+
+    return decode_batch
 
 
 def decode_jpeg_batch(
@@ -39,7 +48,7 @@ def decode_jpeg_batch(
     for i, path in enumerate(paths):
         raw = _read(path)
         if raw is None or not raw.startswith(_JPEG_MAGIC) or not _within(raw, max_pixels):
-            results[i] = _decode_or_error(exact, path)
+            results[i] = decode_or_error(exact, path)
         else:
             jpegs.append(i)
             data.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
@@ -49,7 +58,7 @@ def decode_jpeg_batch(
         except RuntimeError:  # one undecodable file fails the batch call: decode each exactly instead
             images = [None] * len(jpegs)
         for i, image in zip(jpegs, images):
-            results[i] = _decode_or_error(exact, paths[i]) if image is None else _resize_and_crop(image, preprocessing)
+            results[i] = decode_or_error(exact, paths[i]) if image is None else _resize_and_crop(image, preprocessing)
     return results
 
 

@@ -70,26 +70,53 @@ class ImageInput:
             if path_key(path) is None
         ]
 
-    def assemble(self, paths: list, matrix: np.ndarray) -> np.ndarray:
-        """Rows of ``matrix`` (one per path of :meth:`unique_paths`) placed per sample.
+    def layout(self, paths: list, width: int, dtype=np.float32) -> Layout:
+        """The NaN-filled result array and where each of ``paths`` (:meth:`unique_paths`) goes in it.
 
         Single mode: ``(n_samples, width)``; multi mode: ``(n_samples, max_images, width)``
-        NaN-padded. Missing paths are NaN rows.
+        NaN-padded. Missing paths stay NaN rows.
         """
-        row_of = {path_key(path): i for i, path in enumerate(paths)}
-        width = matrix.shape[1]
-        if not self.multi:
-            out = np.full((len(self.samples), width), np.nan, dtype=matrix.dtype)
-            for i, (path,) in enumerate(self.samples):
-                key = path_key(path)
-                if key is not None:
-                    out[i] = matrix[row_of[key]]
-            return out
-        out = np.full((len(self.samples), max(1, self.max_images()), width), np.nan, dtype=matrix.dtype)
+        shape = (len(self.samples), max(1, self.max_images())) if self.multi else (len(self.samples), 1)
+        out = np.full((*shape, width) if self.multi else (shape[0], width), np.nan, dtype=dtype)
+        first: dict = {}
+        copies: list[tuple[int, int]] = []
         for i, sample in enumerate(self.samples):
             for j, path in enumerate(sample):
-                out[i, j] = matrix[row_of[path_key(path)]]
-        return out
+                key = path_key(path)
+                if key is None:
+                    continue
+                slot = i * shape[1] + j
+                if key in first:
+                    copies.append((first[key], slot))  # a photo listed twice is embedded once
+                else:
+                    first[key] = slot
+        rows = np.asarray([first[path_key(path)] for path in paths], dtype=np.intp)
+        source, target = (np.asarray(side, dtype=np.intp) for side in zip(*copies)) if copies else (rows[:0],) * 2
+        return Layout(out, rows, source, target)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A result array and where the vector of each unique path goes in it.
+
+    ``rows``: the row of :attr:`rows_view` for each unique path; once they are filled,
+    :meth:`complete` copies the vectors of photos listed more than once to their other places.
+    """
+
+    out: np.ndarray
+    rows: np.ndarray
+    copy_from: np.ndarray
+    copy_to: np.ndarray
+
+    @property
+    def rows_view(self) -> np.ndarray:
+        """``out`` as one row per place (a view, no copy)."""
+        return self.out.reshape(-1, self.out.shape[-1])
+
+    def complete(self) -> np.ndarray:
+        view = self.rows_view
+        view[self.copy_to] = view[self.copy_from]
+        return self.out
 
 
 def _key(path) -> str:

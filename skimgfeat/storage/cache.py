@@ -1,8 +1,9 @@
 """An on-disk cache of per-image feature vectors, never stale, shared safely by processes.
 
-One ``.npy`` file per (namespace, image file version). The namespace holds everything
-that changes the output (the network's parameters, the preprocessing, the precision,
-the pixel limit); the key of an image is taken from ``stat`` **before** it is decoded:
+One ``.npy`` file per (namespace, image file version). The namespace
+(:func:`feature_namespace`) holds everything that changes the output (the network's
+parameters, the preprocessing, the precision and its calibration, the pixel limit, the
+decoder: Pillow or a device); the key of an image is taken from ``stat`` **before** it is decoded:
 absolute path, device, inode, size, modification and status-change times in
 nanoseconds. So
 
@@ -14,10 +15,13 @@ nanoseconds. So
 * a file moved over another one has another inode.
 
 Entries are written to a temporary name and renamed, so a reader never sees half a
-vector. Before embedding a missing entry a process takes an exclusive ``flock`` on
-``ENTRY.lock``: parallel workers (grid-search folds with ``n_jobs``, two runs at once)
-embed each photo once, the others wait for its entry. Locks die with their process,
-so a killed worker never blocks the others. A cache that cannot be written costs a
+vector; an entry that is empty or damaged anyway (what a power cut can leave after a
+rename that was not made durable) is a miss. :meth:`FeatureCache.fill` is the whole
+protocol: read the hits, then, before computing a missing entry, take an exclusive
+``flock`` on ``ENTRY.lock``: parallel workers (grid-search folds with ``n_jobs``, two
+runs at once) compute each photo once, the others wait for its entry (for at most
+``wait_timeout`` seconds, then compute it themselves). Locks die with their process, so
+a killed worker never blocks the others. A cache that cannot be written costs a
 warning, never the computed features.
 
 :func:`cache_info` and :func:`prune_cache` (also ``skimgfeat cache``) show and trim it.
@@ -29,7 +33,7 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +50,46 @@ except ImportError:  # Windows: no advisory locks; concurrent processes may then
 ENTRY_SUFFIX = ".npy"
 LOCK_SUFFIX = ".lock"
 # Part of every namespace: entries of an older key scheme are never read.
-KEY_SCHEME = "2"
+# 3: the decoder (decode_device) is part of the namespace.
+KEY_SCHEME = "3"
+# Cache entries locked per claim: bounds the open lock files of one call.
+CLAIM_CHUNK = 256
+# How long to wait for another process computing an entry before computing it here.
+WAIT_TIMEOUT = 600.0
+_POLL_SECONDS = (0.01, 0.5)  # first and longest pause between tries of a held lock
+
+# What computes missing entries: given positions into the paths, yield blocks of
+# (positions, vectors, positions that failed); failed rows are not stored.
+Compute = Callable[[list[int]], Iterable[tuple[Sequence[int], np.ndarray, set[int]]]]
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def feature_namespace(model_info: dict, *, max_pixels: int, decode_device: str | None) -> str:
+    """Everything that changes a feature vector besides the image file: the cache namespace.
+
+    ``model_info`` is a fitted embedder's ``model_info_`` (parameters sha256,
+    preprocessing, precision, int8 calibration); ``max_pixels`` the effective pixel
+    limit; ``decode_device`` None for the exact Pillow decoder, else the device that
+    decodes JPEGs (not bit-exact, so never mixed with Pillow's vectors).
+
+    >>> info = {"parameters_sha256": "ab", "preprocessing": {"crop": 224}, "precision": "float32"}
+    >>> feature_namespace(info, max_pixels=100, decode_device=None) != feature_namespace(
+    ...     info, max_pixels=100, decode_device="cuda")
+    True
+    """
+    parts = [
+        model_info["parameters_sha256"],
+        repr(sorted(model_info["preprocessing"].items())),
+        model_info["precision"],
+        f"max_pixels={max_pixels}",
+        f"decoder={'pillow' if decode_device is None else decode_device}",
+    ]
+    if "calibration" in model_info:
+        parts.append(model_info["calibration"]["pixels_sha256"])
+    return "|".join(parts)
 
 
 def file_key(path) -> str | None:
@@ -98,13 +137,74 @@ class FeatureCache:
         entry = self._entry(key)
         try:
             vector = np.load(entry, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # absent, or damaged: a miss
+        except (OSError, ValueError, EOFError):
+            return None  # absent, empty or damaged: a miss
         try:
             os.utime(entry)  # last use, for prune_cache's least-recently-used order
         except OSError:
             pass  # a read-only cache still serves hits
         return vector
+
+    def fill(
+        self,
+        paths: Sequence,
+        out: np.ndarray,
+        compute: Compute,
+        rows: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+        wait_timeout: float = WAIT_TIMEOUT,
+    ) -> int:
+        """Fill ``out[rows[i]]`` with the vector of ``paths[i]``: from the cache, else by ``compute``.
+
+        ``rows`` defaults to ``0 ... len(paths) - 1``.
+
+        Keys are taken from the files before anything is decoded, so a file changed
+        meanwhile never gets these vectors under the key of its new version. Missing
+        entries are claimed ``CLAIM_CHUNK`` at a time; what another process is computing
+        is waited for (at most ``wait_timeout`` seconds each) and computed here when it
+        did not get stored. ``progress(n)`` is told of every ``n`` rows filled. Returns
+        how many rows ``compute`` produced.
+        """
+        progress = progress or (lambda n: None)
+        rows = np.arange(len(paths)) if rows is None else np.asarray(rows)
+        keys = self.keys(paths)
+        misses = []
+        for i, key in enumerate(keys):
+            vector = self.get(key)
+            if vector is None:
+                misses.append(i)
+            else:
+                out[rows[i]] = vector
+        progress(len(paths) - len(misses))
+        writable = True
+
+        def run(positions_to_compute: list[int]) -> None:
+            nonlocal writable
+            for positions, vectors, failed in compute(positions_to_compute) if positions_to_compute else ():
+                out[rows[np.asarray(positions)]] = vectors
+                for position, vector in zip(positions, vectors):
+                    if writable and position not in failed:
+                        writable = self.put(keys[position], vector)  # one warning, then no more tries
+                progress(len(positions))
+
+        computed, elsewhere = 0, []
+        for start in range(0, len(misses), CLAIM_CHUNK):
+            chunk = misses[start : start + CLAIM_CHUNK]
+            with self.claim([keys[i] for i in chunk]) as claimed:
+                mine = [chunk[k] for k in sorted(claimed)]
+                run(mine)
+            computed += len(mine)
+            elsewhere += [row for k, row in enumerate(chunk) if k not in claimed]
+        left = []
+        for position in elsewhere:  # another process was computing these: take its results
+            vector = self.wait(keys[position], wait_timeout)
+            if vector is None:
+                left.append(position)
+            else:
+                out[rows[position]] = vector
+                progress(1)
+        run(left)
+        return computed + len(left)
 
     def put(self, key: str | None, vector: np.ndarray) -> bool:
         """Store one vector; False (with a warning) when the cache cannot be written."""
@@ -135,7 +235,7 @@ class FeatureCache:
             for i, key in enumerate(keys):
                 if key is None:
                     continue
-                descriptor = self._lock(key, blocking=False)
+                descriptor = self._lock(key, timeout=0.0)
                 if descriptor is None:
                     continue
                 if self._entry(key).is_file():  # finished by another process since we looked
@@ -147,11 +247,15 @@ class FeatureCache:
             for i, descriptor in held.items():
                 self._unlock(keys[i], descriptor)
 
-    def wait(self, key: str | None) -> np.ndarray | None:
-        """Wait until no process computes ``key``'s entry; return it, None if it was not stored."""
+    def wait(self, key: str | None, timeout: float = WAIT_TIMEOUT) -> np.ndarray | None:
+        """Wait until no process computes ``key``'s entry; return it, None if it was not stored.
+
+        After ``timeout`` seconds (a stuck process holding the lock) return what is
+        stored, usually None: the caller then computes the entry itself.
+        """
         if key is None:
             return None
-        descriptor = self._lock(key, blocking=True)
+        descriptor = self._lock(key, timeout=timeout)
         if descriptor is not None:
             self._unlock(key, descriptor)
         return self.get(key)
@@ -169,30 +273,52 @@ class FeatureCache:
     def _entry(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{ENTRY_SUFFIX}"
 
-    def _lock(self, key: str, blocking: bool) -> int | None:
+    def _lock(self, key: str, timeout: float) -> int | None:
+        """An open descriptor holding the entry's lock, or None (held elsewhere past ``timeout``, or no locks)."""
         if fcntl is None:
             return None
         lock = self._entry(key).with_suffix(LOCK_SUFFIX)
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            return None  # a read-only cache: nothing to coordinate
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except OSError:
+        deadline = time.monotonic() + timeout
+        pause = _POLL_SECONDS[0]
+        while True:
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                return None  # a read-only cache: nothing to coordinate
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(descriptor)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, _POLL_SECONDS[1])
+                continue
+            if _same_file(lock, descriptor):
+                return descriptor
+            # The holder unlinked the file between our open and our flock: this lock
+            # guards nothing (a newcomer may hold the new file's). Try the new file.
             os.close(descriptor)
-            return None
-        return descriptor
 
     def _unlock(self, key: str, descriptor: int) -> None:
         lock = self._entry(key).with_suffix(LOCK_SUFFIX)
         try:
-            if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+            if _same_file(lock, descriptor):
                 lock.unlink()  # still ours: leave no lock file behind
         except OSError:
             pass
         os.close(descriptor)  # releases the flock
+
+
+def _same_file(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    try:
+        here, there = os.stat(path), os.fstat(descriptor)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 @dataclass(frozen=True)

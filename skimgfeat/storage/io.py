@@ -295,7 +295,8 @@ class FeatureTableReader:
         import pyarrow.parquet as pq
 
         for file in self.files:
-            handle = pq.ParquetFile(file)
+            # Without pre-buffering: Arrow would otherwise read ahead, and keep, far more than a batch.
+            handle = pq.ParquetFile(file, pre_buffer=False)
             self._check_columns(file, handle.schema_arrow.names)
             for batch in handle.iter_batches(batch_size=batch_rows, columns=self._columns()):
                 yield self._arrow_batch(batch)
@@ -313,7 +314,7 @@ class FeatureTableReader:
             return features[~np.isnan(features).any(axis=1)]
         import pyarrow.parquet as pq
 
-        handles = [pq.ParquetFile(file) for file in self.files]
+        handles = [pq.ParquetFile(file, pre_buffer=False) for file in self.files]
         groups = [(handle, group) for handle in handles for group in range(handle.metadata.num_row_groups)]
         blocks, total = [], 0
         for position in rng.permutation(len(groups)):

@@ -44,6 +44,8 @@ CURRENT = "CURRENT"
 INFO_FILE = "index.json"
 ROWS_FILE = "rows.parquet"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
+# Lists each row visits when all pairs are sought: a near-duplicate lies in its original's list or a next one.
+PAIR_NPROBE = 2
 # Scores of one query block against all rows are held at once: at most this many floats (64 MB).
 _BLOCK_FLOATS = 2**24
 
@@ -303,29 +305,59 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair of distinct rows within ``max_distance``, once each (``row_a < row_b``).
 
-        The rows are queried against the index a block at a time, so memory is one
-        block's scores plus the pairs found, never rows x rows. Inverted-file kinds
-        find a pair if either row finds the other.
+        Memory is one block's scores plus the pairs found, never rows x rows. The exact
+        kind compares every row with every other, a block of rows at a time. The
+        inverted-file kinds compare, list by list, the rows of the list with each other
+        and with the rows that have the list among their ``nprobe`` nearest (default
+        :data:`PAIR_NPROBE`): a pair is found when either row's list is among the
+        other's nearest lists. With ``nprobe=nlist`` the result is that of exact search
+        over the stored (for sq8 and pq, decoded) vectors.
         """
-        n_rows = len(self)
-        if block_rows is None:
-            block_rows = max(1, min(4096, _BLOCK_FLOATS // max(n_rows, 1))) if self.kind == "flat" else 4096
-        firsts, seconds, distances = [], [], []
-        for start, stop in _blocks(n_rows, block_rows):
-            lims, distance, found = self.range_search(self.reconstruct(start, stop), max_distance, nprobe=nprobe)
-            query = start + np.repeat(np.arange(stop - start), np.diff(lims))
-            other = found != query
-            first, second = np.minimum(query, found)[other], np.maximum(query, found)[other]
-            firsts.append(first)
-            seconds.append(second)
-            distances.append(distance[other])
-        first, second, distance = _join(firsts, np.int64), _join(seconds, np.int64), _join(distances, np.float32)
-        # Each pair is usually found from both ends: keep one, the smaller distance.
+        first, second, distance = (
+            self._flat_pairs(max_distance, block_rows) if self.kind == "flat" else
+            self._list_pairs(max_distance, min(int(nprobe or PAIR_NPROBE), self.nlist), block_rows or 4096)
+        )
+        # A pair may be found from both ends: keep one.
         order = np.lexsort((distance, second, first))
         first, second, distance = first[order], second[order], distance[order]
         unique = np.ones(len(first), dtype=bool)
         unique[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
         return first[unique], second[unique], distance[unique]
+
+    def _flat_pairs(self, max_distance: float, block_rows: int | None):
+        vectors = self._flat()
+        block_rows = block_rows or max(1, min(4096, _BLOCK_FLOATS // max(len(vectors), 1)))
+        found = _Pairs()
+        for start, stop in _blocks(len(vectors), block_rows):
+            # Only rows from ``start`` on: each pair is scored once, from its first row.
+            found.add(vectors[start:stop] @ vectors[start:].T, max_distance, np.arange(start, stop),
+                      np.arange(start, len(vectors)))
+        return found.arrays()
+
+    def _list_pairs(self, max_distance: float, nprobe: int, block_rows: int):
+        faiss = faiss_module()
+        inverted = faiss.extract_index_ivf(self._faiss)
+        n_rows = len(self)
+        # The list each row is stored in, and the nprobe lists nearest to each row.
+        home = (faiss.vector_to_array(inverted.direct_map.array) >> 32).astype(np.int64)
+        nearest = np.empty((n_rows, nprobe), dtype=np.int64)
+        for start, stop in _blocks(n_rows, 16384):
+            nearest[start:stop] = inverted.quantizer.search(self.reconstruct(start, stop), nprobe)[1]
+        members = _group_rows(home, self.nlist)
+        guest_of = np.where(nearest == home[:, None], -1, nearest)  # lists a row visits besides its own
+        guests = _group_rows(guest_of.ravel(), self.nlist, np.repeat(np.arange(n_rows), nprobe))
+        found = _Pairs()
+        for number in range(self.nlist):
+            rows = members[number]
+            if not len(rows):
+                continue
+            visitors = np.concatenate([rows, guests[number]])
+            visitor_vectors = self._faiss.reconstruct_batch(visitors)
+            for start, stop in _blocks(len(rows), max(1, min(block_rows, _BLOCK_FLOATS // len(visitors)))):
+                # Members from ``start`` on, then every guest (a view, no copy): member pairs are scored once.
+                found.add(visitor_vectors[start:stop] @ visitor_vectors[start:].T, max_distance,
+                          rows[start:stop], visitors[start:])
+        return found.arrays()
 
     # -- persistence ------------------------------------------------------------------
 
@@ -405,6 +437,34 @@ class _Probing:
     def __exit__(self, *exc) -> None:
         if self.saved is not None:
             self.index.nprobe = self.saved
+
+
+class _Pairs:
+    """Pairs of rows collected block by block from score matrices."""
+
+    def __init__(self) -> None:
+        self.first, self.second, self.distance = [], [], []
+
+    def add(self, scores: np.ndarray, max_distance: float, rows: np.ndarray, columns: np.ndarray) -> None:
+        row, column = np.nonzero(scores >= 1.0 - max_distance)
+        a, b = rows[row], columns[column]
+        other = a != b
+        self.first.append(np.minimum(a, b)[other])
+        self.second.append(np.maximum(a, b)[other])
+        self.distance.append(_distance(scores[row, column][other]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _join(self.first, np.int64), _join(self.second, np.int64), _join(self.distance, np.float32)
+
+
+def _group_rows(labels: np.ndarray, n_groups: int, values: np.ndarray | None = None) -> list[np.ndarray]:
+    """For each group 0..n_groups-1, the values (default: positions) whose label it is; -1 labels dropped."""
+    values = np.arange(len(labels)) if values is None else values
+    kept = labels >= 0
+    labels, values = labels[kept], values[kept]
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_groups + 1))
+    return [values[order[bounds[i]:bounds[i + 1]]] for i in range(n_groups)]
 
 
 def _distance(scores: np.ndarray) -> np.ndarray:

@@ -16,12 +16,12 @@ from numbers import Integral
 
 import numpy as np
 from PIL import Image
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_scalar
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..engine.decoding import ON_ERROR, decode_batches
 from ..engine.image_loading import exif_orientation, load_rgb_image
-from ..engine.inference import default_decode_workers, iter_decoded, shared_decode_pool
 from ..engine.inputs import parse_image_input
 from ..storage.output import OutputContainerMixin, wrap_output
 
@@ -38,7 +38,8 @@ QUALITY_FEATURES = (
     "file_size",
     "jpeg_quality",
 )
-ON_ERROR = ("raise", "nan")
+# Photos measured per batch of the decode loop: only how often results are collected.
+_BATCH = 32
 # Luma at or beyond these 8-bit values counts as clipped: JPEG noise keeps blown-out
 # highlights a few levels below 255, crushed shadows a few above 0.
 OVEREXPOSED_LUMA = 250
@@ -113,6 +114,13 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
     array(['sharpness', 'brightness', 'contrast'], dtype=object)
     """
 
+    _parameter_constraints: dict = {
+        "working_size": [Interval(Integral, 8, None, closed="left")],
+        "on_error": [StrOptions(set(ON_ERROR))],
+        "max_pixels": [Interval(Integral, 0, None, closed="left"), None],
+        "n_workers": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
     def __init__(
         self,
         *,
@@ -126,6 +134,7 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         self.max_pixels = max_pixels
         self.n_workers = n_workers
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None) -> ImageQualityFeatures:
         """Check the parameters. X and y are not used.
 
@@ -133,13 +142,6 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         -------
         self : ImageQualityFeatures
         """
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        check_scalar(self.working_size, "working_size", Integral, min_val=8)
-        if self.n_workers is not None:
-            check_scalar(self.n_workers, "n_workers", Integral, min_val=1)
-        if self.max_pixels is not None:
-            check_scalar(self.max_pixels, "max_pixels", Integral, min_val=0)
         self.n_features_out_ = len(QUALITY_FEATURES)
         self.errors_ = []
         return self
@@ -164,19 +166,13 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         if self.errors_ and self.on_error == "raise":
             raise self.errors_[0]
         paths = data.unique_paths()
-        matrix = np.full((len(paths), self.n_features_out_), np.nan)
-        n_workers = self.n_workers or default_decode_workers()
-        shared = shared_decode_pool(n_workers) if self.n_workers is None else None  # one pool per process
-        measured = iter_decoded(paths, self._measure, n_workers, window=4 * n_workers, pool=shared)
-        for row, result in enumerate(measured):
-            if isinstance(result, Exception):
-                if self.on_error == "raise":
-                    measured.close()
-                    raise result
-                self.errors_.append(result)
-            else:
-                matrix[row] = result
-        features = data.assemble(paths, matrix)
+        layout = data.layout(paths, self.n_features_out_, np.float64)  # the result, filled in place
+        batches = decode_batches(paths, self._measure, _BATCH, on_error=self.on_error, n_workers=self.n_workers)
+        for batch in batches:
+            if batch.stacked is not None:
+                layout.rows_view[layout.rows[batch.positions]] = batch.stacked
+            self.errors_.extend(error for _, error in batch.errors)
+        features = layout.complete()
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

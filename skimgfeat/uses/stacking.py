@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone, is_classifier
 from sklearn.model_selection import KFold, StratifiedKFold, check_cv, cross_val_predict
 from sklearn.utils import get_tags
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -29,16 +32,20 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
     * ``fit`` also refits the estimator on all rows (``estimator_``), and
       ``transform(X)`` predicts new rows with it: what the next step sees at predict time.
 
+    ``fit`` keeps the out-of-fold predictions (``oof_predictions_``, e.g. to score the
+    estimator out of fold) and ``fit_transform`` returns them: k + 1 fits in all.
+
     Hence ``fit(X, y).transform(X)`` differs from ``fit_transform(X, y)`` on purpose.
 
     Parameters
     ----------
     estimator : estimator object
         A scikit-learn regressor or classifier, cloned before fitting.
-    cv : int, cross-validation generator or iterable, default=5
-        Folds for the out-of-fold predictions. An int gives a shuffled
+    cv : int, cross-validation generator, iterable or None, default=5
+        Folds for the out-of-fold predictions. An int (at least 2) gives a shuffled
         :class:`~sklearn.model_selection.KFold`, or
-        :class:`~sklearn.model_selection.StratifiedKFold` for a classifier.
+        :class:`~sklearn.model_selection.StratifiedKFold` for a classifier; None gives
+        5 folds, not shuffled (:func:`~sklearn.model_selection.check_cv`).
     method : {"predict", "predict_proba", "decision_function"}, default="predict"
         The estimator's method whose output becomes the features.
     shuffle : bool, default=True
@@ -52,6 +59,8 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
     ----------
     estimator_ : estimator object
         The estimator fitted on all training rows; used by ``transform``.
+    oof_predictions_ : ndarray of shape (n_samples, n_features_out_)
+        The out-of-fold predictions of the training rows: what ``fit_transform`` returns.
     n_features_in_ : int
         Number of input features seen in ``fit``.
     feature_names_in_ : ndarray of str
@@ -79,6 +88,15 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
     array(['ridge_predict'], dtype=object)
     """
 
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit"])],
+        "cv": ["cv_object"],
+        "method": [StrOptions(set(METHODS))],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+    }
+
     def __init__(
         self,
         estimator,
@@ -96,8 +114,9 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
+    @_fit_context(prefer_skip_nested_validation=False)  # the inner estimator validates its own
     def fit(self, X, y, **fit_params) -> OutOfFoldPredictor:
-        """Fit the estimator on all rows (and compute the out-of-fold predictions, unused here).
+        """Compute the out-of-fold predictions of the training rows, then refit on all rows.
 
         Parameters
         ----------
@@ -110,11 +129,19 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         -------
         self : OutOfFoldPredictor
         """
-        self.fit_transform(X, y, **fit_params)
+        X, y = validate_data(self, X, y, ensure_all_finite=self._ensure_all_finite(), multi_output=True)
+        if is_classifier(self.estimator):
+            check_classification_targets(y)
+        out_of_fold = cross_val_predict(
+            clone(self.estimator), X, y, cv=self._folds(y), method=self.method, n_jobs=self.n_jobs, params=fit_params
+        )
+        self.oof_predictions_ = _as_columns(out_of_fold)
+        self.n_features_out_ = self.oof_predictions_.shape[1]
+        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
         return self
 
     def fit_transform(self, X, y, **fit_params) -> np.ndarray:
-        """Fit the estimator on all rows; return out-of-fold predictions of the training rows.
+        """Fit (see :meth:`fit`); return the out-of-fold predictions of the training rows.
 
         Parameters
         ----------
@@ -127,21 +154,10 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         -------
         predictions : ndarray of shape (n_samples, n_outputs)
             Row i predicted by an estimator fitted on the folds without row i; one
-            column per target, or per class with ``predict_proba``.
+            column per target, or per class with ``predict_proba``. A copy of
+            ``oof_predictions_``.
         """
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        X, y = validate_data(self, X, y, ensure_all_finite=self._ensure_all_finite(), multi_output=True)
-        if is_classifier(self.estimator):
-            check_classification_targets(y)
-        folds = self._folds(y)
-        out_of_fold = cross_val_predict(
-            clone(self.estimator), X, y, cv=folds, method=self.method, n_jobs=self.n_jobs, params=fit_params
-        )
-        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
-        out_of_fold = _as_columns(out_of_fold)
-        self.n_features_out_ = out_of_fold.shape[1]
-        return out_of_fold
+        return self.fit(X, y, **fit_params).oof_predictions_.copy()
 
     def transform(self, X) -> np.ndarray:
         """Predict new rows with the estimator fitted on all training rows.
@@ -190,11 +206,47 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         return "allow-nan" if get_tags(self.estimator).input_tags.allow_nan else True
 
     def _folds(self, y):
-        if not isinstance(self.cv, (int, np.integer)) or isinstance(self.cv, bool):
-            return check_cv(self.cv, y, classifier=is_classifier(self.estimator))
-        splitter = StratifiedKFold if is_classifier(self.estimator) else KFold
-        random_state = self.random_state if self.shuffle else None
-        return splitter(n_splits=int(self.cv), shuffle=self.shuffle, random_state=random_state)
+        return fold_splitter(
+            self.cv, y, classifier=is_classifier(self.estimator), shuffle=self.shuffle, random_state=self.random_state
+        )
+
+
+def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True, random_state=None):
+    """The cross-validation splitter behind every out-of-fold step of the package.
+
+    Shared by :class:`OutOfFoldPredictor`, :class:`~skimgfeat.CrossFittedTransformer` and
+    :class:`~skimgfeat.VisualComparables`, so that the same ``cv``, ``shuffle`` and
+    ``random_state`` give the same folds in each.
+
+    Parameters
+    ----------
+    cv : int, cross-validation generator or iterable
+        An int gives :class:`~sklearn.model_selection.KFold` (or
+        :class:`~sklearn.model_selection.StratifiedKFold` when ``classifier``), shuffled
+        when ``shuffle``; anything else goes through :func:`~sklearn.model_selection.check_cv`.
+    y : array-like or None, default=None
+        The target, for stratification.
+    classifier : bool, default=False
+        Stratify by class (only when ``cv`` is an int).
+    shuffle : bool, default=True
+        Shuffle the rows before splitting (only when ``cv`` is an int).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the shuffling.
+
+    Returns
+    -------
+    splitter : cross-validation generator
+
+    Examples
+    --------
+    >>> from skimgfeat.uses.stacking import fold_splitter
+    >>> fold_splitter(3, random_state=0)
+    KFold(n_splits=3, random_state=0, shuffle=True)
+    """
+    if not isinstance(cv, (int, np.integer)) or isinstance(cv, bool):
+        return check_cv(cv, y, classifier=classifier)
+    splitter = StratifiedKFold if classifier else KFold
+    return splitter(n_splits=int(cv), shuffle=shuffle, random_state=random_state if shuffle else None)
 
 
 def _as_columns(predictions) -> np.ndarray:

@@ -1,0 +1,254 @@
+"""The persistent index at archive scale: build, daily add and search on an N-row table.
+
+Writes an N-row feature table in the exact layout of ``skimgfeat extract`` (``image_path``,
+``image_name``, ``img_feature_0..1279`` float32, ``error``; Parquet row groups of 4,096
+rows written by the same writer; the model info in the Parquet metadata): 2,000 clusters
+of non-negative 1280-wide rows (ReLU-like: sparse exponential centres plus noise),
+distinct rows at cosine distance >= 0.25 from each other as distinct photos are, and the
+last 1% near-copies of the first 1% (a multiplicative jitter, cosine distance about 0.01).
+The first 99% go to ``base.parquet``, the last 1% to ``new.parquet``. Then, each command
+in a fresh process with its peak RSS (``os.wait4``):
+
+1. ``skimgfeat index build base.parquet -o INDEX``
+2. ``skimgfeat index add INDEX new.parquet``
+3. ``skimgfeat similar Q1..Q5 --index INDEX -k 10`` (five image_path queries, loading
+   the index included), recall@10 against exact search over the whole table
+4. ``--pairs``: :meth:`SimilarityIndex.neighbour_pairs` at the duplicates threshold (what
+   ``duplicates --index`` runs), with the share of planted copies paired with their
+   original and the pairs that join rows of different clusters.
+
+    python benchmarks/scale.py --rows 200000
+    python benchmarks/scale.py --rows 1000000 --pairs --workdir /tmp/scale   # ~5 GB of tables
+
+Tables go to a temporary folder (or ``--workdir``, kept for a rerun with ``--reuse``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+N_FEATURES = 1280
+N_CLUSTERS = 2000
+CHUNK_ROWS = 4096  # extract's row group
+MODEL_INFO = {
+    "model_name": "efficientnet_b0", "weights": "IMAGENET1K_V1", "weights_sha256": "0" * 64,
+    "parameters_sha256": "1" * 64, "n_features": N_FEATURES,
+    "feature_names": f"img_feature_0 ... img_feature_{N_FEATURES - 1}", "output": "global average pool",
+    "input_size": [3, 224, 224], "preprocessing": {"resize_mode": "square", "crop": 224},
+    "params": {"model_name": "efficientnet_b0", "weights": "IMAGENET1K_V1"}, "precision": "float32",
+    "device": "cpu", "image_dir": "/archive/photos", "note": "synthetic table of benchmarks/scale.py",
+}
+
+
+def cluster_centres(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.exponential(1.0, (N_CLUSTERS, N_FEATURES)).astype(np.float32)
+    return centres * (rng.random((N_CLUSTERS, N_FEATURES)) < 0.35)
+
+
+def rows_of_chunk(centres: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start..stop-1``: their cluster and vector, the same whatever the chunking."""
+    rng = np.random.default_rng([1, start])
+    clusters = rng.integers(0, N_CLUSTERS, stop - start)
+    noise = rng.standard_normal((stop - start, N_FEATURES), dtype=np.float32)
+    return clusters, np.maximum(centres[clusters] + noise, 0.0)
+
+
+def near_copies(originals: np.ndarray, start: int) -> np.ndarray:
+    rng = np.random.default_rng([2, start])
+    jitter = np.exp(0.12 * rng.standard_normal(originals.shape, dtype=np.float32))
+    return originals * jitter
+
+
+def path_of(row: int) -> str:
+    return f"lots/{row // 1000:05d}/{row}_1.jpg"
+
+
+def write_tables(folder: Path, n_rows: int) -> dict:
+    """base.parquet (first 99%) and new.parquet (last 1%, copies of the first 1%); cluster labels."""
+    from skimgfeat.storage.io import write_table_chunks
+    from skimgfeat.storage.tables import features_table
+
+    centres = cluster_centres()
+    n_copies = n_rows // 100
+    n_base = n_rows - n_copies
+    clusters = np.empty(n_rows, dtype=np.int32)
+    originals = []
+
+    def chunks(begin: int, end: int):
+        for start in range(begin, end, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, end)
+            if start >= n_base:  # copies of rows start - n_base ...
+                source = np.concatenate(originals)[start - n_base:stop - n_base]
+                vectors = near_copies(source, start)
+                clusters[start:stop] = clusters[start - n_base:stop - n_base]
+            else:
+                clusters[start:stop], vectors = rows_of_chunk(centres, start, stop)
+                if start < n_copies:
+                    originals.append(vectors[: n_copies - start])
+            table = features_table([path_of(row) for row in range(start, stop)], vectors, errors={})
+            yield table
+
+    write_table_chunks(chunks(0, n_base), folder / "base.parquet", model_info=MODEL_INFO)
+    write_table_chunks(chunks(n_base, n_rows), folder / "new.parquet", model_info=MODEL_INFO)
+    np.save(folder / "clusters.npy", clusters)
+    return {"n_base": n_base, "n_copies": n_copies}
+
+
+def run_measured(command: list[str], cwd: Path) -> dict:
+    """Run a command in a fresh process: wall and CPU seconds, its own peak RSS (``wait4`` on it), output."""
+    started = time.perf_counter()
+    out = tempfile.TemporaryFile(mode="w+")
+    err = tempfile.TemporaryFile(mode="w+")
+    child = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(command)} failed (exit {os.waitstatus_to_exitcode(status)}):\n{stderr}")
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "stdout": stdout, "stderr": stderr}
+
+
+def exact_top(folders: list[Path], queries: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest rows of each query by exact cosine distance over the whole table, itself excluded."""
+    from skimgfeat.storage.io import FeatureTableReader
+
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    best_distances = np.full((len(queries), 0), np.inf, dtype=np.float32)
+    best_rows = np.empty((len(queries), 0), dtype=np.int64)
+    offset = 0
+    for folder in folders:
+        for batch in FeatureTableReader(folder).batches():
+            vectors = batch.features / np.linalg.norm(batch.features, axis=1, keepdims=True)
+            distances = 1 - queries @ vectors.T
+            rows = np.broadcast_to(np.arange(offset, offset + len(vectors)), distances.shape)
+            distances = np.where(rows == query_rows[:, None], np.inf, distances)
+            best_distances = np.concatenate([best_distances, distances], axis=1)
+            best_rows = np.concatenate([best_rows, rows], axis=1)
+            keep = np.argsort(best_distances, axis=1)[:, :k]
+            best_distances = np.take_along_axis(best_distances, keep, axis=1)
+            best_rows = np.take_along_axis(best_rows, keep, axis=1)
+            offset += len(vectors)
+    return best_rows
+
+
+PAIRS_SCRIPT = """
+import json, sys, time
+import numpy as np
+from skimgfeat import SimilarityIndex
+started = time.perf_counter()
+index = SimilarityIndex.load(sys.argv[1])
+first, second, distance = index.neighbour_pairs(float(sys.argv[2]))
+np.save(sys.argv[3], np.stack([first, second]))
+print(json.dumps({"pairs": len(first), "seconds_in_process": time.perf_counter() - started}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--workdir", type=Path, help="keep the tables and the index here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the tables already in --workdir")
+    parser.add_argument("--kind", default="auto", help="index kind for `index build` (default: auto)")
+    parser.add_argument("--pairs", action="store_true", help="also time neighbour_pairs (the duplicates search)")
+    parser.add_argument("--threshold", type=float, default=0.1, help="duplicates threshold for --pairs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="skimgfeat-scale-") as temporary:
+        work = args.workdir or Path(temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        load = os.getloadavg()
+        started = time.perf_counter()
+        if not (args.reuse and (work / "clusters.npy").is_file()):
+            write_tables(work, args.rows)
+        clusters = np.load(work / "clusters.npy")
+        n_rows = len(clusters)
+        n_copies = n_rows // 100
+        n_base = n_rows - n_copies
+        print(f"{n_rows} rows written in {time.perf_counter() - started:.0f} s "
+              f"({(work / 'base.parquet').stat().st_size / 2**30:.2f} GB + new.parquet); load {load}", flush=True)
+        index_dir = work / "index"
+        if index_dir.exists():
+            import shutil
+
+            shutil.rmtree(index_dir)
+        python = [sys.executable, "-m", "skimgfeat"]
+        results = {}
+        results["build"] = run_measured([*python, "index", "build", str(work / "base.parquet"), "-o", str(index_dir),
+                                         "--kind", args.kind], work)
+        print(f"index build: {results['build']['seconds']:.1f} s (CPU {results['build']['cpu_seconds']:.1f} s), "
+              f"{results['build']['peak_rss_gb']:.2f} GB "
+              f"({results['build']['stderr'].strip()})", flush=True)
+        results["add"] = run_measured([*python, "index", "add", str(index_dir), str(work / "new.parquet")], work)
+        print(f"index add {n_copies}: {results['add']['seconds']:.1f} s (CPU {results['add']['cpu_seconds']:.1f} s), "
+              f"{results['add']['peak_rss_gb']:.2f} GB",
+              flush=True)
+        rng = np.random.default_rng(7)
+        query_rows = np.sort(rng.choice(n_base, 5, replace=False))
+        results["similar"] = run_measured([*python, "similar", *map(path_of, query_rows), "--index", str(index_dir),
+                                           "-k", "10"], work)
+        found = pd.read_csv(io.StringIO(results["similar"]["stdout"]))
+        from skimgfeat.storage.io import FeatureTableReader
+
+        base = FeatureTableReader(work / "base.parquet")
+        query_vectors = _rows(base, query_rows)
+        exact = exact_top([work / "base.parquet", work / "new.parquet"], query_vectors, query_rows, 10)
+        row_of_path = {path_of(row): row for row in range(n_rows)}
+        recalls = []
+        for query, expected in zip(query_rows, exact):
+            got = {row_of_path[path] for path in found[found["query"] == path_of(query)]["image_path"]}
+            recalls.append(len(got & set(expected.tolist())) / 10)
+        nearest = found.groupby("query")["distance"].min()
+        print(f"similar x5: {results['similar']['seconds']:.1f} s (CPU {results['similar']['cpu_seconds']:.1f} s), "
+              f"{results['similar']['peak_rss_gb']:.2f} GB, "
+              f"recall@10 {np.mean(recalls):.3f} {recalls}; nearest distinct row {nearest.min():.3f}", flush=True)
+        summary = {"rows": n_rows, "added": n_copies, "load_before": load,
+                   **{f"{name}_s": round(result["seconds"], 1) for name, result in results.items()},
+                   **{f"{name}_cpu_s": round(result["cpu_seconds"], 1) for name, result in results.items()},
+                   **{f"{name}_peak_rss_gb": round(result["peak_rss_gb"], 2) for name, result in results.items()},
+                   "recall_at_10": float(np.mean(recalls)),
+                   "index_info": json.loads(run_measured([*python, "index", "info", str(index_dir)], work)["stdout"])}
+        if args.pairs:
+            pairs = run_measured([sys.executable, "-c", PAIRS_SCRIPT, str(index_dir), str(args.threshold),
+                                  str(work / "pairs.npy")], work)
+            first, second = np.load(work / "pairs.npy")
+            planted = set(zip(range(n_copies), range(n_base, n_rows)))
+            grouped = len(planted & set(zip(first.tolist(), second.tolist()))) / n_copies
+            foreign = int((clusters[first] != clusters[second]).sum())
+            print(f"neighbour_pairs({args.threshold}): {pairs['seconds']:.1f} s (CPU {pairs['cpu_seconds']:.1f} s), "
+                  f"{pairs['peak_rss_gb']:.2f} GB, "
+                  f"{len(first)} pairs, planted copies paired {grouped:.4f}, pairs across clusters {foreign}",
+                  flush=True)
+            summary.update(pairs_s=round(pairs["seconds"], 1), pairs_cpu_s=round(pairs["cpu_seconds"], 1),
+                           pairs_peak_rss_gb=round(pairs["peak_rss_gb"], 2),
+                           pairs=len(first), planted_paired=grouped, pairs_across_clusters=foreign)
+        summary["load_after"] = os.getloadavg()
+        print(json.dumps(summary, indent=1, default=str))
+
+
+def _rows(reader, rows: np.ndarray) -> np.ndarray:
+    """The feature vectors of the given rows of a table, read batch by batch."""
+    wanted, found, offset = set(rows.tolist()), {}, 0
+    for batch in reader.batches():
+        for row in range(offset, offset + len(batch)):
+            if row in wanted:
+                found[row] = batch.features[row - offset]
+        offset += len(batch)
+    return np.stack([found[row] for row in rows.tolist()])
+
+
+if __name__ == "__main__":
+    main()

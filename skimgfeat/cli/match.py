@@ -1,0 +1,66 @@
+"""``skimgfeat match``: the photos of a feature table that show the same object as query photos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import EXIT_OK, WEIGHTS_ENV, add_command, positive_int, usage_errors, weights_from_env
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    """Add ``match``."""
+    from ..uses.verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST  # light: no torch at start-up
+
+    match = add_command(
+        commands, common, "match", "find the photos (or items) that show the same object as query photos",
+        "Print, as CSV on stdout (query,rank,image_path,feature_distance,inliers,verdict; with --by-item "
+        "item_id and the image_path of its best-matching photo), the K rows of FEATURES nearest to each "
+        "QUERY by cosine distance, each verified with local features and re-ranked: verdict copy (the same "
+        "photo again: the copy check of `duplicates`), same_object (a new photo of the same object: enough "
+        "inliers of one perspective transform) or different. FEATURES_OR_INDEX is a table written by "
+        "`skimgfeat extract --local-features`, its output folder, or an index folder (`skimgfeat index "
+        "build`); the local features are read from the "
+        "local_features folder beside it. A QUERY is an image_path or item_id of the table (left out of its "
+        "own results) or an image file.",
+    )
+    match.add_argument("queries", nargs="+", metavar="QUERY", help="image file, image_path or item_id")
+    match.add_argument("--against", type=Path, required=True, metavar="FEATURES_OR_INDEX",
+                       help="a table written by `skimgfeat extract --local-features`, its output folder, or an "
+                            "index folder")
+    match.add_argument("-k", type=positive_int, default=DEFAULT_SHORTLIST,
+                       help="candidates per query taken from the CNN shortlist and verified (default: %(default)s)")
+    match.add_argument("--by-item", action="store_true",
+                       help="match items: one matches when any of its photos matches any photo of the query")
+    match.add_argument("--min-inliers", type=positive_int, default=DEFAULT_MIN_INLIERS, metavar="N",
+                       help="inliers a same_object pair needs (default: %(default)s, measured on photos of 50 "
+                            "objects)")
+    match.add_argument("--local-features", type=Path, default=None, metavar="DIR",
+                       help="the local features folder (default: local_features beside the table)")
+    match.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
+                       help="also draw each query beside its verified matches, with the inlier lines")
+    match.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                       help="the folder the table's photos are in (default: the one recorded by extract)")
+    match.add_argument("--weights", default=None,
+                       help=f"state-dict file replacing the recorded weights to embed query files offline "
+                            f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+    match.set_defaults(handler=run_match)
+
+
+def run_match(args: argparse.Namespace) -> int:
+    """Print the verified matches of each query as CSV; draw the sheet if asked."""
+    from ..storage.io import atomic_path
+    from ..uses.object_match import ObjectMatcher
+
+    with usage_errors():  # a missing table or sidecar, an unknown query, a query file that is no image
+        matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
+                                     image_dir=args.image_dir, k=args.k, min_inliers=args.min_inliers)
+        results = matcher.match(args.queries, weights=weights_from_env(args.weights))
+    results.to_csv(sys.stdout, index=False, float_format="%.6f")
+    if args.sheet is not None:
+        from ..uses.object_match import match_sheet
+
+        with atomic_path(args.sheet) as temporary:
+            match_sheet(results, matcher).save(temporary, format="PNG")
+    return EXIT_OK

@@ -1,0 +1,357 @@
+"""Local features of photos: ORB keypoints and binary descriptors, stored once per photo.
+
+Recognising one physical object in a new photo (a re-listed lot) needs more than a
+global CNN vector: a geometric check that many small patches of two photos match under
+one perspective transform (:mod:`skimgfeat.uses.verification`). The patches are the
+keypoints of OpenCV's ORB detector, found on a grayscale copy of the photo whose long
+side is at most ``max_side`` pixels, at most ``max_keypoints`` per photo, so a photo's
+entry has a bounded size (500 keypoints: 16 kB of descriptors and 4 kB of positions).
+ORB was chosen over SIFT by measurement (see docs/object-matching.md).
+
+``skimgfeat extract --local-features`` (or :func:`write_local_features`) stores them in
+a sidecar folder beside the feature table, ``OUT/local_features``:
+
+* ``settings.json``: the detector and its settings; features made with other settings
+  are refused rather than mixed;
+* ``part-000000.npz``, ...: one part per batch of photos, each written atomically, so an
+  interrupted run keeps every finished part and the next run computes only the photos
+  not stored yet, or changed since (each photo's stamp is stored, as in extract's
+  checkpoints).
+
+Parts are plain arrays loaded with ``allow_pickle=False``. OpenCV (the ``match`` extra,
+``pip install "skimgfeat[match]"``) is imported only when features are computed or
+matched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.image_loading import load_rgb_image
+from ..exceptions import ImageLoadError
+from ..storage.checkpoint import file_stamps
+from ..storage.io import atomic_path, write_json
+
+LOCAL_FEATURES_DIR = "local_features"
+SETTINGS_FILE = "settings.json"
+FORMAT_VERSION = 1
+DEFAULT_MAX_KEYPOINTS = 500
+DEFAULT_MAX_SIDE = 640
+DESCRIPTOR_BYTES = 32  # ORB: 256 binary tests
+EXTRACT_COMMAND = "skimgfeat extract IMAGE_DIR -o OUT --local-features"
+
+
+class MissingLocalFeaturesError(FileNotFoundError):
+    """The local features a match needs were never computed."""
+
+
+def import_cv2():
+    """OpenCV, or an ImportError that says which extra installs it."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            'object matching needs OpenCV: pip install "skimgfeat[match]" (opencv-python-headless)'
+        ) from error
+    return cv2
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """The keypoints of one photo.
+
+    Attributes
+    ----------
+    points : ndarray of shape (n_keypoints, 2), float32
+        Keypoint positions (x, y) in the detection frame: the photo scaled by ``scale``.
+    descriptors : ndarray of shape (n_keypoints, 32), uint8
+        ORB binary descriptors, one row per keypoint.
+    image_size : (int, int)
+        Width and height of the detection frame.
+    scale : float
+        Detection frame pixels per photo pixel (1.0 when the photo was small enough).
+    error : str
+        Why the photo could not be read ("" when it was); such a photo has no keypoints.
+    """
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    image_size: tuple[int, int]
+    scale: float = 1.0
+    error: str = ""
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @classmethod
+    def empty(cls, error: str = "") -> LocalFeatures:
+        """No keypoints (an unreadable photo, or one without texture)."""
+        return cls(*_no_points(), (0, 0), 1.0, error)
+
+
+def detect_local_features(
+    image,
+    *,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> LocalFeatures:
+    """ORB keypoints of one photo.
+
+    Parameters
+    ----------
+    image : str, os.PathLike, PIL.Image.Image or ndarray
+        An image file (read with the package's loader: EXIF orientation, transparency
+        onto white), a PIL image, or a grayscale or RGB uint8 array.
+    max_keypoints : int, default=500
+        At most this many keypoints, the strongest.
+    max_side : int, default=640
+        The photo is shrunk so that its long side is at most this many pixels.
+
+    Returns
+    -------
+    LocalFeatures
+        Possibly with no keypoints (a blank wall, a tiny thumbnail): not an error.
+
+    Raises
+    ------
+    ImageLoadError
+        When ``image`` is a file that cannot be read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> features = detect_local_features(np.full((40, 60), 128, np.uint8))
+    >>> len(features), features.image_size
+    (0, (60, 40))
+    """
+    cv2 = import_cv2()
+    gray = _grayscale(image)
+    height, width = gray.shape
+    scale = min(1.0, max_side / max(height, width, 1))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    keypoints, descriptors = cv2.ORB_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+    if descriptors is None or not keypoints:
+        return LocalFeatures(*_no_points(), (gray.shape[1], gray.shape[0]), scale)
+    points = np.asarray([keypoint.pt for keypoint in keypoints], dtype=np.float32)
+    return LocalFeatures(points, np.ascontiguousarray(descriptors, dtype=np.uint8), (gray.shape[1], gray.shape[0]),
+                         scale)
+
+
+def _no_points() -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((0, 2), np.float32), np.empty((0, DESCRIPTOR_BYTES), np.uint8)
+
+
+def _grayscale(image) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        array = np.asarray(image)
+        if array.ndim == 3:
+            array = np.asarray(Image.fromarray(array.astype(np.uint8)).convert("L"))
+        return np.ascontiguousarray(array, dtype=np.uint8)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"))
+    with load_rgb_image(image) as rgb:
+        return np.asarray(rgb.convert("L"))
+
+
+# -- the sidecar folder ---------------------------------------------------------------
+
+
+def local_features_settings(max_keypoints: int = DEFAULT_MAX_KEYPOINTS, max_side: int = DEFAULT_MAX_SIDE) -> dict:
+    """What changes the stored features: recorded in ``settings.json`` and checked on reuse."""
+    return {"format_version": FORMAT_VERSION, "detector": "orb", "max_keypoints": int(max_keypoints),
+            "max_side": int(max_side)}
+
+
+class LocalFeatureStore:
+    """The local features stored in a sidecar folder, looked up by ``image_path``.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A folder written by :func:`write_local_features` (``OUT/local_features``).
+
+    Raises
+    ------
+    MissingLocalFeaturesError
+        When the folder holds no local features; the message names the command that
+        makes them.
+
+    Examples
+    --------
+    >>> store = LocalFeatureStore("out/local_features")  # doctest: +SKIP
+    >>> store["dvd001_canon.jpg"].points.shape  # doctest: +SKIP
+    (500, 2)
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        settings = self.folder / SETTINGS_FILE
+        if not settings.is_file():
+            raise MissingLocalFeaturesError(
+                f"no local features in {os.fspath(self.folder)!r}: make them with `{EXTRACT_COMMAND}` "
+                "(or skimgfeat.uses.local_features.write_local_features)"
+            )
+        self.settings = json.loads(settings.read_text(encoding="utf-8"))
+        self._where: dict[str, tuple[Path, int]] = {}
+        self._parts: dict[Path, dict[str, np.ndarray]] = {}
+        for part in sorted(self.folder.glob("part-*.npz")):
+            with np.load(part, allow_pickle=False) as npz:
+                for row, path in enumerate(npz["image_path"].tolist()):
+                    self._where[path] = (part, row)  # a later part (the file changed) wins
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, image_path) -> bool:
+        return str(image_path) in self._where
+
+    def paths(self) -> list[str]:
+        """The ``image_path`` of every stored photo."""
+        return list(self._where)
+
+    def __getitem__(self, image_path: str) -> LocalFeatures:
+        try:
+            part, row = self._where[str(image_path)]
+        except KeyError:
+            raise MissingLocalFeaturesError(
+                f"no local features for {image_path!r} in {os.fspath(self.folder)!r}: add them with "
+                f"`{EXTRACT_COMMAND}` on its folder"
+            ) from None
+        arrays = self._part(part)
+        start, stop = arrays["offsets"][row], arrays["offsets"][row + 1]
+        width, height = arrays["image_size"][row]
+        return LocalFeatures(arrays["points"][start:stop], arrays["descriptors"][start:stop],
+                             (int(width), int(height)), float(arrays["scale"][row]), str(arrays["error"][row]))
+
+    def _part(self, part: Path) -> dict[str, np.ndarray]:
+        if part not in self._parts:
+            with np.load(part, allow_pickle=False) as npz:
+                self._parts[part] = {name: npz[name] for name in npz.files}
+        return self._parts[part]
+
+
+def write_local_features(
+    paths: Sequence[str | os.PathLike],
+    folder: str | os.PathLike,
+    *,
+    image_dir: str | os.PathLike | None = None,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    part_size: int = 256,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Compute and store the local features of the photos not stored yet.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        The photo files.
+    folder : str or os.PathLike
+        The sidecar folder, created if needed (``OUT/local_features``).
+    image_dir : str, os.PathLike or None
+        The folder the stored ``image_path`` keys are relative to (as in the feature
+        table); None: the paths as given.
+    max_keypoints, max_side : int
+        See :func:`detect_local_features`. A folder made with other values is refused.
+    part_size : int, default=256
+        Photos per part file: what an interruption can lose at most.
+    on_progress : callable or None
+        Called with the number of photos finished after each photo.
+
+    Returns
+    -------
+    int
+        How many photos were computed now (the others were already stored, unchanged).
+        A photo that cannot be read is stored without keypoints and its error; it is
+        tried again by the next run.
+
+    Examples
+    --------
+    >>> write_local_features(["photos/a.jpg"], "out/local_features", image_dir="photos")  # doctest: +SKIP
+    1
+    """
+    folder = Path(folder)
+    settings = local_features_settings(max_keypoints, max_side)
+    _check_settings(folder, settings)
+    keys = [_key(path, image_dir) for path in paths]
+    stamps = file_stamps(paths)
+    done = _stored_stamps(folder)
+    todo = [i for i, (key, stamp) in enumerate(zip(keys, stamps)) if done.get(key) != (stamp, "")]
+    next_part = _next_part_number(folder)
+    for start in range(0, len(todo), part_size):
+        chunk = todo[start:start + part_size]
+        features = []
+        for i in chunk:
+            try:
+                features.append(detect_local_features(paths[i], max_keypoints=max_keypoints, max_side=max_side))
+            except ImageLoadError as error:
+                features.append(LocalFeatures.empty(f"{error.reason} ({error.detail})" if error.detail
+                                                    else error.reason))
+            if on_progress is not None:
+                on_progress(1)
+        _write_part(folder / f"part-{next_part:06d}.npz", [keys[i] for i in chunk], [stamps[i] for i in chunk],
+                    features)
+        next_part += 1
+    return len(todo)
+
+
+def _key(path, image_dir) -> str:
+    if image_dir is None:
+        return os.fspath(path)
+    return Path(path).resolve().relative_to(Path(image_dir).resolve()).as_posix()
+
+
+def _check_settings(folder: Path, settings: dict) -> None:
+    saved_file = folder / SETTINGS_FILE
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+        if saved != settings:
+            raise ValueError(
+                f"{os.fspath(folder)!r} holds local features made with other settings ({saved} then, {settings} "
+                "now); use the same settings or delete that folder"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(settings, saved_file)
+
+
+def _stored_stamps(folder: Path) -> dict[str, tuple[str, str]]:
+    stored = {}
+    for part in sorted(folder.glob("part-*.npz")):
+        with np.load(part, allow_pickle=False) as npz:
+            for path, stamp, error in zip(npz["image_path"].tolist(), npz["stamp"].tolist(), npz["error"].tolist()):
+                stored[path] = (stamp, error)
+    return stored
+
+
+def _next_part_number(folder: Path) -> int:
+    parts = sorted(folder.glob("part-*.npz"))
+    return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+
+
+def _write_part(path: Path, keys: list[str], stamps: list[str], features: list[LocalFeatures]) -> None:
+    counts = [len(entry) for entry in features]
+    arrays = {
+        "image_path": np.asarray(keys, dtype=str),
+        "stamp": np.asarray(stamps, dtype=str),
+        "error": np.asarray([entry.error for entry in features], dtype=str),
+        "image_size": np.asarray([entry.image_size for entry in features], dtype=np.int32).reshape(-1, 2),
+        "scale": np.asarray([entry.scale for entry in features], dtype=np.float32),
+        "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "points": np.concatenate([entry.points for entry in features]).astype(np.float32).reshape(-1, 2),
+        "descriptors": np.concatenate([entry.descriptors for entry in features]).astype(np.uint8)
+        .reshape(-1, DESCRIPTOR_BYTES),
+    }
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)

@@ -1,0 +1,450 @@
+"""The same object in new photos: a CNN shortlist re-ranked by geometric verification.
+
+Global CNN features find photos of the same *kind* of object; they cannot tell this
+DVD case from another one, nor a re-listed lot from a similar lot. An
+:class:`ObjectMatcher` therefore takes the ``k`` nearest rows of a feature table by
+cosine distance (the shortlist, :func:`~skimgfeat.uses.similarity.similar_items`),
+verifies each candidate against the query with local features
+(:mod:`skimgfeat.uses.verification`) and ranks the verified ones first, by inliers.
+Each candidate gets a verdict:
+
+* ``copy``: the same photo again (resized, recompressed, slightly cropped): the copy
+  check of ``duplicates`` (perceptual hashes), see :func:`is_copy`;
+* ``same_object``: another photo of the same physical object;
+* ``different``: anything else, including a photo too plain or too small to verify.
+
+The local features come from the sidecar folder ``skimgfeat extract --local-features``
+writes beside the feature table (:class:`~skimgfeat.uses.local_features.LocalFeatureStore`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..aggregation import ITEM_ID, item_id_from_name
+from .duplicates import DEFAULT_CANDIDATE_DISTANCE
+from .local_features import (
+    LOCAL_FEATURES_DIR,
+    LocalFeatures,
+    LocalFeatureStore,
+    detect_local_features,
+)
+from .similarity import IMAGE_PATH, SimilarityIndex, similar_items
+from .verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST, PairVerification, is_same_object, verify_pair
+
+COPY = "copy"
+SAME_OBJECT = "same_object"
+DIFFERENT = "different"
+VERDICTS = (COPY, SAME_OBJECT, DIFFERENT)
+MATCH_COLUMNS = ("query", "rank", "feature_distance", "inliers", "verdict")
+
+
+def is_copy(hashes_a: np.ndarray | None, hashes_b: np.ndarray | None) -> bool:
+    """Whether two photos are copies of one picture: the copy check of ``duplicates``.
+
+    ``hashes_a`` and ``hashes_b`` are their perceptual hashes
+    (:func:`~skimgfeat.uses.copy_check.hash_photo`); None for a photo that could not be
+    hashed, which is no copy.
+    """
+    from .copy_check import COPY_THRESHOLD, copy_distance
+
+    if hashes_a is None or hashes_b is None:
+        return False
+    return int(copy_distance(hashes_a, hashes_b)) <= COPY_THRESHOLD
+
+
+def verdict(verification: PairVerification, *, copy: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS) -> str:
+    """``copy`` (when the copy check says so), ``same_object`` or ``different`` for one verified pair."""
+    if copy:
+        return COPY
+    return SAME_OBJECT if is_same_object(verification, min_inliers=min_inliers) else DIFFERENT
+
+
+def add_same_object_verdicts(
+    pairs: pd.DataFrame,
+    local_features: LocalFeatureStore,
+    *,
+    columns: tuple[str, str] = ("image_a", "image_b"),
+    min_inliers: int = DEFAULT_MIN_INLIERS,
+) -> pd.DataFrame:
+    """Verify pairs of photos (e.g. :func:`~skimgfeat.duplicate_pairs`) and say which are the same object.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        One row per pair of photos, named by ``image_path`` in two columns. A
+        ``verdict`` column, when there is one, is kept where it says ``copy`` (the copy
+        check of ``duplicates``); its other verdicts become ``same_object`` or
+        ``different``.
+    local_features : LocalFeatureStore
+        The photos' stored local features.
+    columns : (str, str), default=("image_a", "image_b")
+        The two columns naming the photos (those of ``duplicate_pairs``).
+    min_inliers : int, default=DEFAULT_MIN_INLIERS
+
+    Returns
+    -------
+    DataFrame
+        ``pairs`` with ``inliers`` and ``verdict`` (``copy``, ``same_object`` or
+        ``different``; a photo that could not be read has no keypoints: ``different``).
+
+    Examples
+    --------
+    >>> from skimgfeat import LocalFeatureStore, SimilarityIndex, duplicate_pairs
+    >>> pairs = duplicate_pairs(SimilarityIndex.read("out/image_features_raw.parquet"))  # doctest: +SKIP
+    >>> add_same_object_verdicts(pairs, LocalFeatureStore("out/local_features"))  # doctest: +SKIP
+          image_a      image_b  feature_distance  copy_score      verdict reason  inliers
+    0  7_1.jpg       7_2.jpg          0.041002         2.0         copy              212
+    1  7_1.jpg       9_1.jpg          0.251873        31.0  same_object               48
+    """
+    first, second = columns
+    copies = pairs["verdict"].eq(COPY).to_numpy() if "verdict" in pairs.columns else np.zeros(len(pairs), bool)
+    inliers, verdicts = [], []
+    for a, b, copy in zip(pairs[first].astype(str), pairs[second].astype(str), copies):
+        verification = verify_pair(local_features[a], local_features[b])
+        inliers.append(verification.inliers)
+        verdicts.append(verdict(verification, copy=bool(copy), min_inliers=min_inliers))
+    return pairs.assign(verdict=verdicts, inliers=np.asarray(inliers, dtype=int))
+
+
+class ObjectMatcher:
+    """Find the photos (or items) of a feature table that show the same object as a query.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+        The shortlist's feature table (per photo, or per item with ``key="item_id"``).
+    local_features : LocalFeatureStore
+        The local features of the table's photos, keyed by ``image_path``.
+    k : int, default=100
+        Candidates per query taken from the CNN shortlist and verified.
+    min_inliers : int, default=DEFAULT_MIN_INLIERS
+        Inliers a ``same_object`` pair needs.
+    hashes : PhotoHashes or None
+        The copy-check hashes of the table's photos (``extract --hashes``); photos
+        without are hashed when a candidate is close enough to be a copy.
+
+    Examples
+    --------
+    >>> matcher = ObjectMatcher.read("out/image_features_raw.parquet")  # doctest: +SKIP
+    >>> matcher.match(["new_photo.jpg"], k=20).head(3)  # doctest: +SKIP
+              query  rank        image_path  feature_distance  inliers      verdict
+    0  new_photo.jpg     1  dvd007_canon.jpg            0.2843      112  same_object
+    """
+
+    def __init__(
+        self,
+        index: SimilarityIndex,
+        local_features: LocalFeatureStore,
+        *,
+        k: int = DEFAULT_SHORTLIST,
+        min_inliers: int = DEFAULT_MIN_INLIERS,
+        hashes=None,
+    ) -> None:
+        self.index = index
+        self.local_features = local_features
+        self.k = k
+        self.min_inliers = min_inliers
+        self.hashes = hashes
+        self._photos_of_item: dict[str, list[str]] | None = None
+
+    @classmethod
+    def read(
+        cls,
+        against: str | os.PathLike,
+        *,
+        by_item: bool = False,
+        local_features: str | os.PathLike | None = None,
+        image_dir: str | os.PathLike | None = None,
+        **parameters,
+    ) -> ObjectMatcher:
+        """A matcher over a feature table file, an ``extract`` output folder or an index folder.
+
+        ``local_features`` defaults to the ``local_features`` folder beside the table (for
+        an index folder: inside it, else beside it); the copy-check hashes are read from
+        ``image_hashes.parquet`` there when ``extract --hashes`` wrote them, else
+        computed when needed. An index folder (``skimgfeat index build``) ranks the rows
+        it was built from: ``by_item`` needs a feature table.
+        """
+        from .copy_check import HASHES_FILE, PhotoHashes
+
+        against = Path(against)
+        table = _feature_table(against)
+        if table is None:
+            if by_item:
+                raise ValueError("--by-item needs a feature table: an index ranks the rows it was built from (build "
+                                 "one from the by-item table to match items)")
+            index = SimilarityIndex.load(against)
+            if image_dir is not None:
+                index.image_dir = Path(image_dir)
+            places = [against, against.parent]
+        else:
+            index = SimilarityIndex.read(table, by_item=by_item, image_dir=image_dir)
+            places = [table.parent]
+        if local_features is None:
+            found = [place / LOCAL_FEATURES_DIR for place in places if (place / LOCAL_FEATURES_DIR).is_dir()]
+            local_features = (found or [places[0] / LOCAL_FEATURES_DIR])[0]
+        hashes = next((place / HASHES_FILE for place in places if (place / HASHES_FILE).is_file()), None)
+        parameters.setdefault("hashes", PhotoHashes.read(hashes) if hashes is not None else None)
+        return cls(index, LocalFeatureStore(local_features), **parameters)
+
+    # -- matching ---------------------------------------------------------------------
+
+    def match(
+        self,
+        queries: Sequence[str | os.PathLike],
+        k: int | None = None,
+        *,
+        weights: str | os.PathLike | None = None,
+        embedder=None,
+    ) -> pd.DataFrame:
+        """Each query's shortlist, verified and re-ranked.
+
+        Parameters
+        ----------
+        queries : sequence of str or os.PathLike
+            Image files, or names of the index (an ``image_path``, or an ``item_id`` of
+            an item index), as for :func:`~skimgfeat.uses.similarity.similar_items`.
+        k : int or None
+            Candidates per query (default: the matcher's ``k``).
+        weights, embedder
+            How query files are embedded for the shortlist, see ``similar_items``.
+
+        Returns
+        -------
+        DataFrame
+            ``query``, ``rank`` (1 = best: copies, then same-object photos by inliers,
+            then the rest by feature distance), the key column (``image_path``, or
+            ``item_id`` and the ``image_path`` of its best-matching photo),
+            ``feature_distance`` (cosine), ``inliers`` and ``verdict``.
+        """
+        shortlist = similar_items(self.index, queries, k or self.k, weights=weights, embedder=embedder)
+        key = self.index.key
+        query_features = {label: self._query_features(label) for label in dict.fromkeys(shortlist["query"])}
+        hashes: dict[str, np.ndarray | None] = {}
+        rows = []
+        for query, name, distance in zip(shortlist["query"], shortlist[key], shortlist["distance"]):
+            photo, verification = self._best_photo(query_features[query], name)
+            copy = distance <= DEFAULT_CANDIDATE_DISTANCE and is_copy(self._hashes(query, hashes),
+                                                                      self._hashes(photo, hashes))
+            rows.append((query, name, photo, float(distance), verification.inliers,
+                         verdict(verification, copy=copy, min_inliers=self.min_inliers)))
+        table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
+        if key == ITEM_ID:
+            table = table.rename(columns={"_photo": IMAGE_PATH})
+        return _ranked(table, key)
+
+    def verify(self, a: str | os.PathLike, b: str | os.PathLike) -> PairVerification:
+        """Verify two photos: each an indexed ``image_path`` or an image file."""
+        return verify_pair(self.features_of(a), self.features_of(b))
+
+    def features_of(self, photo: str | os.PathLike) -> LocalFeatures:
+        """The stored local features of an ``image_path``, else those of the image file.
+
+        An indexed photo whose features were never stored raises
+        :class:`~skimgfeat.uses.local_features.MissingLocalFeaturesError` naming the
+        command that stores them.
+        """
+        name = os.fspath(photo)
+        if name in self.local_features:
+            return self.local_features[name]
+        relative = self._relative(name)
+        if relative is not None and relative in self.local_features:
+            return self.local_features[relative]
+        if name in self.index or (relative is not None and relative in self.index) or not os.path.isfile(name):
+            return self.local_features[relative or name]  # raises, naming the command
+        settings = self.local_features.settings
+        return detect_local_features(name, max_keypoints=settings["max_keypoints"], max_side=settings["max_side"])
+
+    def photo_file(self, photo: str | os.PathLike) -> Path | None:
+        """The file of an image file or indexed ``image_path`` (resolved against the image folder)."""
+        name = os.fspath(photo)
+        if os.path.isfile(name) and name not in self.local_features:
+            return Path(name)
+        if self.index.key == ITEM_ID and name in self.index:
+            return self.index.photo_path(name)
+        if self.index.image_dir is not None and not Path(name).is_absolute():
+            return self.index.image_dir / name
+        return Path(name) if os.path.isfile(name) else None
+
+    # -- internals --------------------------------------------------------------------
+
+    def _query_features(self, query: str) -> list[tuple[str, LocalFeatures]]:
+        if self.index.key == ITEM_ID and query in self.index:
+            return [(photo, self.local_features[photo]) for photo in self._photos(query)]
+        return [(query, self.features_of(query))]
+
+    def _best_photo(self, query_features, name: str) -> tuple[str, PairVerification]:
+        photos = self._photos(name) if self.index.key == ITEM_ID else [name]
+        best = (photos[0] if photos else "", PairVerification.none())
+        for photo in photos:
+            candidate = self.local_features[photo]
+            for _, features in query_features:
+                verification = verify_pair(features, candidate)
+                if _better(verification, best[1]):
+                    best = (photo, verification)
+        return best
+
+    def _hashes(self, photo: str, known: dict) -> np.ndarray | None:
+        """The copy-check hashes of an image file or ``image_path`` (None if it cannot be read)."""
+        from ..exceptions import ImageLoadError
+        from .copy_check import hash_photo
+
+        if photo not in known:
+            if self.hashes is not None and photo in self.hashes and not self.hashes.error(photo):
+                known[photo] = self.hashes.rows([photo])[0]
+            else:
+                try:
+                    known[photo] = hash_photo(self.photo_file(photo)) if self.photo_file(photo) else None
+                except ImageLoadError:
+                    known[photo] = None
+        return known[photo]
+
+    def _photos(self, item: str) -> list[str]:
+        if self._photos_of_item is None:
+            self._photos_of_item = {}
+            for path in sorted(self.local_features.paths()):
+                self._photos_of_item.setdefault(item_id_from_name(path), []).append(path)
+        return self._photos_of_item.get(str(item), [])
+
+    def _relative(self, name: str) -> str | None:
+        if self.index.image_dir is None or not os.path.isfile(name):
+            return None
+        try:
+            return Path(name).resolve().relative_to(self.index.image_dir.resolve()).as_posix()
+        except ValueError:
+            return None
+
+
+def _feature_table(against: Path) -> Path | None:
+    """The feature table ``against`` names (a file, or an ``extract`` folder's raw table); None for an index."""
+    if not against.is_dir():
+        return against
+    tables = [against / name for name in ("image_features_raw.parquet", "image_features_raw.csv")]
+    return next((table for table in tables if table.is_file()), None)
+
+
+def _better(new: PairVerification, old: PairVerification) -> bool:
+    return (is_same_object(new), new.inliers) > (is_same_object(old), old.inliers)
+
+
+def _ranked(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    order = {name: i for i, name in enumerate(VERDICTS)}
+    table = table.assign(_verdict=table["verdict"].map(order), _first=~table["query"].duplicated())
+    table["_query"] = table["query"].map({query: i for i, query in enumerate(dict.fromkeys(table["query"]))})
+    same = table["verdict"] != DIFFERENT
+    table["_inliers"] = np.where(same, -table["inliers"], 0)
+    table = table.sort_values(["_query", "_verdict", "_inliers", "feature_distance"], kind="stable")
+    table["rank"] = table.groupby("_query").cumcount() + 1
+    columns = ["query", "rank", key, *([IMAGE_PATH] if key == ITEM_ID else []), "feature_distance", "inliers",
+               "verdict"]
+    return table[columns].reset_index(drop=True)
+
+
+# -- the picture ------------------------------------------------------------------------
+
+LINE_COLOUR = (30, 170, 60)
+FRAME_COLOURS = {COPY: (40, 90, 200), SAME_OBJECT: (30, 170, 60), DIFFERENT: (200, 40, 40)}
+
+
+def match_sheet(
+    results: pd.DataFrame,
+    matcher: ObjectMatcher,
+    *,
+    height: int = 240,
+    max_matches: int = 3,
+    max_lines: int = 80,
+):
+    """Draw each query beside its verified matches, with the inlier lines between them.
+
+    One row per (query, match) pair: the query photo, the matched photo framed in the
+    colour of its verdict (blue copy, green same object), and a line between each pair
+    of inlier keypoints. A query without any verified match is shown beside its first
+    candidate, framed in red.
+
+    Parameters
+    ----------
+    results : DataFrame
+        From :meth:`ObjectMatcher.match`.
+    matcher : ObjectMatcher
+        The matcher that made ``results``: it finds the photos and their features.
+    height : int, default=240
+        Height of each photo in pixels.
+    max_matches : int, default=3
+        Matches shown per query, best first.
+    max_lines : int, default=80
+        Inlier lines drawn per pair at most (an even sample of them).
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB; save it with ``.save("matches.png")``.
+    """
+    from PIL import Image, ImageFont
+
+    font = ImageFont.load_default(size=max(10, height // 18))
+    panels = []
+    for _, group in results.groupby("query", sort=False):
+        verified = group[group["verdict"] != DIFFERENT].head(max_matches)
+        for _, row in (verified if len(verified) else group.head(1)).iterrows():
+            panels.append(_pair_panel(matcher, row, height, max_lines, font))
+    if not panels:
+        return Image.new("RGB", (2 * height, height), (255, 255, 255))
+    sheet = Image.new("RGB", (max(panel.width for panel in panels), sum(panel.height for panel in panels)),
+                      (255, 255, 255))
+    top = 0
+    for panel in panels:
+        sheet.paste(panel, (0, top))
+        top += panel.height
+    return sheet
+
+
+def _pair_panel(matcher: ObjectMatcher, row, height: int, max_lines: int, font):
+    from PIL import Image, ImageDraw
+
+    from .contact_sheet import _label, _short
+
+    query_file = matcher.photo_file(row["query"])
+    match_file = matcher.photo_file(row[IMAGE_PATH])
+    query, query_scale = _fitted(query_file, height)
+    match, match_scale = _fitted(match_file, height)
+    line = font.getbbox("Ag")[3] + 2
+    panel = Image.new("RGB", (query.width + match.width + 8, height + 2 * line + 4), (255, 255, 255))
+    panel.paste(query, (0, 0))
+    left = query.width + 8
+    panel.paste(match, (left, 0))
+    draw = ImageDraw.Draw(panel)
+    if query_file is not None and match_file is not None:
+        verification = matcher.verify(query_file, row[IMAGE_PATH])
+        step = max(1, verification.inliers // max_lines)
+        for (xa, ya), (xb, yb) in zip(verification.points_a[::step], verification.points_b[::step]):
+            draw.line((xa * query_scale, ya * query_scale, left + xb * match_scale, yb * match_scale),
+                      fill=LINE_COLOUR, width=1)
+    draw.rectangle((left, 0, left + match.width - 1, height - 1), outline=FRAME_COLOURS[row["verdict"]], width=3)
+    _label(draw, (2, height + 2), [_short(Path(str(row["query"])).name, query.width, font), "query"], font, line)
+    caption = f"#{row['rank']} {row['verdict']}  {row['inliers']} inliers  d={row['feature_distance']:.3f}"
+    _label(draw, (left + 2, height + 2), [_short(Path(str(row[IMAGE_PATH])).name, match.width, font),
+                                          _short(caption, max(match.width, 2 * height), font)], font, line)
+    return panel
+
+
+def _fitted(photo: Path | None, height: int):
+    """The photo scaled to ``height`` and the scale used; a grey tile when it cannot be read."""
+    from PIL import Image
+
+    from ..engine.image_loading import load_rgb_image
+    from ..exceptions import ImageLoadError
+
+    try:
+        if photo is None:
+            raise ImageLoadError(None, "missing", "no photo")
+        with load_rgb_image(photo) as image:
+            scale = height / image.height
+            return image.resize((max(1, round(image.width * scale)), height)), scale
+    except ImageLoadError:
+        return Image.new("RGB", (height, height), (225, 225, 225)), 1.0
