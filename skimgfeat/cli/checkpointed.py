@@ -21,7 +21,7 @@ import numpy as np
 
 from ..storage.checkpoint import PART_ROWS, Checkpoint, Gathered, Rows, file_stamps, pending
 from ..storage.output import progress_bar
-from .common import UsageError, positive_int
+from .common import CHECKPOINTED_ON_INTERRUPT, UsageError, positive_int
 
 
 @dataclass
@@ -36,10 +36,9 @@ class Batch:
     errors: list = field(default_factory=list)
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser, done: str) -> None:
-    """--resume, --restart, --checkpoint-every ROWS; ``done`` says what Ctrl-C keeps ("embedded")."""
-    parser.set_defaults(resumable=True,
-                        on_interrupt=f"interrupted; what was {done} is checkpointed, continue with --resume")
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """--resume, --restart, --checkpoint-every ROWS; Ctrl-C then points to --resume."""
+    parser.set_defaults(resumable=True, on_interrupt=f"interrupted; {CHECKPOINTED_ON_INTERRUPT}")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in OUT")
     parser.add_argument("--restart", action="store_true", help="discard the checkpoint of an interrupted run in OUT")
     parser.add_argument("--checkpoint-every", type=positive_int, default=PART_ROWS, metavar="ROWS",

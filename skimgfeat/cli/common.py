@@ -18,6 +18,10 @@ EXIT_INTERRUPTED = 130
 
 
 
+# What Ctrl-C leaves of a command with --resume: its --help and its interrupt message say the same.
+CHECKPOINTED_ON_INTERRUPT = "the work done so far is checkpointed, continue with --resume"
+
+
 def exit_codes(resumable: bool | None = None) -> str:
     """The exit codes, for the end of ``--help``.
 
@@ -25,7 +29,7 @@ def exit_codes(resumable: bool | None = None) -> str:
     None describes all commands (``skimgfeat --help``).
     """
     interrupted = {
-        True: "the work done so far is checkpointed, continue with --resume",
+        True: CHECKPOINTED_ON_INTERRUPT,
         False: "run the command again",
         None: "a command with --resume continues where it stopped",
     }[resumable]

@@ -72,7 +72,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
     add_table_output_options(extract)
-    add_checkpoint_options(extract, done="embedded")
+    add_checkpoint_options(extract)
     extract.add_argument("--hashes", action="store_true",
                          help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
                               "checks copies with, computed once here instead of at every duplicates run")

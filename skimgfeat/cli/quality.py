@@ -42,7 +42,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     add_image_folder_options(quality)
     add_table_output_options(quality)
-    add_checkpoint_options(quality, done="measured")
+    add_checkpoint_options(quality)
     quality.set_defaults(handler=run_quality)
 
 
