@@ -131,25 +131,13 @@ class SimilarityIndex:
         if by_item and key == IMAGE_PATH:
             photos = _first_photo_per_item(table[IMAGE_PATH].astype(str))
             items = ItemAggregator(method="mean").fit_transform(table[[IMAGE_PATH, *features]])
-            return cls(
-                items[ITEM_ID],
-                items[features].to_numpy(),
-                key=ITEM_ID,
-                model_info=model_info,
-                photos=photos,
-                image_dir=image_dir,
-            )
+            return cls(items[ITEM_ID], items[features].to_numpy(), key=ITEM_ID, model_info=model_info,
+                       photos=photos, image_dir=image_dir)
         photos = None
         if key == ITEM_ID and image_dir is not None:
             photos = _photos_of_items(Path(image_dir))
-        return cls(
-            table[key].astype(str),
-            table[features].to_numpy(),
-            key=key,
-            model_info=model_info,
-            photos=photos,
-            image_dir=image_dir,
-        )
+        return cls(table[key].astype(str), table[features].to_numpy(), key=key, model_info=model_info,
+                   photos=photos, image_dir=image_dir)
 
     @classmethod
     def read(
