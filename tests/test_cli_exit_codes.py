@@ -83,7 +83,8 @@ def test_ctrl_c_suggests_resume_only_in_the_commands_that_have_it(tmp_path):
     table.to_csv(tmp_path / "features.csv", index=False)
     # Background processes may inherit an ignored SIGINT; the CLI must see the default one, as in a terminal.
     process = subprocess.Popen(
-        [sys.executable, "-m", "skimgfeat", "duplicates", "--features", str(tmp_path / "features.csv")],
+        [sys.executable, "-m", "skimgfeat", "duplicates", "--features", str(tmp_path / "features.csv"),
+         "--no-copy-check"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
