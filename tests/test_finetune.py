@@ -61,10 +61,10 @@ def test_fine_tuning_needs_y(synthetic_photos):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"fine_tune": -1}, "fine_tune must be"),
-        ({"fine_tune": "last"}, "fine_tune must be"),
-        ({"fine_tune": 2, "fine_tune_task": "ranking"}, "fine_tune_task must be"),
-        ({"fine_tune": 2, "fine_tune_epochs": 0}, "fine_tune_epochs must be"),
+        ({"fine_tune": -1}, "The 'fine_tune' parameter of CNNImageEmbedder must be"),
+        ({"fine_tune": "last"}, "The 'fine_tune' parameter of CNNImageEmbedder must be"),
+        ({"fine_tune": 2, "fine_tune_task": "ranking"}, "The 'fine_tune_task' parameter of CNNImageEmbedder must be"),
+        ({"fine_tune": 2, "fine_tune_epochs": 0}, "The 'fine_tune_epochs' parameter of CNNImageEmbedder must be"),
         ({"fine_tune": 2, "fine_tune_options": {"learning_rat": 0.1}}, "unknown fine_tune_options"),
         ({"fine_tune": 99}, "fine_tune=99 but the network has 19 blocks"),
     ],

@@ -119,10 +119,10 @@ def test_the_user_overrides_any_part_of_the_recipe_and_model_info_says_so():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"interpolation": "cubic"}, "interpolation must be one of"),
+        ({"interpolation": "cubic"}, "The 'interpolation' parameter of CNNImageEmbedder must be"),
         ({"crop_size": 300}, "need 0 < crop <= resize"),
-        ({"resize_size": 0}, "resize_size must be a positive int"),
-        ({"resize_mode": "fit"}, "resize_mode must be one of"),
+        ({"resize_size": 0}, "The 'resize_size' parameter of CNNImageEmbedder must be"),
+        ({"resize_mode": "fit"}, "The 'resize_mode' parameter of CNNImageEmbedder must be"),
     ],
 )
 def test_bad_recipe_overrides_are_refused_at_fit(params, message):
@@ -169,5 +169,5 @@ def test_multi_scale_is_refused_where_it_has_no_meaning():
         multi_scale_network(get_spec("open_clip:ViT-B-32"), None, 2, 224)
     with pytest.raises(ValueError, match="multi_scale=9 but resnet18 has 4 stages"):
         CNNImageEmbedder("resnet18", weights=None, multi_scale=9).fit()
-    with pytest.raises(ValueError, match="multi_scale must be a positive int"):
+    with pytest.raises(ValueError, match="The 'multi_scale' parameter of CNNImageEmbedder must be"):
         CNNImageEmbedder("resnet18", weights=None, multi_scale=0).fit()

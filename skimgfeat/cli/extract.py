@@ -101,8 +101,8 @@ def run_extract(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_checkpoint_options(args)
     paths = input_images(args)
+    embedder = _fit_embedder(args)  # a bad model or weights file is refused before OUT is created
     with lock_output_folder(args.output_dir):
-        embedder = _fit_embedder(args)
         run = CheckpointedRun(args, paths, _fingerprint(args, embedder), CHECKPOINT_DIR)
         embedder.prepare()  # the network's copy and export happen now: not part of the throughput
         run.compute(embedder.iter_transform)
