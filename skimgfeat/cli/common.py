@@ -130,6 +130,15 @@ def add_image_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=None, help="decode threads (default: one per core)")
 
 
+def add_table_photo_options(parser: argparse.ArgumentParser, embedded: str = "query files") -> None:
+    """``--image-dir`` (where a table's photos are) and ``--weights`` (to embed new photos offline)."""
+    parser.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                        help="the folder the table's photos are in (default: the one recorded by extract)")
+    parser.add_argument("--weights", default=None,
+                        help=f"state-dict file replacing the recorded weights to embed {embedded} offline "
+                             f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+
+
 def add_table_output_options(parser: argparse.ArgumentParser) -> None:
     """--aggregate, --format, --strict."""
     parser.add_argument("--aggregate", choices=("mean", "max", "first", "none"), default="mean",

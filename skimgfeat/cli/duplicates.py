@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, WEIGHTS_ENV, UsageError, add_command, usage_errors, weights_from_env
+from .common import (
+    EXIT_OK,
+    UsageError,
+    add_command,
+    add_table_photo_options,
+    usage_errors,
+    weights_from_env,
+)
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -60,11 +67,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                                  "are verified as same_object or different, with their inliers")
     duplicates.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
                             help="also draw each group (each new photo and its copies) as a row of a contact sheet")
-    duplicates.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
-                            help="the folder of the table's photos (default: the one recorded by extract)")
-    duplicates.add_argument("--weights", default=None,
-                            help=f"state-dict file replacing the recorded weights to embed NEW image files offline "
-                                 f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+    add_table_photo_options(duplicates, embedded="NEW image files")
     duplicates.set_defaults(handler=run_duplicates)
 
 

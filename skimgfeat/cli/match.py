@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, WEIGHTS_ENV, add_command, positive_int, usage_errors, weights_from_env
+from .common import (
+    EXIT_OK,
+    add_command,
+    add_table_photo_options,
+    positive_int,
+    usage_errors,
+    weights_from_env,
+)
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -40,11 +47,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                        help="the local features folder (default: local_features beside the table)")
     match.add_argument("--sheet", type=Path, default=None, metavar="SHEET.png",
                        help="also draw each query beside its verified matches, with the inlier lines")
-    match.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
-                       help="the folder the table's photos are in (default: the one recorded by extract)")
-    match.add_argument("--weights", default=None,
-                       help=f"state-dict file replacing the recorded weights to embed query files offline "
-                            f"(default: ${WEIGHTS_ENV} when set, else the recorded weights)")
+    add_table_photo_options(match, embedded="query files")
     match.set_defaults(handler=run_match)
 
 
