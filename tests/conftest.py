@@ -86,7 +86,13 @@ def private_artifact_cache(tmp_path_factory):
     from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
     previous = os.environ.get(CACHE_DIR_ENV)
-    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("artifact-cache"))
+    # One folder for all xdist workers of this run: a network exported by one is read back by the other.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder = shared / "artifact-cache"
+    folder.mkdir(exist_ok=True)
+    os.environ[CACHE_DIR_ENV] = str(folder)
     yield
     if previous is None:
         os.environ.pop(CACHE_DIR_ENV, None)
