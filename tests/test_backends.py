@@ -25,6 +25,7 @@ from skimgfeat.engine.decoding import iter_decoded
 from skimgfeat.engine.inference import ModelRunner
 from skimgfeat.engine.preprocessing import Preprocessing
 from skimgfeat.engine.threads import DECODE_NICENESS, default_inference_threads
+from skimgfeat.storage import artifact_cache
 from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 MIN_COSINE = 0.9999
@@ -150,6 +151,44 @@ def test_onnx_export_uses_the_torch_export_based_exporter(tmp_path, monkeypatch)
     again = clone(embedder).fit().prepare()
     assert entry.stat().st_mtime_ns == written  # exported once per machine, then read back
     assert again.model_info_["runtime"] == embedder.model_info_["runtime"]  # with how it was exported
+
+
+def small_convnet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(1))
+    layers[1].running_mean.normal_()  # batch norms with statistics of their own, as trained ones have
+    return layers.eval()
+
+
+def test_other_weights_of_an_exported_architecture_reuse_its_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    first = prepare_module(small_convnet(0), CPU, "onnxruntime", input_size=32)
+    (template,) = (tmp_path / "onnx-template").iterdir()
+    traced_at = template.stat().st_mtime_ns
+
+    second_net = small_convnet(1)
+    second = prepare_module(second_net, CPU, "onnxruntime", input_size=32)
+    assert template.stat().st_mtime_ns == traced_at  # not traced again
+    assert len(list((tmp_path / "onnx").iterdir())) == 2  # each network's own optimised graph
+    assert second.prepared_as == first.prepared_as == {"backend": "onnxruntime", "exporter": "torch.export"}
+    batch = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(second(batch), second_net(batch))  # its own weights, not the first's
+        assert not torch.allclose(first(batch), second(batch))
+
+
+def test_a_damaged_template_is_traced_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    prepare_module(small_convnet(0), CPU, "onnxruntime", input_size=32)
+    (template,) = (tmp_path / "onnx-template").iterdir()
+    template.write_bytes(template.read_bytes()[:-10])  # damaged: a miss, traced again
+    second_net = small_convnet(1)
+    second = prepare_module(second_net, CPU, "onnxruntime", input_size=32)
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(second(batch), second_net(batch))
+    assert artifact_cache.load("onnx-template", template.name) is not None  # written anew, whole
 
 
 def test_a_network_torch_export_cannot_capture_falls_back_to_the_older_exporter_naming_it():

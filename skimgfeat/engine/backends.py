@@ -32,25 +32,24 @@ An exported ONNX graph that passed that check is kept in the artifact cache
 (:mod:`skimgfeat.storage.artifact_cache`) under a digest of the network's parameters and
 architecture, the input size, the opset and the library versions; later fits, clones
 and unpickled copies of the same network load it instead of exporting and checking again.
+A network with other weights but the same architecture starts from that architecture's
+traced template (:mod:`skimgfeat.engine.onnx_export`) instead of tracing it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.metadata
 import importlib.util
-import io
 import json
-import re
 import warnings
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..storage import artifact_cache
+from .onnx_export import ONNX_OPSET, export_graph, graph_from_template, library_versions
 from .threads import inference_layout
 
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
@@ -58,9 +57,8 @@ BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 # A prepared graph must agree with eager this closely on the probe batch; float32
 # reordering gives > 0.99999, a broken graph gives far less.
 _PROBE_MIN_COSINE = 0.9999
-ONNX_OPSET = 18  # the torch.export-based exporter's own default
 # Key of the exported graphs in the artifact cache: bumped with the exporter.
-_EXPORT_SCHEME = "dynamo-1"
+_EXPORT_SCHEME = "dynamo-2"
 
 
 def resolve_backend(backend: str, device: torch.device, autocast: bool = False) -> str:
@@ -109,8 +107,7 @@ def prepare_module(
     # thread-safe before Python 3.14 (another thread's filters would be lost).
     try:
         example = _example_batch(device, input_size)
-        prepared = _PREPARERS[concrete](eager, example)
-        _check_matches(prepared, eager, example)
+        prepared = _PREPARERS[concrete](eager, example)  # checked against eager
         if graph_key is not None:
             artifact_cache.store("onnx", graph_key, _tagged(prepared.graph, prepared.prepared_as))
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
@@ -141,6 +138,7 @@ def _prepare_torchscript(eager: nn.Module, example: torch.Tensor) -> nn.Module:
         frozen = torch.jit.freeze(traced.eval())
         prepared = torch.jit.optimize_for_inference(frozen)
     prepared.prepared_as = {"backend": "torchscript"}
+    _check_matches(prepared, eager, example)
     return prepared
 
 
@@ -181,18 +179,10 @@ def onnx_graph_key(module: nn.Module, input_size: int) -> str:
     """
     from ..registry import parameters_sha256
 
-    versions = [torch.__version__, *(_version(name) for name in ("onnx", "onnxruntime", "onnxscript"))]
     return artifact_cache.digest(
         "onnx-export", _EXPORT_SCHEME, parameters_sha256(module), repr(module), str(input_size), str(ONNX_OPSET),
-        *versions,
+        *library_versions(),
     )
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 def _tagged(graph: bytes, prepared_as: dict) -> bytes:
@@ -217,71 +207,17 @@ def onnx_session_threads() -> int:
 
 
 def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Export with the ``torch.export``-based exporter; the TorchScript one only for a network it cannot capture."""
-    try:
-        graph = _export(_export_dynamo, eager, example)
-        prepared_as = {"exporter": "torch.export"}
-    except Exception as error:  # noqa: BLE001 - any capture failure: the older exporter may still work
-        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("\n")[0]  # no terminal colours
-        reason = f"{type(error).__name__}: {first_line}"
-        warnings.warn(
-            f"{type(eager).__name__} cannot be exported to ONNX by torch.export ({reason}); exporting it with the "
-            "deprecated TorchScript-based exporter instead",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        graph = _export(_export_torchscript, eager, example)
-        prepared_as = {"exporter": "torchscript", "fallback_from": "torch.export", "reason": reason}
-    return OnnxRuntimeModule(graph, onnx_session_threads(), prepared_as)
-
-
-def _export(exporter: Callable, eager: nn.Module, example: torch.Tensor) -> bytes:
-    with torch.inference_mode(False), torch.no_grad(), _without_attention_fastpath():
-        return exporter(eager, example.contiguous())
-
-
-def _export_dynamo(eager: nn.Module, example: torch.Tensor) -> bytes:
-    program = torch.onnx.export(
-        eager,
-        (example,),
-        dynamo=True,
-        opset_version=ONNX_OPSET,
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
-        optimize=True,
-        verify=False,
-        report=False,
-        verbose=False,
-    )
-    return program.model_proto.SerializeToString()
-
-
-def _export_torchscript(eager: nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        eager,
-        example,
-        buffer,
-        dynamo=False,
-        opset_version=ONNX_OPSET,
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-    )
-    return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def _without_attention_fastpath() -> Iterator[None]:
-    """Trace ``nn.MultiheadAttention`` as plain ops: its inference fast path (one fused
-    native op, taken by OpenCLIP's towers) has no ONNX export."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+    """The graph from the architecture's template when one fits and agrees with eager, else a fresh export."""
+    graph = graph_from_template(eager, example)
+    if graph is not None:
+        prepared = OnnxRuntimeModule(graph, onnx_session_threads(), {"exporter": "torch.export"})
+        with contextlib.suppress(RuntimeError):  # disagrees with eager: export afresh
+            _check_matches(prepared, eager, example)
+            return prepared
+    graph, prepared_as = export_graph(eager, example)
+    prepared = OnnxRuntimeModule(graph, onnx_session_threads(), prepared_as)
+    _check_matches(prepared, eager, example)
+    return prepared
 
 
 _PREPARERS = {"torchscript": _prepare_torchscript, "onnxruntime": _prepare_onnxruntime}
