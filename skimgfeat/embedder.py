@@ -283,6 +283,14 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self : CNNImageEmbedder
         """
         self._check_combinations()
+        try:
+            self._fit(X, y)
+        except BaseException:
+            self._discard_fitted_state()  # a half-trained network must not pass for a fitted one
+            raise
+        return self
+
+    def _fit(self, X, y) -> None:
         built = build_model(self.model_name, self.weights, self.random_state)
         self.model_, self.n_features_out_, self.errors_ = built.module, built.n_features, []
         self.preprocessing_ = dataclasses.replace(built.recipe, **self._recipe_overrides(), draft=bool(self.draft))
@@ -298,7 +306,11 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         self.n_embedded_, self.quantized_graph_ = 0, None
         if self.precision == "int8":
             self.quantized_graph_, self.model_info_["calibration"] = self._calibrate(X)
-        return self
+
+    def _discard_fitted_state(self) -> None:
+        for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("_")]:
+            delattr(self, name)
+        self.__dict__.pop("_runtime", None)
 
     def prepare(self) -> CNNImageEmbedder:
         """Prepare the network for the device now rather than at the first transform.

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import GROCERY, SHARED, _require
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import Pipeline
@@ -250,3 +251,5 @@ def test_a_diverging_fine_tune_raises_and_names_the_learning_rate(small_grocery,
     )
     with pytest.raises(FloatingPointError, match=r"diverged at epoch 1: .* fine_tune_options\['learning_rate'\]"):
         embedder.fit(paths, y)
+    with pytest.raises(NotFittedError):  # the half-trained network is not kept as if it were fitted
+        embedder.transform(paths[:1])
