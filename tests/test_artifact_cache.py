@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +17,18 @@ from skimgfeat.storage import artifact_cache
 from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 
+@pytest.fixture(scope="session")
+def traced_templates() -> Path:
+    """The traced ONNX template of the architecture these tests fit, traced once per test session."""
+    CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, random_state=0, device="cpu").fit().prepare()
+    return Path(os.environ[CACHE_DIR_ENV]) / "onnx-template"
+
+
 @pytest.fixture
-def cache_folder(tmp_path, monkeypatch):
+def cache_folder(tmp_path, monkeypatch, traced_templates):
+    """An empty artifact cache but for the architecture's trace (what these tests are about comes after it)."""
     folder = tmp_path / "artifacts"
+    shutil.copytree(traced_templates, folder / "onnx-template")
     monkeypatch.setenv(CACHE_DIR_ENV, str(folder))
     return folder
 
@@ -83,7 +94,9 @@ def test_an_unwritable_or_disabled_cache_costs_nothing_but_time(tmp_path, monkey
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(CACHE_DIR_ENV, str(blocker / "cache"))
-    unwritable = CNNImageEmbedder("shufflenet_v2_x0_5", weights=None, random_state=0, device="cpu").fit()
+    # resnet18: the network with the fewest operations to trace, traced twice here
+    unwritable = CNNImageEmbedder("resnet18", weights=None, random_state=0, device="cpu", resize_size=64,
+                                  crop_size=56).fit()
     monkeypatch.setenv(CACHE_DIR_ENV, "off")
     assert artifact_cache.cache_dir() is None
     disabled = clone(unwritable).fit()
