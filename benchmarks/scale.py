@@ -13,9 +13,10 @@ in a fresh process with its peak RSS (``os.wait4``):
 2. ``skimgfeat index add INDEX new.parquet``
 3. ``skimgfeat similar Q1..Q5 --index INDEX -k 10`` (five image_path queries, loading
    the index included), recall@10 against exact search over the whole table
-4. ``--pairs``: :meth:`SimilarityIndex.neighbour_pairs` at the duplicates threshold (what
-   ``duplicates --index`` runs), with the share of planted copies paired with their
-   original and the pairs that join rows of different clusters.
+4. ``--pairs``: ``skimgfeat duplicates --index INDEX --no-copy-check --threshold T`` (the
+   synthetic rows have no photos to hash: features alone decide), with the share of
+   planted copies grouped with their original and the groups that join rows of
+   different clusters.
 
     python benchmarks/scale.py --rows 200000
     python benchmarks/scale.py --rows 1000000 --pairs --workdir /tmp/scale   # ~5 GB of tables
@@ -146,25 +147,13 @@ def exact_top(folders: list[Path], queries: np.ndarray, query_rows: np.ndarray, 
     return best_rows
 
 
-PAIRS_SCRIPT = """
-import json, sys, time
-import numpy as np
-from skimgfeat import SimilarityIndex
-started = time.perf_counter()
-index = SimilarityIndex.load(sys.argv[1])
-first, second, distance = index.neighbour_pairs(float(sys.argv[2]))
-np.save(sys.argv[3], np.stack([first, second]))
-print(json.dumps({"pairs": len(first), "seconds_in_process": time.perf_counter() - started}))
-"""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--workdir", type=Path, help="keep the tables and the index here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse the tables already in --workdir")
     parser.add_argument("--kind", default="auto", help="index kind for `index build` (default: auto)")
-    parser.add_argument("--pairs", action="store_true", help="also time neighbour_pairs (the duplicates search)")
+    parser.add_argument("--pairs", action="store_true", help="also time `duplicates --index`")
     parser.add_argument("--threshold", type=float, default=0.1, help="duplicates threshold for --pairs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="skimgfeat-scale-") as temporary:
@@ -222,19 +211,23 @@ def main() -> None:
                    "recall_at_10": float(np.mean(recalls)),
                    "index_info": json.loads(run_measured([*python, "index", "info", str(index_dir)], work)["stdout"])}
         if args.pairs:
-            pairs = run_measured([sys.executable, "-c", PAIRS_SCRIPT, str(index_dir), str(args.threshold),
-                                  str(work / "pairs.npy")], work)
-            first, second = np.load(work / "pairs.npy")
-            planted = set(zip(range(n_copies), range(n_base, n_rows)))
-            grouped = len(planted & set(zip(first.tolist(), second.tolist()))) / n_copies
-            foreign = int((clusters[first] != clusters[second]).sum())
-            print(f"neighbour_pairs({args.threshold}): {pairs['seconds']:.1f} s (CPU {pairs['cpu_seconds']:.1f} s), "
-                  f"{pairs['peak_rss_gb']:.2f} GB, "
-                  f"{len(first)} pairs, planted copies paired {grouped:.4f}, pairs across clusters {foreign}",
-                  flush=True)
-            summary.update(pairs_s=round(pairs["seconds"], 1), pairs_cpu_s=round(pairs["cpu_seconds"], 1),
-                           pairs_peak_rss_gb=round(pairs["peak_rss_gb"], 2),
-                           pairs=len(first), planted_paired=grouped, pairs_across_clusters=foreign)
+            duplicates = run_measured([*python, "duplicates", "--index", str(index_dir), "--no-copy-check",
+                                       "--threshold", str(args.threshold)], work)
+            groups = pd.read_csv(io.StringIO(duplicates["stdout"]))
+            rows = groups["image_path"].map(row_of_path).to_numpy()
+            group_of = dict(zip(rows.tolist(), groups["group"].tolist()))
+            grouped = sum(group_of.get(original, -1) == group_of.get(copy, -2)
+                          for original, copy in zip(range(n_copies), range(n_base, n_rows))) / n_copies
+            mixed = int((pd.Series(clusters[rows]).groupby(groups["group"].to_numpy()).nunique() > 1).sum())
+            print(f"duplicates --index (threshold {args.threshold}): {duplicates['seconds']:.1f} s "
+                  f"(CPU {duplicates['cpu_seconds']:.1f} s), {duplicates['peak_rss_gb']:.2f} GB, "
+                  f"{groups['group'].nunique()} groups of {len(groups)} rows, planted copies grouped with their "
+                  f"original {grouped:.4f}, groups joining clusters {mixed}", flush=True)
+            summary.update(duplicates_s=round(duplicates["seconds"], 1),
+                           duplicates_cpu_s=round(duplicates["cpu_seconds"], 1),
+                           duplicates_peak_rss_gb=round(duplicates["peak_rss_gb"], 2),
+                           groups=int(groups["group"].nunique()), grouped_rows=len(groups),
+                           planted_grouped=grouped, groups_joining_clusters=mixed)
         summary["load_after"] = os.getloadavg()
         print(json.dumps(summary, indent=1, default=str))
 

@@ -13,7 +13,7 @@ from test_cli import skimgfeat
 
 from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
 from skimgfeat.storage.io import FeatureTableReader, write_table
-from skimgfeat.storage.vector_index import write_generation
+from skimgfeat.storage.vector_index import pair_partition, write_generation
 
 pytest.importorskip("faiss", reason="the inverted-file kinds need faiss-cpu (the [index] extra)")
 
@@ -95,6 +95,29 @@ def test_range_search_and_neighbour_pairs_are_those_of_brute_force():
             hits = found[lims[query]:lims[query + 1]]
             assert set(hits.tolist()) == set(np.flatnonzero(1 - vectors @ vectors[query] <= 0.01).tolist())
             assert np.all(np.diff(found_distances[lims[query]:lims[query + 1]]) >= 0)
+
+
+def test_near_copies_among_more_clusters_than_lists_are_paired_as_exact_search_pairs_them():
+    """Duplicates on an inverted file: 300 clusters of wide non-negative rows in 16 lists, 40 planted copies."""
+    rng = np.random.default_rng(0)
+    n_features = 128
+    centres = rng.exponential(1.0, (300, n_features)) * (rng.random((300, n_features)) < 0.35)
+    rows = np.maximum(centres[rng.integers(0, 300, 2000)] + rng.normal(0, 1.0, (2000, n_features)), 0)
+    copies = rows[:40] * np.exp(0.03 * rng.standard_normal((40, n_features)))
+    vectors = np.vstack([rows, copies]).astype(np.float32)
+    table = pd.DataFrame(vectors, columns=[f"img_feature_{i}" for i in range(n_features)])
+    table.insert(0, "image_path", [f"lots/{i}_1.jpg" for i in range(len(vectors))])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = set(zip(*np.nonzero(np.triu(1 - unit @ unit.T <= 0.02, k=1))))
+    assert {(i, 2000 + i) for i in range(40)} <= expected
+
+    index = SimilarityIndex.build(table, kind="ivf", nlist=16)
+    for nprobe in (None, 16):  # the default 2 parts a row, and every part: exact
+        first, second, distance = index.neighbour_pairs(0.02, nprobe=nprobe)
+        assert set(zip(first.tolist(), second.tolist())) == expected
+        assert (first < second).all() and (distance <= 0.02).all()
+    parts = np.bincount(pair_partition(index._store, 16, 2)[:, 0], minlength=16)
+    assert parts.max() <= 1.5 * len(vectors) / 16  # parts of about equal size: the pair work stays linear
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])

@@ -458,8 +458,11 @@ class SimilarityIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair of rows within ``max_distance``: ``(row_a, row_b, distance)`` with ``row_a < row_b``.
 
-        All rows are queried against the index a block at a time: memory is that of a
-        block and of the pairs found, never rows x rows.
+        Memory is that of a block and of the pairs found, never rows x rows. An exact
+        index compares all rows a block at a time; an inverted file compares each row
+        with the rows of its ``nprobe`` (default 2) nearest parts of about equal size
+        (see :func:`~skimgfeat.storage.vector_index.pair_partition`), and with
+        ``nprobe`` equal to its ``nlist`` finds what exact search finds.
 
         Examples
         --------
