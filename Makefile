@@ -24,7 +24,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check skimgfeat tests benchmarks examples
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 bench: setup
 	$(PY) benchmarks/throughput.py
