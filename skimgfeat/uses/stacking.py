@@ -59,8 +59,9 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
     ----------
     estimator_ : estimator object
         The estimator fitted on all training rows; used by ``transform``.
-    oof_predictions_ : ndarray of shape (n_samples, n_features_out_)
-        The out-of-fold predictions of the training rows: what ``fit_transform`` returns.
+    oof_predictions_ : ndarray of shape (n_samples, n_outputs)
+        The out-of-fold predictions of the training rows, one column per output
+        (``n_features_out_`` of them): what ``fit_transform`` returns.
     n_features_in_ : int
         Number of input features seen in ``fit``.
     feature_names_in_ : ndarray of str
