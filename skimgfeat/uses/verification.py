@@ -167,7 +167,11 @@ def is_same_object(
     min_centred: float = DEFAULT_MIN_CENTRED,
     min_central_inliers: int = DEFAULT_MIN_CENTRAL_INLIERS,
 ) -> bool:
-    """Whether a verified pair shows the same object: enough inliers, spread out, at the centre, plausibly."""
+    """Whether a verified pair shows the same object: enough inliers, at the centre of both photos, plausibly.
+
+    ``min_spread`` (off by default) also asks the inliers' convex hull to cover that
+    fraction of each photo.
+    """
     return (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread
             and verification.centred >= min_centred and verification.central_inliers >= min_central_inliers)
 
