@@ -67,6 +67,9 @@ def main() -> None:
                         help="score the pairs measured by an earlier run (--records) with today's thresholds")
     parser.add_argument("--detectors", type=int, default=0, metavar="N",
                         help="also time ORB against SIFT on the first N photos (decode excluded)")
+    parser.add_argument("--cost-only", type=int, default=0, metavar="N",
+                        help="only time the local features of every photo and the verification of N pairs drawn "
+                             "at random (a quick cost check; no accuracy)")
     parser.add_argument("--records", type=Path, default=None,
                         help="write every verified pair's measurements here (.npz), to study thresholds")
     args = parser.parse_args()
@@ -84,6 +87,11 @@ def main() -> None:
     objects = np.asarray([name.split("_")[0] for name in names])
     results: dict = {"load_before": os.getloadavg(), "n_photos": len(files)}
 
+    if args.cost_only:
+        _measure(files, results, sample=args.cost_only)
+        results["load_after"] = os.getloadavg()
+        print(json.dumps(results, indent=2))
+        return
     if args.from_records is not None:
         saved = np.load(args.from_records)
         pairs = [tuple(pair) for pair in saved["pairs"].tolist()]
@@ -134,8 +142,8 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
 
 
-def _measure(files, results: dict):
-    """Local features of every photo and the verification of every unordered pair, timed."""
+def _measure(files, results: dict, sample: int = 0):
+    """Local features of every photo and the verification of every unordered pair (or ``sample`` of them), timed."""
     from skimgfeat.uses.local_features import detect_local_features
     from skimgfeat.uses.verification import verify_pair
 
@@ -147,6 +155,9 @@ def _measure(files, results: dict):
     results["local_features_ms_per_photo"] = 1000 * float(np.mean(seconds))
     results["keypoints_per_photo"] = float(np.mean([len(entry) for entry in features]))
     pairs = list(itertools.combinations(range(len(files)), 2))
+    if sample:
+        chosen = np.random.default_rng(0).choice(len(pairs), min(sample, len(pairs)), replace=False)
+        pairs = [pairs[i] for i in sorted(chosen)]
     verifications, seconds = {}, []
     for i, j in pairs:
         started = time.thread_time()
