@@ -40,7 +40,7 @@ SUBSET = os.environ.get("SKIMGFEAT_EXAMPLE_SUBSET") == "1"
 # %%
 # The archive: CNN features and local features of every photo
 # -------------------------------------------------------------
-# The CNN features make the shortlist; the local features (at most 500 keypoints per
+# The CNN features make the shortlist; the local features (at most 1000 keypoints per
 # photo, stored in a sidecar folder as ``extract --local-features`` does) verify it.
 photos = sorted(OBJECTS.glob("dvd00?_*.jpg" if SUBSET else "*.jpg"))
 embedder = CNNImageEmbedder(weights=WEIGHTS).fit()

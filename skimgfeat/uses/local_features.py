@@ -5,7 +5,7 @@ global CNN vector: a geometric check that many small patches of two photos match
 one perspective transform (:mod:`skimgfeat.uses.verification`). The patches are the
 keypoints of OpenCV's ORB detector, found on a grayscale copy of the photo whose long
 side is at most ``max_side`` pixels, at most ``max_keypoints`` per photo, so a photo's
-entry has a bounded size (500 keypoints: 16 kB of descriptors and 4 kB of positions).
+entry has a bounded size (1000 keypoints: 32 kB of descriptors and 8 kB of positions).
 ORB was chosen over SIFT by measurement (see docs/object-matching.md).
 
 ``skimgfeat extract --local-features`` (or :func:`write_local_features`) stores them in
@@ -40,8 +40,9 @@ from ..storage.io import atomic_path, write_json
 
 LOCAL_FEATURES_DIR = "local_features"
 SETTINGS_FILE = "settings.json"
-FORMAT_VERSION = 1
-DEFAULT_MAX_KEYPOINTS = 500
+# 2: 1000 keypoints per photo (version 1 stored 500, too few for the verification's thresholds)
+FORMAT_VERSION = 2
+DEFAULT_MAX_KEYPOINTS = 1000
 DEFAULT_MAX_SIDE = 640
 DESCRIPTOR_BYTES = 32  # ORB: 256 binary tests
 EXTRACT_COMMAND = "skimgfeat extract IMAGE_DIR -o OUT --local-features"
@@ -108,7 +109,7 @@ def detect_local_features(
     image : str, os.PathLike, PIL.Image.Image or ndarray
         An image file (read with the package's loader: EXIF orientation, transparency
         onto white), a PIL image, or a grayscale or RGB uint8 array.
-    max_keypoints : int, default=500
+    max_keypoints : int, default=1000
         At most this many keypoints, the strongest.
     max_side : int, default=640
         The photo is shrunk so that its long side is at most this many pixels.
@@ -183,14 +184,15 @@ class LocalFeatureStore:
     Raises
     ------
     MissingLocalFeaturesError
-        When the folder holds no local features; the message names the command that
+        When the folder holds no local features, or local features of an older format
+        (made by an earlier version of skimgfeat); the message names the command that
         makes them.
 
     Examples
     --------
     >>> store = LocalFeatureStore("out/local_features")  # doctest: +SKIP
     >>> store["dvd001_canon.jpg"].points.shape  # doctest: +SKIP
-    (500, 2)
+    (1000, 2)
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
@@ -202,6 +204,13 @@ class LocalFeatureStore:
                 "(or skimgfeat.uses.local_features.write_local_features)"
             )
         self.settings = json.loads(settings.read_text(encoding="utf-8"))
+        version = self.settings.get("format_version")
+        if version != FORMAT_VERSION:
+            raise MissingLocalFeaturesError(
+                f"the local features in {os.fspath(self.folder)!r} are of format version {version!r}, this version "
+                f"of skimgfeat reads {FORMAT_VERSION}: delete that folder and make them again with "
+                f"`{EXTRACT_COMMAND}`"
+            )
         self._where: dict[str, tuple[Path, int]] = {}
         self._parts: dict[Path, dict[str, np.ndarray]] = {}
         for part in sorted(self.folder.glob("part-*.npz")):
@@ -315,6 +324,11 @@ def _check_settings(folder: Path, settings: dict) -> None:
     saved_file = folder / SETTINGS_FILE
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
+        if saved.get("format_version") != settings["format_version"]:
+            raise ValueError(
+                f"{os.fspath(folder)!r} holds local features of format version {saved.get('format_version')!r}, "
+                f"this version of skimgfeat writes {settings['format_version']}: delete that folder and run again"
+            )
         if saved != settings:
             raise ValueError(
                 f"{os.fspath(folder)!r} holds local features made with other settings ({saved} then, {settings} "

@@ -6,10 +6,11 @@ same kind (two DVD cases) share only scattered patches (a studio logo, a rating 
 which no single transform explains. :func:`verify_pair` matches the ORB descriptors of
 two photos (mutual nearest neighbours that pass Lowe's ratio test both ways),
 fits a homography with RANSAC, and counts the matches it explains (the inliers).
-:func:`is_same_object` then asks for enough inliers, spread over enough of both photos,
-matching at the centre of at least one photo as well as elsewhere (where the
-photographed object is: two lots on one studio backdrop match only around it), under a
-homography that a camera can produce (no mirror, bounded scale).
+:func:`is_same_object` then asks for enough inliers, some of them at the centre of *both*
+photos, the centre of at least one photo matching at least as well as the photo as a
+whole (the photographed object is at the centre: two lots on one studio backdrop, or a
+neighbouring object in the same scene, match around it), under a homography that a
+camera can produce (no mirror, bounded scale).
 
 The thresholds are measured on the 50 objects of ``../shared/images/objects``: see
 docs/object-matching.md and ``benchmarks/object_match.py``.
@@ -25,10 +26,11 @@ from .local_features import LocalFeatures, import_cv2
 
 # How many CNN candidates a query verifies (ObjectMatcher, skimgfeat match): measured, see the docs.
 DEFAULT_SHORTLIST = 100
-DEFAULT_RATIO = 0.8
-DEFAULT_MIN_INLIERS = 18
-DEFAULT_MIN_SPREAD = 0.02
-DEFAULT_MIN_CENTRED = 0.4
+DEFAULT_RATIO = 0.85
+DEFAULT_MIN_INLIERS = 10
+DEFAULT_MIN_SPREAD = 0.0
+DEFAULT_MIN_CENTRED = 1.0
+DEFAULT_MIN_CENTRAL_INLIERS = 2
 DEFAULT_REPROJECTION_ERROR = 5.0
 DEFAULT_MAX_SCALE_CHANGE = 8.0
 MIN_MATCHES = 10  # below this no homography is worth fitting (and no pair can be the same object)
@@ -53,6 +55,9 @@ class PairVerification:
         inliers, divided by the share of all its keypoints that are; the larger of the
         two photos. A photographed object is at the centre: two objects on one backdrop
         match around their centres, not at them.
+    central_inliers : int
+        The fewer, over both photos, of the inliers in the photo's central third:
+        the object photographed is at the centre of each photo of it.
     plausible : bool
         The homography keeps orientation and changes scale by at most a bounded factor.
     homography : ndarray of shape (3, 3) or None
@@ -65,6 +70,7 @@ class PairVerification:
     inliers: int
     spread: float
     centred: float
+    central_inliers: int
     plausible: bool
     homography: np.ndarray | None
     points_a: np.ndarray
@@ -73,7 +79,7 @@ class PairVerification:
     @classmethod
     def none(cls, n_matches: int = 0) -> PairVerification:
         empty = np.empty((0, 2), np.float32)
-        return cls(n_matches, 0, 0.0, 0.0, False, None, empty, empty)
+        return cls(n_matches, 0, 0.0, 0.0, 0, False, None, empty, empty)
 
 
 def verify_pair(
@@ -92,7 +98,7 @@ def verify_pair(
         From :func:`~skimgfeat.uses.local_features.detect_local_features` or a
         :class:`~skimgfeat.uses.local_features.LocalFeatureStore`. Either may have no
         keypoints: the result then has no inliers.
-    ratio : float, default=0.8
+    ratio : float, default=0.85
         Lowe's ratio test: a match is kept when its Hamming distance is below
         ``ratio`` times that of the second-best candidate.
     reprojection_error : float, default=5.0
@@ -120,9 +126,14 @@ def verify_pair(
         return PairVerification.none()
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     forward = _distinctive(matcher.knnMatch(a.descriptors, b.descriptors, k=2), len(a), ratio)
-    backward = _distinctive(matcher.knnMatch(b.descriptors, a.descriptors, k=2), len(b), ratio)
-    # Kept: distinctive both ways and each the other's nearest (symmetric, so a->b and b->a agree).
     index_a = np.flatnonzero(forward >= 0)
+    # Kept: distinctive both ways and each the other's nearest (symmetric, so a->b and b->a agree). The way back
+    # is searched only from the keypoints of b that some keypoint of a chose: the same answer, for less time.
+    chosen = np.unique(forward[index_a])
+    backward = np.full(len(b), -1, dtype=np.int64)
+    if len(chosen):
+        backward[chosen] = _distinctive(matcher.knnMatch(b.descriptors[chosen], a.descriptors, k=2), len(chosen),
+                                        ratio)
     index_a = index_a[backward[forward[index_a]] == index_a]
     pairs = list(zip(index_a.tolist(), forward[index_a].tolist()))
     if len(pairs) < MIN_MATCHES:
@@ -140,6 +151,7 @@ def verify_pair(
         inliers=int(inlier.sum()),
         spread=spread,
         centred=max(_centre_agreement(a, inlier, index_a), _centre_agreement(b, inlier, index_b)),
+        central_inliers=min(int(_central(a)[index_a[inlier]].sum()), int(_central(b)[index_b[inlier]].sum())),
         plausible=_plausible(homography, max_scale_change),
         homography=homography,
         points_a=points_a[inlier] / a.scale,
@@ -153,10 +165,15 @@ def is_same_object(
     min_inliers: int = DEFAULT_MIN_INLIERS,
     min_spread: float = DEFAULT_MIN_SPREAD,
     min_centred: float = DEFAULT_MIN_CENTRED,
+    min_central_inliers: int = DEFAULT_MIN_CENTRAL_INLIERS,
 ) -> bool:
-    """Whether a verified pair shows the same object: enough inliers, spread out, at the centre, plausibly."""
+    """Whether a verified pair shows the same object: enough inliers, at the centre of both photos, plausibly.
+
+    ``min_spread`` (off by default) also asks the inliers' convex hull to cover that
+    fraction of each photo.
+    """
     return (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread
-            and verification.centred >= min_centred)
+            and verification.centred >= min_centred and verification.central_inliers >= min_central_inliers)
 
 
 def _distinctive(knn_matches, n: int, ratio: float) -> np.ndarray:
@@ -176,11 +193,16 @@ def _hull_fraction(points: np.ndarray, image_size: tuple[int, int]) -> float:
     return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) / (width * height)
 
 
-def _centre_agreement(features: LocalFeatures, inlier: np.ndarray, matched: np.ndarray) -> float:
-    """Inlier share of the keypoints in the central third of the photo over that of all its keypoints."""
+def _central(features: LocalFeatures) -> np.ndarray:
+    """Which keypoints lie in the central third of the photo (across and down)."""
     width, height = features.image_size
     x, y = features.points[:, 0], features.points[:, 1]
-    central = (np.abs(x - width / 2) < width / 6) & (np.abs(y - height / 2) < height / 6)
+    return (np.abs(x - width / 2) < width / 6) & (np.abs(y - height / 2) < height / 6)
+
+
+def _centre_agreement(features: LocalFeatures, inlier: np.ndarray, matched: np.ndarray) -> float:
+    """Inlier share of the keypoints in the central third of the photo over that of all its keypoints."""
+    central = _central(features)
     is_inlier = np.zeros(len(features), dtype=bool)
     is_inlier[matched[inlier]] = True
     overall = is_inlier.mean()
