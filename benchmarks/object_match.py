@@ -96,7 +96,9 @@ def main() -> None:
         saved = np.load(args.from_records)
         pairs = [tuple(pair) for pair in saved["pairs"].tolist()]
         verifications = dict(zip(pairs, _verifications(saved)))
-        features = [detect_local_features(path) for path in files] if args.backgrounds else []
+        saved_composites = any(name.endswith("_different_inliers") for name in saved.files)
+        features = [detect_local_features(path) for path in files] if args.backgrounds and not saved_composites \
+            else []
     else:
         features, verifications, pairs = _measure(files, results)
     if args.detectors:
@@ -127,6 +129,11 @@ def main() -> None:
                             for part in ("all", *HALVES)}
     results["same_background"], composites = {}, {}
     for part, first in (("objects 1-25", 1), ("objects 26-50", SPLIT + 1)):
+        if args.from_records is not None and saved_composites:  # the composites measured then, scored now
+            checked = {kind: list(_verifications(saved, prefix=f"{part[8:]}_{kind}_"))
+                       for kind in ("different", "across", "phone")}
+            results["same_background"][part], composites[part] = _composite_scores(checked), checked
+            continue
         references = [i for i, name in enumerate(names) if name.endswith("_reference.jpg")
                       and first <= int(name[3:6]) < first + 10]
         results["same_background"][part], composites[part] = _same_background(files, objects, features, references,
@@ -187,13 +194,12 @@ def _time_detectors(files) -> dict:
     return timings
 
 
-def _verifications(saved):
+def _verifications(saved, prefix: str = ""):
     from skimgfeat.uses.verification import PairVerification
 
     empty = np.empty((0, 2), np.float32)
-    for n, inliers, spread, centred, central, plausible in zip(
-            saved["n_matches"], saved["inliers"], saved["spread"], saved["centred"], saved["central_inliers"],
-            saved["plausible"]):
+    fields = ("n_matches", "inliers", "spread", "centred", "central_inliers", "plausible")
+    for n, inliers, spread, centred, central, plausible in zip(*(saved[prefix + field] for field in fields)):
         yield PairVerification(int(n), int(inliers), float(spread), float(centred), int(central), bool(plausible),
                                None, empty, empty)
 
@@ -244,7 +250,7 @@ def _retrieval(names, objects, distances, verifications, k: int, is_same_object,
 
 def _same_background(files, objects, features, references: list[int], n_backgrounds: int) -> dict:
     from skimgfeat.uses.local_features import detect_local_features
-    from skimgfeat.uses.verification import is_same_object, verify_pair
+    from skimgfeat.uses.verification import verify_pair
 
     backgrounds = sorted(HOUSES.glob("*_kitchen.jpg"))[:n_backgrounds] + \
         sorted(HOUSES.glob("*_bedroom.jpg"))[:n_backgrounds]
@@ -258,11 +264,16 @@ def _same_background(files, objects, features, references: list[int], n_backgrou
         "phone": [verify_pair(made[r, b], features[i]) for r in references for b in range(len(backgrounds))
                   for i in range(len(files)) if objects[i] == objects[r] and i != r],
     }
+    return {"n_backgrounds": len(backgrounds), **_composite_scores(checked)}, checked
+
+
+def _composite_scores(checked: dict) -> dict:
+    from skimgfeat.uses.verification import is_same_object
+
     matched = {kind: sum(is_same_object(v) for v in found) for kind, found in checked.items()}
-    return {"n_backgrounds": len(backgrounds),
-            "other_object_same_background_matched": f"{matched['different']}/{len(checked['different'])}",
+    return {"other_object_same_background_matched": f"{matched['different']}/{len(checked['different'])}",
             "same_cover_other_background_matched": f"{matched['across']}/{len(checked['across'])}",
-            "composite_vs_phone_photo_matched": f"{matched['phone']}/{len(checked['phone'])}"}, checked
+            "composite_vs_phone_photo_matched": f"{matched['phone']}/{len(checked['phone'])}"}
 
 
 def _extract(folder: Path) -> Path:

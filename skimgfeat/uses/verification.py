@@ -10,7 +10,11 @@ fits a homography with RANSAC, and counts the matches it explains (the inliers).
 photos, the centre of at least one photo matching at least as well as the photo as a
 whole (the photographed object is at the centre: two lots on one studio backdrop, or a
 neighbouring object in the same scene, match around it), under a homography that a
-camera can produce (no mirror, bounded scale).
+camera can produce (no mirror, bounded scale). A pair whose centres do not confirm it (glare
+or a plain area at the centre of a cover, a case photographed off-centre) is still the same
+object when the match is clean and object-sized: nearly all descriptor matches are inliers,
+their hull covers a share of each photo that one object fills (not a logo, not a whole
+shared backdrop), and the centre of one photo is not left out entirely.
 
 The thresholds are measured on the 50 objects of ``../shared/images/objects``: see
 docs/object-matching.md and ``benchmarks/object_match.py``.
@@ -31,6 +35,10 @@ DEFAULT_MIN_INLIERS = 10
 DEFAULT_MIN_SPREAD = 0.0
 DEFAULT_MIN_CENTRED = 1.0
 DEFAULT_MIN_CENTRAL_INLIERS = 2
+# The second way to pass (a clean, object-sized match whose centres do not confirm it): measured, see the docs.
+DEFAULT_MIN_INLIER_SHARE = 0.8
+DEFAULT_OBJECT_AREA = (0.06, 0.2)
+DEFAULT_MIN_CENTRED_OBJECT = 0.2
 DEFAULT_REPROJECTION_ERROR = 5.0
 DEFAULT_MAX_SCALE_CHANGE = 8.0
 MIN_MATCHES = 10  # below this no homography is worth fitting (and no pair can be the same object)
@@ -166,14 +174,30 @@ def is_same_object(
     min_spread: float = DEFAULT_MIN_SPREAD,
     min_centred: float = DEFAULT_MIN_CENTRED,
     min_central_inliers: int = DEFAULT_MIN_CENTRAL_INLIERS,
+    min_inlier_share: float | None = DEFAULT_MIN_INLIER_SHARE,
+    object_area: tuple[float, float] = DEFAULT_OBJECT_AREA,
+    min_centred_object: float = DEFAULT_MIN_CENTRED_OBJECT,
 ) -> bool:
-    """Whether a verified pair shows the same object: enough inliers, at the centre of both photos, plausibly.
+    """Whether a verified pair shows the same object: at the centre of both photos, or in one clean match.
 
-    ``min_spread`` (off by default) also asks the inliers' convex hull to cover that
-    fraction of each photo.
+    Both ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
+    at least ``min_central_inliers`` inliers in the central third of each
+    photo, and the centre of one photo matching at least ``min_centred`` times as well as the
+    whole. Otherwise the pair passes when at least ``min_inlier_share`` of its descriptor
+    matches are inliers, their convex hull covers between ``object_area[0]`` and
+    ``object_area[1]`` of each photo, and the centre of one photo matches at least
+    ``min_centred_object`` times as well as the whole; ``min_inlier_share=None`` turns this
+    second way off. ``min_spread`` (off by default) also asks the inliers' convex hull to
+    cover that fraction of each photo.
     """
-    return (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread
-            and verification.centred >= min_centred and verification.central_inliers >= min_central_inliers)
+    if not (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread):
+        return False
+    if verification.centred >= min_centred and verification.central_inliers >= min_central_inliers:
+        return True
+    return (min_inlier_share is not None
+            and verification.inliers >= min_inlier_share * verification.n_matches
+            and object_area[0] <= verification.spread <= object_area[1]
+            and verification.centred >= min_centred_object)
 
 
 def _distinctive(knn_matches, n: int, ratio: float) -> np.ndarray:
