@@ -181,14 +181,14 @@ def is_same_object(
     """Whether a verified pair shows the same object: at the centre of both photos, or in one clean match.
 
     Both ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
-    at least ``min_central_inliers`` inliers in the central third of each
-    photo, and the centre of one photo matching at least ``min_centred`` times as well as the
-    whole. Otherwise the pair passes when at least ``min_inlier_share`` of its descriptor
+    at least ``min_central_inliers`` inliers in the central third of each photo, and the centre
+    of one photo matching at least ``min_centred`` times as well as the whole. Otherwise the
+    pair passes as a clean, object-sized match: at least ``min_inlier_share`` of its descriptor
     matches are inliers, their convex hull covers between ``object_area[0]`` and
-    ``object_area[1]`` of each photo, and the centre of one photo matches at least
-    ``min_centred_object`` times as well as the whole; ``min_inlier_share=None`` turns this
-    second way off. ``min_spread`` (off by default) also asks the inliers' convex hull to
-    cover that fraction of each photo.
+    ``object_area[1]`` of the photo where it covers less (:attr:`PairVerification.spread`), and
+    the centre of one photo matches at least ``min_centred_object`` times as well as the whole.
+    ``min_inlier_share=None`` turns this second way off. ``min_spread`` (off by default) also
+    asks the inliers' convex hull to cover that fraction of each photo, either way.
     """
     if not (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread):
         return False
