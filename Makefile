@@ -22,9 +22,11 @@ demo: setup
 	$(VENV)/bin/skimgfeat sample-images $(IMAGES)
 	$(VENV)/bin/skimgfeat extract $(IMAGES) --output-dir $(OUT) --pattern "*.webp"
 
+# Two xdist workers, one core each: left alone, each worker's torch, ONNX Runtime and decode
+# pools would size themselves to every core and the workers' threads would fight over two cores.
 test: setup
 	$(PY) -m ruff check skimgfeat tests benchmarks examples
-	$(PY) -m pytest -n 2 --dist worksteal --durations=15
+	OMP_NUM_THREADS=1 SKIMGFEAT_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 bench: setup
 	$(PY) benchmarks/throughput.py
