@@ -142,14 +142,7 @@ class Gathered:
         for start, stop in _runs(wanted):
             size = (stop - start) * self._row_bytes
             offset = int(wanted[start]) * self._row_bytes
-            data = bytearray(size)
-            view = memoryview(data)
-            done = 0
-            while done < size:  # a read may return less than asked (at most about 2 GB on Linux)
-                got = os.preadv(self._descriptor, [view[done:]], offset + done)
-                if got == 0:
-                    raise CheckpointError(f"{os.fspath(self.path)!r} ends early: it was changed during the run")
-                done += got
+            data = _read_at(self._descriptor, size, offset, self.path)
             out[order[start:stop]] = np.frombuffer(data, dtype=self.dtype).reshape(-1, self.n_features)
         return out
 
@@ -309,6 +302,18 @@ def pending(paths: Sequence[str], stamps: Sequence[str], done: dict[str, tuple[s
         for i, (path, stamp) in enumerate(zip(paths, stamps))
         if path not in done or not stamp or done[path] != (stamp, "")
     ]
+
+
+def _read_at(descriptor: int, size: int, offset: int, path) -> bytearray:
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:  # a read may return less than asked (at most about 2 GB on Linux)
+        got = os.preadv(descriptor, [view[done:]], offset + done)
+        if got == 0:
+            raise CheckpointError(f"{os.fspath(path)!r} ends early: it was changed during the run")
+        done += got
+    return data
 
 
 def _write_at(descriptor: int, data: memoryview, offset: int) -> None:

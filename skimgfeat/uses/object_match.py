@@ -300,8 +300,9 @@ class ObjectMatcher:
             if self.hashes is not None and photo in self.hashes and not self.hashes.error(photo):
                 known[photo] = self.hashes.rows([photo])[0]
             else:
+                file = self.photo_file(photo)
                 try:
-                    known[photo] = hash_photo(self.photo_file(photo)) if self.photo_file(photo) else None
+                    known[photo] = hash_photo(file) if file else None
                 except ImageLoadError:
                     known[photo] = None
         return known[photo]
