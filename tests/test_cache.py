@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from _cli import run_cli
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
@@ -160,8 +161,7 @@ def test_the_cache_command_shows_and_prunes_the_folder(tmp_path, synthetic_photo
     _embedder(cache).transform(synthetic_photos[:3])
 
     def skimgfeat(*args):
-        return subprocess.run([sys.executable, "-m", "skimgfeat", "cache", str(cache), *args], capture_output=True,
-                              text=True, timeout=120, check=False)
+        return run_cli("cache", cache, *args, timeout=120)
 
     shown = skimgfeat()
     assert shown.returncode == 0 and ": 3 entries" in shown.stdout

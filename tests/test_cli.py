@@ -1,4 +1,4 @@
-"""The `skimgfeat` command line, run for real in subprocesses."""
+"""The `skimgfeat` command line, run for real in child processes (see tests/_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_cli
 from PIL import Image
 
 from skimgfeat.storage.io import read_model_info
@@ -24,13 +25,10 @@ AWKWARD_ITEM = "café crème"
 
 
 def skimgfeat(*args, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m skimgfeat ARGS`` with stdout and stderr captured (so stderr is no terminal)."""
+    """Run ``skimgfeat ARGS`` in a child process with stdout and stderr captured (so stderr is no terminal)."""
     environment = {key: value for key, value in os.environ.items() if key != "SKIMGFEAT_WEIGHTS"}
     environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "skimgfeat", *map(str, args)],
-        capture_output=True, text=True, env=environment, timeout=timeout, check=False,
-    )
+    return run_cli(*args, env=environment, timeout=timeout)
 
 
 def save_webp(source: Path, target: Path, size: int = 128) -> None:
@@ -225,8 +223,7 @@ def test_the_console_script_documents_the_exit_codes():
 def test_errors_are_one_line_naming_the_cause_with_exit_code_2(arguments, message, synthetic_photos, tmp_path):
     arguments = [a.replace("{photos}", str(synthetic_photos[0].parent)) for a in arguments]
     arguments += ["--pattern", "*.jpg"] if "--pattern" not in arguments else []
-    result = subprocess.run([sys.executable, "-m", "skimgfeat", *arguments], capture_output=True, text=True,
-                            cwd=tmp_path, check=False)
+    result = run_cli(*arguments, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("skimgfeat: error: ")
     assert message in result.stderr

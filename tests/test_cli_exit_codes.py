@@ -1,4 +1,4 @@
-"""Exit codes of the command line, in real subprocesses: 2 for mistakes in the command, 1 for failures."""
+"""Exit codes of the command line, in real child processes: 2 for mistakes in the command, 1 for failures."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_cli
 
 
 def environment(env: dict | None = None) -> dict:
@@ -20,8 +21,7 @@ def environment(env: dict | None = None) -> dict:
 
 
 def skimgfeat(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "skimgfeat", *map(str, args)], capture_output=True, text=True,
-                          env=environment(env), timeout=300, check=False)
+    return run_cli(*args, env=environment(env), timeout=300)
 
 
 def test_a_failure_of_the_run_exits_1_with_one_line_naming_the_cause(synthetic_photos, tmp_path):

@@ -8,13 +8,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_cli, start_cli, wait_until
 from PIL import Image
 
 from skimgfeat.cli import build_parser
@@ -34,12 +34,12 @@ N_PHOTOS = 80
 
 
 def command(image_dir: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "skimgfeat", "extract", str(image_dir), "-o", str(output),
+    return ["extract", str(image_dir), "-o", str(output),
             "--weights", "none", "--batch-size", "4", "--workers", "1", *extra]
 
 
 def run(arguments: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(arguments, capture_output=True, text=True, timeout=600, check=False)
+    return run_cli(*arguments)
 
 
 def resumed_count(stdout: str) -> int:
@@ -73,17 +73,12 @@ def uninterrupted(many_photos, tmp_path_factory) -> tuple[Path, subprocess.Compl
 
 def kill_after_checkpoint_parts(arguments: list[str], output: Path, n_parts: int, folder: str = CHECKPOINT_DIR) -> None:
     """Start the CLI, SIGKILL it once ``n_parts`` checkpoint parts are on disk."""
-    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
+    process = start_cli(*arguments)
     try:
-        while len(list((output / folder).glob("part-*.npz"))) < n_parts:
-            assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint part appeared"
-            time.sleep(0.02)
+        wait_until(lambda: len(list((output / folder).glob("part-*.npz"))) >= n_parts, process)
     finally:
-        os.kill(process.pid, signal.SIGKILL)
+        process.kill()
         process.wait()
-        process.stderr.close()
 
 
 @pytest.mark.slow
@@ -111,16 +106,14 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos,
 
 
 def test_ctrl_c_checkpoints_what_was_embedded_and_exits_130(many_photos, tmp_path):
-    # Background processes may inherit an ignored SIGINT; the CLI must see the default one, as in a terminal.
-    process = subprocess.Popen(command(many_photos, tmp_path, "--checkpoint-every", "4"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = start_cli(*command(many_photos, tmp_path, "--checkpoint-every", "4"))
     parts = tmp_path / CHECKPOINT_DIR
     deadline = time.monotonic() + 300
     while len(list(parts.glob("part-*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    stderr = process.completed().stderr
     if process.returncode == 0:
         pytest.skip("the run finished before it could be interrupted")
     assert process.returncode == 130
@@ -300,7 +293,7 @@ def test_a_checkpoint_of_the_previous_format_is_refused_with_what_to_do(many_pho
 
 
 def quality_command(image_dir: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "skimgfeat", "quality", str(image_dir), "-o", str(output), "--workers", "1", *extra]
+    return ["quality", str(image_dir), "-o", str(output), "--workers", "1", *extra]
 
 
 @pytest.fixture(scope="module")

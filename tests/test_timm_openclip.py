@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_cli
 
 from skimgfeat import CNNImageEmbedder
 from skimgfeat.registry import network_blocks
@@ -114,11 +115,8 @@ def test_timm_blocks_let_the_last_ones_train():
 
 def test_the_cli_extracts_with_a_timm_model(synthetic_photos, tmp_path):
     folder = synthetic_photos[0].parent
-    result = subprocess.run(
-        [sys.executable, "-m", "skimgfeat", "extract", str(folder), "-o", str(tmp_path / "out"), "--pattern", "*.jpg",
-         "--model", "timm:test_resnet", "--weights", "none", "--quiet"],
-        capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300,
-    )
+    result = run_cli("extract", folder, "-o", tmp_path / "out", "--pattern", "*.jpg", "--model", "timm:test_resnet",
+                     "--weights", "none", "--quiet", env={**os.environ, **OFFLINE}, timeout=300)
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(next((tmp_path / "out").glob("*raw*.parquet")))
     assert len(table) == 3 and table.filter(like="img_feature_").shape[1] == 96
@@ -127,8 +125,7 @@ def test_the_cli_extracts_with_a_timm_model(synthetic_photos, tmp_path):
 
 
 def test_models_lists_torchvision_names_and_how_to_name_the_others():
-    result = subprocess.run([sys.executable, "-m", "skimgfeat", "models"], capture_output=True, text=True,
-                            env={**os.environ, **OFFLINE}, timeout=300)
+    result = run_cli("models", env={**os.environ, **OFFLINE}, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     efficientnet_b3 = next(line for line in lines if line.startswith("efficientnet_b3 ")).split()
