@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,32 @@ def private_artifact_cache(tmp_path_factory):
         os.environ.pop(CACHE_DIR_ENV, None)
     else:
         os.environ[CACHE_DIR_ENV] = previous
+
+
+ONNX_TEMPLATE_MODEL = "shufflenet_v2_x0_5"
+
+
+@pytest.fixture(scope="session")
+def traced_templates(private_artifact_cache) -> Path:
+    """The ONNX template of ``ONNX_TEMPLATE_MODEL`` (random weights, 224 px), traced once for the whole run.
+
+    Tracing a network for ONNX takes seconds and does not depend on its weights; the tests that
+    export this architecture again (other weights, a private cache folder) start from this trace.
+    The xdist workers share the artifact cache: the second to ask waits for the first one's trace.
+    """
+    from skimgfeat import CNNImageEmbedder
+    from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
+
+    CNNImageEmbedder(ONNX_TEMPLATE_MODEL, weights=None, random_state=0, device="cpu").fit().prepare()
+    return Path(os.environ[CACHE_DIR_ENV]) / "onnx-template"
+
+
+@pytest.fixture
+def artifact_folder(tmp_path, monkeypatch, traced_templates) -> Path:
+    """An artifact cache folder of this test's own, empty but for the session's traced template."""
+    from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(traced_templates, folder / "onnx-template")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(folder))
+    return folder

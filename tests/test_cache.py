@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from _cli import run_cli
+from _launcher import run_cli
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
@@ -125,7 +125,7 @@ _FILL = textwrap.dedent(
 )
 
 
-def test_two_processes_filling_one_cache_embed_each_photo_once(tmp_path, synthetic_photos):
+def test_two_processes_filling_one_cache_embed_each_photo_once(tmp_path, synthetic_photos, traced_templates):
     cache, ready = tmp_path / "cache", tmp_path / "ready"
     ready.mkdir()
     photos = [str(p) for p in synthetic_photos]

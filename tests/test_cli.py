@@ -1,4 +1,4 @@
-"""The `skimgfeat` command line, run for real in child processes (see tests/_cli.py)."""
+"""The `skimgfeat` command line, run for real in child processes (see tests/_launcher.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _cli import run_cli
+from _launcher import run_cli
 from PIL import Image
 
 from skimgfeat.storage.io import read_model_info

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from _cli import run_cli
+from _launcher import run_cli
 
 
 def environment(env: dict | None = None) -> dict:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _launcher import run_python
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,14 +44,7 @@ def test_example_runs_and_draws_its_figures(example: Path, shared_dir: Path, tmp
     }
     figures = tmp_path / "figures"
     figures.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_AND_SAVE_FIGURES, str(example), str(figures)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_python(RUN_AND_SAVE_FIGURES, example, figures, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, f"{example.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     drawn = sorted(figures.glob("*.png"))
     assert drawn, f"{example.name} drew no figure"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 import tracemalloc
 
 import numpy as np
 import pandas as pd
 import pytest
+from _launcher import run_python
 from conftest import GROCERY, SHARED, _require
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -184,7 +183,7 @@ def test_pickled_fine_tuned_embedder_gives_identical_features_in_a_fresh_process
         """
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = run_python(script, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), expected)
     assert result.stdout.strip() == "classification"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from _launcher import run_python
 from test_cli import skimgfeat
 
 from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
@@ -236,6 +235,6 @@ def test_exact_search_works_without_faiss(table_file):
         "print(index.kind, index.similar([index.names[0]], k=2).shape)\n"
         f"SimilarityIndex.build({str(table_file)!r}, kind='ivf')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    result = run_python(script)
     assert result.stdout.strip() == "flat (2, 4)"
     assert "ImportError" in result.stderr and "skimgfeat[index]" in result.stderr

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import joblib
 import numpy as np
 import pytest
+from _launcher import run_python
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neighbors import NearestNeighbors
@@ -62,10 +61,10 @@ def test_cross_val_score_and_set_output_pandas(grocery_items):
 
 
 @pytest.mark.slow
-def test_grid_search_over_models_and_aggregation(grocery_items, tmp_path):
+def test_grid_search_over_models_and_aggregation(grocery_items, tmp_path, traced_templates):
     items, prices = grocery_items
     pipeline = price_pipeline(weights=None, random_state=0, cache=tmp_path / "cache")
-    grid = {"embed__model_name": ["mobilenet_v2", "shufflenet_v2_x1_0"], "agg__method": ["mean", "max", "first"]}
+    grid = {"embed__model_name": ["mobilenet_v2", "shufflenet_v2_x0_5"], "agg__method": ["mean", "max", "first"]}
     search = GridSearchCV(pipeline, grid, cv=3).fit(items, prices)
     assert len(search.cv_results_["params"]) == 6
     assert search.best_params_["embed__model_name"] in grid["embed__model_name"]
@@ -108,7 +107,7 @@ def test_joblib_round_trip_in_a_fresh_process_without_the_weights_file(grocery_i
         """
     )
     env = {"CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "no-cache"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = run_python(script, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), features)
     np.testing.assert_array_equal(np.load(tmp_path / "predictions.npy"), predictions)

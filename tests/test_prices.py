@@ -7,12 +7,11 @@ The houses are those of the Houses Dataset (Ahmed and Moustafa 2016, arXiv:1609.
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from _launcher import run_python
 from conftest import SHARED, _require
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
@@ -161,7 +160,7 @@ def test_crossfit_and_comparables_pipeline_predicts_the_same_in_a_fresh_process(
         " np.load(d / 'model_expected.npy'), rtol=1e-12)\n"
         "print('same')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    done = run_python(script, tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "same"
 

@@ -16,7 +16,6 @@ from skimgfeat import CNNImageEmbedder
 from skimgfeat.engine.decoding import pixel_decoder
 from skimgfeat.engine.embedding import embedder_cache
 from skimgfeat.engine.quantization import calibration_paths, check_quantized
-from skimgfeat.storage.artifact_cache import CACHE_DIR_ENV
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -25,7 +24,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def int8_and_float(synthetic_photos):
+def int8_and_float(synthetic_photos, traced_templates):
     settings = dict(model_name="shufflenet_v2_x0_5", weights=None, random_state=0, device="cpu")
     int8 = CNNImageEmbedder(precision="int8", **settings).fit(synthetic_photos[:4])
     return int8, CNNImageEmbedder(**settings).fit()
@@ -47,14 +46,13 @@ def test_int8_features_are_close_to_float32(int8_and_float, synthetic_photos):
     assert int8.model_info_["calibration"]["n_images"] == 4
 
 
-def test_int8_pickles_whole_and_refits_from_the_cache(int8_and_float, synthetic_photos, tmp_path, monkeypatch):
+def test_int8_pickles_whole_and_refits_from_the_cache(int8_and_float, synthetic_photos, artifact_folder):
     int8, _ = int8_and_float
     expected = int8.transform(synthetic_photos)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(int8)).transform(synthetic_photos), expected)
 
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "artifacts"))
     clone(int8).fit(synthetic_photos[:4])
-    (entry,) = (tmp_path / "artifacts" / "onnx-int8").iterdir()
+    (entry,) = (artifact_folder / "onnx-int8").iterdir()
     written = entry.stat().st_mtime_ns
     refit = clone(int8).fit(synthetic_photos[:4])
     assert entry.stat().st_mtime_ns == written  # calibrated once, then read back

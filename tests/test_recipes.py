@@ -138,7 +138,7 @@ def test_multi_scale_adds_pooled_earlier_stages_before_the_final_vector(syntheti
 
     paths = [str(p) for p in synthetic_photos[:3]]
     single = CNNImageEmbedder("mobilenet_v2", weights=None, random_state=0, backend="eager").fit()
-    multi = CNNImageEmbedder("mobilenet_v2", weights=None, random_state=0, multi_scale=3).fit()  # default backend
+    multi = CNNImageEmbedder("mobilenet_v2", weights=None, random_state=0, backend="eager", multi_scale=3).fit()
     names = multi.get_feature_names_out()
     assert multi.n_features_out_ == len(names) == 32 + 96 + 1280
     assert list(names[:2]) == ["img_feature_stage3_0", "img_feature_stage3_1"]
@@ -153,6 +153,18 @@ def test_multi_scale_adds_pooled_earlier_stages_before_the_final_vector(syntheti
     expected = torch.cat([outputs["stage3"].mean((2, 3)), outputs["stage4"].mean((2, 3))], 1).numpy()
     np.testing.assert_allclose(features[:, :128], expected, rtol=1e-3, atol=1e-5)
     assert multi.model_info_["multi_scale"][-1] == {"stage": 5, "width": 1280, "final": True}
+
+
+def test_a_multi_scale_network_runs_on_the_default_backend(synthetic_photos):
+    # resnet18 at 56 px: the network of the registry quickest to export
+    settings = dict(weights=None, random_state=0, multi_scale=3, resize_size=64, crop_size=56)
+    multi = CNNImageEmbedder("resnet18", device="cpu", **settings).fit()
+    eager = CNNImageEmbedder("resnet18", backend="eager", **settings).fit()
+    got, expected = multi.transform(synthetic_photos), eager.transform(synthetic_photos)
+    assert type(multi._runner().module).__name__ == "OnnxRuntimeModule"
+    assert got.shape == expected.shape == (len(synthetic_photos), 128 + 256 + 512)
+    centred = [features - features.mean(0) for features in (got, expected)]  # random weights: compare what varies
+    np.testing.assert_allclose(centred[0], centred[1], rtol=1e-3, atol=1e-4)
 
 
 def test_multi_scale_with_a_timm_model_uses_its_intermediates(synthetic_photos):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _cli import run_cli, start_cli, wait_until
+from _launcher import run_cli, start_cli, wait_until
 from PIL import Image
 
 from skimgfeat.cli import build_parser

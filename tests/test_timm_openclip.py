@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from _cli import run_cli
+from _launcher import run_cli, run_python
 
 from skimgfeat import CNNImageEmbedder
 from skimgfeat.registry import network_blocks
@@ -30,17 +30,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
 
 
-def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300
-    )
+def run_offline(code: str) -> subprocess.CompletedProcess:
+    """``python -c CODE`` in a child process, offline; the launcher has imported neither timm nor OpenCLIP."""
+    return run_python(code, env={**os.environ, **OFFLINE}, timeout=300)
 
 
 def test_importing_skimgfeat_imports_neither_library():
-    result = run_python(
+    result = subprocess.run(  # a fresh interpreter: nothing imported before skimgfeat
+        [sys.executable, "-c",
         "import sys, skimgfeat\n"
         "skimgfeat.CNNImageEmbedder(weights=None).fit()\n"
-        "print(sorted(name for name in ('timm', 'open_clip') if name in sys.modules))"
+        "print(sorted(name for name in ('timm', 'open_clip') if name in sys.modules))"],
+        capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -49,7 +50,7 @@ def test_importing_skimgfeat_imports_neither_library():
 @pytest.mark.parametrize(("model_name", "extra"), [("timm:resnet18", "timm"), ("open_clip:ViT-B-32", "clip")])
 def test_a_missing_library_names_the_extra_to_install(model_name, extra):
     library = model_name.split(":")[0]
-    result = run_python(
+    result = run_offline(
         f"import sys; sys.modules[{library!r}] = None  # as if it were not installed\n"
         "from skimgfeat import CNNImageEmbedder\n"
         f"CNNImageEmbedder({model_name!r}, weights=None).fit()"
@@ -77,7 +78,7 @@ def test_a_fitted_timm_embedder_pickles_self_contained_and_loads_offline(synthet
     paths = [str(p) for p in synthetic_photos[:3]]
     np.save(tmp_path / "expected.npy", embedder.transform(paths))
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(embedder))
-    result = run_python(
+    result = run_offline(
         "import pickle, sys, numpy as np\n"
         f"embedder = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())\n"
         f"got = embedder.transform({paths!r})\n"

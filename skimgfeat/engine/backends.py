@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..storage import artifact_cache
-from .onnx_export import ONNX_OPSET, export_graph, graph_from_template, library_versions
+from .onnx_export import ONNX_OPSET, export_graph, graph_from_template, library_versions, tracing
 from .threads import inference_layout
 
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
@@ -92,11 +92,20 @@ def prepare_module(
     only eager modules honour.
     """
     concrete = resolve_backend(backend, device, autocast)
-    graph_key = onnx_graph_key(module, input_size) if concrete == "onnxruntime" else None
-    if graph_key is not None:
+    if concrete != "onnxruntime":
+        return _prepare(module, device, concrete, input_size, graph_key=None)
+    graph_key = onnx_graph_key(module, input_size)
+    # Processes preparing the same network at once export it once; the others read its graph.
+    with artifact_cache.computing("onnx", graph_key):
         cached = _load_onnx_graph(graph_key)
         if cached is not None:
             return cached
+        return _prepare(module, device, concrete, input_size, graph_key)
+
+
+def _prepare(module: nn.Module, device: torch.device, concrete: str, input_size: int,
+             graph_key: str | None) -> nn.Module:
+    """``module`` prepared for the ``concrete`` backend (stored under ``graph_key``), or eager with a warning."""
     eager = _prepare_eager(module, device)
     eager.prepared_as = {"backend": "eager"}
     if concrete == "eager":
@@ -113,7 +122,7 @@ def prepare_module(
     except Exception as error:  # noqa: BLE001 - any preparation failure: run eager instead
         reason = f"{type(error).__name__}: {error}"
         warnings.warn(f"backend {concrete!r} could not be prepared ({reason}); using 'eager'", RuntimeWarning,
-                      stacklevel=2)
+                      stacklevel=3)
         eager.prepared_as = {"backend": "eager", "fallback_from": concrete, "reason": reason}
         return eager
     return prepared
@@ -208,13 +217,15 @@ def onnx_session_threads() -> int:
 
 def _prepare_onnxruntime(eager: nn.Module, example: torch.Tensor) -> nn.Module:
     """The graph from the architecture's template when one fits and agrees with eager, else a fresh export."""
-    graph = graph_from_template(eager, example)
-    if graph is not None:
-        prepared = OnnxRuntimeModule(graph, onnx_session_threads(), {"exporter": "torch.export"})
-        with contextlib.suppress(RuntimeError):  # disagrees with eager: export afresh
-            _check_matches(prepared, eager, example)
-            return prepared
-    graph, prepared_as = export_graph(eager, example)
+    # One trace of an architecture at a time on this machine: the others fill its template.
+    with tracing(eager, example):
+        graph = graph_from_template(eager, example)
+        if graph is not None:
+            prepared = OnnxRuntimeModule(graph, onnx_session_threads(), {"exporter": "torch.export"})
+            with contextlib.suppress(RuntimeError):  # disagrees with eager: export afresh
+                _check_matches(prepared, eager, example)
+                return prepared
+        graph, prepared_as = export_graph(eager, example)
     prepared = OnnxRuntimeModule(graph, onnx_session_threads(), prepared_as)
     _check_matches(prepared, eager, example)
     return prepared

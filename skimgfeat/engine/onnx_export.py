@@ -56,6 +56,11 @@ def graph_from_template(eager: nn.Module, example: torch.Tensor) -> bytes | None
         return None
 
 
+def tracing(eager: nn.Module, example: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Hold the lock of ``eager``'s architecture template while it is read, or traced and stored."""
+    return artifact_cache.computing(_TEMPLATE_KIND, _template_key(eager, example))
+
+
 def export_graph(eager: nn.Module, example: torch.Tensor) -> tuple[bytes, dict]:
     """Export ``eager`` (optimised ONNX bytes, and how) and keep its architecture's template.
 
@@ -71,7 +76,7 @@ def export_graph(eager: nn.Module, example: torch.Tensor) -> tuple[bytes, dict]:
             f"{type(eager).__name__} cannot be exported to ONNX by torch.export ({reason}); exporting it with the "
             "deprecated TorchScript-based exporter instead",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
         graph = _export(_export_torchscript, eager, example)
         return graph, {"exporter": "torchscript", "fallback_from": "torch.export", "reason": reason}

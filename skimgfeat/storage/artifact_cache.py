@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from . import file_lock
 from .io import atomic_path
 
 CACHE_DIR_ENV = "SKIMGFEAT_CACHE_DIR"
 _DISABLED = "off"
 _DIGEST_BYTES = 64  # an entry starts with the hex sha256 of the rest
+# How long to wait for another process computing an entry before computing it here too.
+COMPUTE_WAIT_SECONDS = 900.0
 
 
 def cache_dir() -> Path | None:
@@ -78,6 +83,22 @@ def store(kind: str, key: str, content: bytes) -> None:
             temporary.write_bytes(hashlib.sha256(content).hexdigest().encode("ascii") + content)
     except OSError:
         pass  # a read-only home or a full disk: the next fit prepares again
+
+
+@contextmanager
+def computing(kind: str, key: str) -> Iterator[None]:
+    """Hold the entry ``kind/key``'s lock while it is computed and stored.
+
+    Processes that prepare the same entry at once (grid-search jobs, Dask or pytest
+    workers on one machine) then compute it once: the others wait here, and find it
+    with :func:`load` when they get the lock. Without a writable folder: no wait.
+    """
+    folder = cache_dir()
+    if folder is None:
+        yield
+        return
+    with file_lock.holding(folder / kind / f"{key}.lock", COMPUTE_WAIT_SECONDS):
+        yield
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -40,12 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import file_lock
 from .io import atomic_path
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent processes may then embed a photo twice
-    fcntl = None
 
 ENTRY_SUFFIX = ".npy"
 LOCK_SUFFIX = ".lock"
@@ -56,7 +52,6 @@ KEY_SCHEME = "3"
 CLAIM_CHUNK = 256
 # How long to wait for another process computing an entry before computing it here.
 WAIT_TIMEOUT = 600.0
-_POLL_SECONDS = (0.01, 0.5)  # first and longest pause between tries of a held lock
 
 # What computes missing entries: given positions into the paths, yield blocks of
 # (positions, vectors, positions that failed); failed rows are not stored.
@@ -242,7 +237,7 @@ class FeatureCache:
                     self._unlock(key, descriptor)
                     continue
                 held[i] = descriptor
-            yield set(held) if fcntl is not None else {i for i, key in enumerate(keys) if key is not None}
+            yield set(held) if file_lock.LOCKS_AVAILABLE else {i for i, key in enumerate(keys) if key is not None}
         finally:
             for i, descriptor in held.items():
                 self._unlock(keys[i], descriptor)
@@ -275,50 +270,10 @@ class FeatureCache:
 
     def _lock(self, key: str, timeout: float) -> int | None:
         """An open descriptor holding the entry's lock, or None (held elsewhere past ``timeout``, or no locks)."""
-        if fcntl is None:
-            return None
-        lock = self._entry(key).with_suffix(LOCK_SUFFIX)
-        deadline = time.monotonic() + timeout
-        pause = _POLL_SECONDS[0]
-        while True:
-            try:
-                lock.parent.mkdir(parents=True, exist_ok=True)
-                descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError:
-                return None  # a read-only cache: nothing to coordinate
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(descriptor)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                time.sleep(min(pause, left))
-                pause = min(2 * pause, _POLL_SECONDS[1])
-                continue
-            if _same_file(lock, descriptor):
-                return descriptor
-            # The holder unlinked the file between our open and our flock: this lock
-            # guards nothing (a newcomer may hold the new file's). Try the new file.
-            os.close(descriptor)
+        return file_lock.acquire(self._entry(key).with_suffix(LOCK_SUFFIX), timeout)
 
     def _unlock(self, key: str, descriptor: int) -> None:
-        lock = self._entry(key).with_suffix(LOCK_SUFFIX)
-        try:
-            if _same_file(lock, descriptor):
-                lock.unlink()  # still ours: leave no lock file behind
-        except OSError:
-            pass
-        os.close(descriptor)  # releases the flock
-
-
-def _same_file(path: Path, descriptor: int) -> bool:
-    """Whether ``path`` still names the file open as ``descriptor``."""
-    try:
-        here, there = os.stat(path), os.fstat(descriptor)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        file_lock.release(self._entry(key).with_suffix(LOCK_SUFFIX), descriptor)
 
 
 @dataclass(frozen=True)

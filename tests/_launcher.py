@@ -1,15 +1,18 @@
-"""Run the ``skimgfeat`` command line in real child processes, without paying Python's start-up each time.
+"""Run the ``skimgfeat`` command line, and Python scripts, in real child processes without Python's start-up.
 
 Every run of ``python -m skimgfeat`` spends seconds importing torch, torchvision, scikit-learn
 and pandas before it reads its arguments; the test suite runs the command line about a hundred
-times. So each test process keeps one *launcher*: a Python process that imports those modules
-once and then, per run, forks a child that executes ``skimgfeat``'s ``__main__`` exactly as
-``python -m skimgfeat ARGS`` does, with the run's own arguments, environment, working folder,
-stdin, stdout and stderr. The child is a real process: it has its own pid, exit code and
-signals (tests SIGKILL it mid-run and resume), and nothing it does reaches the launcher.
+times, and scripts that load a pickled model "in another process" a dozen more. So each test
+process keeps a *launcher*: a Python process that imports those modules once and then, per
+run, forks a child that executes ``python -m skimgfeat ARGS`` (or ``python -c CODE ARGS``)
+exactly as the interpreter would, with the run's own arguments, environment, working folder,
+stdin, stdout and stderr. The child is a real process: its own pid, exit code and signals
+(tests SIGKILL it mid-run and resume), and nothing it does reaches the launcher or the test.
+The launcher imports neither timm, OpenCLIP nor faiss: a script can still hide them.
 
-What a fresh interpreter must show (``--help`` not importing torch, the console script, a
-progress bar on a terminal) is still tested with ``subprocess`` directly.
+What only a fresh interpreter can show (``--help`` not importing torch, ``import skimgfeat``
+importing neither timm nor OpenCLIP, the console script, a progress bar on a terminal) is
+still tested with ``subprocess`` directly.
 """
 
 from __future__ import annotations
@@ -50,10 +53,14 @@ def child(request):
         os.dup2(opened, fd)
         os.close(opened)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.argv = ["skimgfeat", *request["args"]]
     code = 0
     try:
-        runpy.run_module("skimgfeat", run_name="__main__", alter_sys=True)
+        if "code" in request:  # python -c CODE ARGS
+            sys.argv = ["-c", *request["args"]]
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
+        else:  # python -m skimgfeat ARGS
+            sys.argv = ["skimgfeat", *request["args"]]
+            runpy.run_module("skimgfeat", run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         if not isinstance(stop.code, (int, type(None))):
@@ -129,11 +136,12 @@ class _Launchers:
 _launchers = _Launchers()
 
 
-class CliProcess:
-    """A running ``skimgfeat`` child: the parts of :class:`subprocess.Popen` the tests use."""
+class ChildProcess:
+    """A running child: the parts of :class:`subprocess.Popen` the tests use."""
 
-    def __init__(self, args: list[str], env: dict | None, cwd: str | Path | None, input: str | None) -> None:
-        self.args = ["skimgfeat", *map(str, args)]
+    def __init__(self, args: list[str], env: dict | None, cwd: str | Path | None, input: str | None,
+                 code: str | None = None) -> None:
+        self.args = ["skimgfeat" if code is None else "python", *map(str, args)]
         self._folder = tempfile.TemporaryDirectory(prefix="skimgfeat-cli-")
         folder = Path(self._folder.name)
         stdin = folder / "stdin"
@@ -141,11 +149,14 @@ class CliProcess:
         self._out, self._err = folder / "stdout", folder / "stderr"
         self._out.touch()
         self._err.touch()
-        self._launcher = _launchers.take()
-        self.pid = self._launcher.start({
+        request = {
             "args": self.args[1:], "env": dict(os.environ if env is None else env), "cwd": str(cwd or os.getcwd()),
             "stdin": str(stdin), "stdout": str(self._out), "stderr": str(self._err),
-        })
+        }
+        if code is not None:
+            request["code"] = code
+        self._launcher = _launchers.take()
+        self.pid = self._launcher.start(request)
         self.returncode: int | None = None
         self._waiter = threading.Thread(target=self._wait_for_exit, daemon=True)
         self._waiter.start()
@@ -181,15 +192,29 @@ class CliProcess:
         return subprocess.CompletedProcess(self.args, self.returncode, stdout, stderr)
 
 
-def start_cli(*args, env: dict | None = None, cwd: str | Path | None = None, input: str | None = None) -> CliProcess:
+def start_cli(*args, env: dict | None = None, cwd: str | Path | None = None, input: str | None = None) -> ChildProcess:
     """Start ``skimgfeat ARGS`` in a child process; ``env`` replaces the environment when given."""
-    return CliProcess(list(args), env, cwd, input)
+    return ChildProcess(list(args), env, cwd, input)
+
+
+def start_python(code: str, *args, env: dict | None = None, cwd: str | Path | None = None) -> ChildProcess:
+    """Start ``python -c CODE ARGS`` in a child process; ``env`` replaces the environment when given."""
+    return ChildProcess(list(args), env, cwd, None, code=code)
 
 
 def run_cli(*args, env: dict | None = None, cwd: str | Path | None = None, input: str | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """``subprocess.run(["skimgfeat", *ARGS], capture_output=True, text=True)``, through the launcher."""
-    process = start_cli(*args, env=env, cwd=cwd, input=input)
+    return _completed(ChildProcess(list(args), env, cwd, input), timeout)
+
+
+def run_python(code: str, *args, env: dict | None = None, cwd: str | Path | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """``subprocess.run([sys.executable, "-c", CODE, *ARGS], capture_output=True, text=True)``, through the launcher."""
+    return _completed(ChildProcess(list(args), env, cwd, None, code=code), timeout)
+
+
+def _completed(process: ChildProcess, timeout: float) -> subprocess.CompletedProcess:
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -199,7 +224,7 @@ def run_cli(*args, env: dict | None = None, cwd: str | Path | None = None, input
     return process.completed()
 
 
-def wait_until(condition, process: CliProcess, timeout: float = 300) -> None:
+def wait_until(condition, process: ChildProcess, timeout: float = 300) -> None:
     """Poll ``condition()`` until it holds; fail with the child's stderr if the child ends first."""
     deadline = time.monotonic() + timeout
     while not condition():
