@@ -17,7 +17,8 @@ from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
 from skimgfeat.engine.embedding import embedder_cache
-from skimgfeat.storage.cache import FeatureCache, cache_info, fcntl, prune_cache
+from skimgfeat.storage.cache import FeatureCache, cache_info, prune_cache
+from skimgfeat.storage.file_lock import LOCKS_AVAILABLE
 
 
 def _embedder(cache=None, **params) -> CNNImageEmbedder:
@@ -190,7 +191,7 @@ def test_a_zero_length_entry_counts_as_a_miss(tmp_path, synthetic_photos):
     assert all(entry.stat().st_size > 0 for entry in cache.rglob("*.npy"))  # and is written again
 
 
-@pytest.mark.skipif(fcntl is None, reason="no advisory locks on this platform")
+@pytest.mark.skipif(not LOCKS_AVAILABLE, reason="no advisory locks on this platform")
 def test_waiting_for_an_entry_another_process_computes_gives_up_after_the_timeout(tmp_path, photo):
     cache = FeatureCache(tmp_path / "cache", "namespace")
     (key,) = cache.keys([photo])
@@ -201,7 +202,7 @@ def test_waiting_for_an_entry_another_process_computes_gives_up_after_the_timeou
         assert 0.3 <= time.monotonic() - started < 10
 
 
-@pytest.mark.skipif(fcntl is None, reason="no advisory locks on this platform")
+@pytest.mark.skipif(not LOCKS_AVAILABLE, reason="no advisory locks on this platform")
 def test_a_waiter_whose_lock_file_was_replaced_waits_for_the_new_holder(tmp_path, photo):
     cache = FeatureCache(tmp_path / "cache", "namespace")
     (key,) = cache.keys([photo])
