@@ -269,7 +269,7 @@ def is_same_object(
 ) -> bool:
     """Whether a verified pair shows the same object: at the centre of both photos, in one clean match, or guided.
 
-    Both ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
+    The first two ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
     at least ``min_central_inliers`` inliers in the central third of each photo, and the centre
     of one photo matching at least ``min_centred`` times as well as the whole. Otherwise the
     pair passes as a clean, object-sized match: at least ``min_inlier_share`` of its descriptor
