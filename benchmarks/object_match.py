@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,17 @@ def main() -> None:
                              "at random (a quick cost check; no accuracy)")
     parser.add_argument("--records", type=Path, default=None,
                         help="write every verified pair's measurements here (.npz), to study thresholds")
+    parser.add_argument("--reverify-from", type=Path, default=None, metavar="RECORDS",
+                        help="verify again only the pairs an earlier run (--records) found with at least 8 inliers "
+                             "(the guided match starts there) or of the same object, keep the others' measurements "
+                             "(fewer inliers cannot pass any rule), and verify every composite (no per-pair cost)")
     args = parser.parse_args()
 
     import cv2
 
     from skimgfeat.uses.local_features import detect_local_features
     from skimgfeat.uses.object_match import DEFAULT_SHORTLIST
-    from skimgfeat.uses.verification import is_same_object
+    from skimgfeat.uses.verification import GUIDED_MIN_INLIERS, is_same_object
 
     cv2.setNumThreads(1)
     k = args.k or DEFAULT_SHORTLIST
@@ -99,6 +104,17 @@ def main() -> None:
         saved_composites = any(name.endswith("_different_inliers") for name in saved.files)
         features = [detect_local_features(path) for path in files] if args.backgrounds and not saved_composites \
             else []
+    elif args.reverify_from is not None:
+        saved = np.load(args.reverify_from)
+        pairs = [tuple(pair) for pair in saved["pairs"].tolist()]
+        verifications = dict(zip(pairs, _verifications(saved)))
+        again = [pair for pair in pairs if verifications[pair].inliers >= GUIDED_MIN_INLIERS
+                 or objects[pair[0]] == objects[pair[1]]]
+        features, verified, _ = _measure(files, results, only=again)
+        verifications.update(verified)
+        results["reverified_pairs"] = len(again)
+        # of the pairs with most matches only: not the cost of a candidate pair
+        results["reverified_ms_per_pair"] = results.pop("verification_ms_per_pair")
     else:
         features, verifications, pairs = _measure(files, results)
     if args.detectors:
@@ -149,8 +165,8 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
 
 
-def _measure(files, results: dict, sample: int = 0):
-    """Local features of every photo and the verification of every unordered pair (or ``sample`` of them), timed."""
+def _measure(files, results: dict, sample: int = 0, only=None):
+    """Local features of every photo and the verification of every unordered pair (or those of ``sample``, ``only``)."""
     from skimgfeat.uses.local_features import detect_local_features
     from skimgfeat.uses.verification import verify_pair
 
@@ -165,6 +181,8 @@ def _measure(files, results: dict, sample: int = 0):
     if sample:
         chosen = np.random.default_rng(0).choice(len(pairs), min(sample, len(pairs)), replace=False)
         pairs = [pairs[i] for i in sorted(chosen)]
+    if only is not None:
+        pairs = only
     verifications, seconds = {}, []
     for i, j in pairs:
         started = time.thread_time()
@@ -194,21 +212,40 @@ def _time_detectors(files) -> dict:
     return timings
 
 
+FIELDS = ("n_matches", "inliers", "spread", "centred", "central_inliers", "plausible", "covers_centres")
+
+
 def _verifications(saved, prefix: str = ""):
+    """The measurements of a run's records (of runs before the guided match: without it, as it was then)."""
+    n = len(saved[prefix + "inliers"])
+    first = _stored(saved, prefix, n)
+    guided = _stored(saved, prefix + "guided_", n) if prefix + "guided_inliers" in saved.files else [None] * n
+    has_guided = saved[prefix + "has_guided"] if prefix + "has_guided" in saved.files else np.zeros(n, bool)
+    for verification, again, has in zip(first, guided, has_guided):
+        yield replace(verification, guided=again if has else None)
+
+
+def _stored(saved, prefix: str, n: int):
     from skimgfeat.uses.verification import PairVerification
 
     empty = np.empty((0, 2), np.float32)
-    fields = ("n_matches", "inliers", "spread", "centred", "central_inliers", "plausible")
-    for n, inliers, spread, centred, central, plausible in zip(*(saved[prefix + field] for field in fields)):
-        yield PairVerification(int(n), int(inliers), float(spread), float(centred), int(central), bool(plausible),
-                               None, empty, empty)
+    columns = [saved[prefix + field] if prefix + field in saved.files else np.zeros(n, bool) for field in FIELDS]
+    return [PairVerification(int(m), int(inliers), float(spread), float(centred), int(central), bool(plausible),
+                             None, empty, empty, bool(covers))
+            for m, inliers, spread, centred, central, plausible, covers in zip(*columns)]
 
 
 def _records(verifications) -> dict[str, np.ndarray]:
-    fields = ("n_matches", "inliers", "spread", "centred", "central_inliers", "plausible")
-    rows = [tuple(getattr(v, field) for field in fields) for v in verifications]
-    columns = list(zip(*rows)) if rows else [[]] * len(fields)
-    return dict(zip(fields, map(np.asarray, columns)))
+    """Each measurement of the verifications (and of their guided matches, zero where none) as one array."""
+    from skimgfeat.uses.verification import PairVerification
+
+    verifications = list(verifications)
+    guided = [v.guided or PairVerification.none() for v in verifications]
+    records = {"has_guided": np.asarray([v.guided is not None for v in verifications], bool)}
+    for prefix, found in (("", verifications), ("guided_", guided)):
+        for field in FIELDS:
+            records[prefix + field] = np.asarray([getattr(v, field) for v in found])
+    return records
 
 
 def _pair_scores(same: np.ndarray, predicted: np.ndarray, inliers: np.ndarray) -> dict:

@@ -17,7 +17,7 @@ from test_cli import skimgfeat
 from skimgfeat import LocalFeatureStore, ObjectMatcher, add_same_object_verdicts, verify_pair, write_local_features
 from skimgfeat.uses.local_features import MissingLocalFeaturesError, detect_local_features
 from skimgfeat.uses.object_match import verdict
-from skimgfeat.uses.verification import DEFAULT_MIN_INLIERS, is_same_object
+from skimgfeat.uses.verification import DEFAULT_MIN_GUIDED_INLIERS, DEFAULT_MIN_INLIERS, is_same_object
 
 pytest.importorskip("cv2", reason="object matching needs OpenCV (the match extra)")
 
@@ -69,7 +69,28 @@ def test_a_clean_object_sized_match_passes_where_the_centre_rules_do_not(objects
                        detect_local_features(objects_dir / "dvd022_e63.jpg"))
     assert pair.central_inliers < 2 and pair.inliers >= 0.8 * pair.n_matches and 0.06 <= pair.spread <= 0.2
     assert is_same_object(pair) and verdict(pair) == "same_object"
-    assert not is_same_object(pair, min_inlier_share=None)  # the centre rules alone turn it away
+    assert not is_same_object(pair, min_inlier_share=None, min_guided_inliers=None)  # the centre rules alone do not
+
+
+@pytest.mark.shared
+def test_matching_again_guided_by_the_homography_finds_a_small_object_and_not_the_next_one(objects_dir):
+    # dvd019 far from a phone with its centre glared: the first match has a single inlier in the central third
+    # of one photo and a hull of 3 % (too small for a clean object-sized match): the first two ways turn it away.
+    phone = detect_local_features(objects_dir / "dvd019_e63.jpg")
+    pair = verify_pair(phone, detect_local_features(objects_dir / "dvd019_reference.jpg"))
+    assert pair.central_inliers < 2 and pair.spread < 0.06
+    assert not is_same_object(pair, min_guided_inliers=None)
+    # Projected by the homography, keypoints the ratio test had dropped find their partners: around both centres.
+    assert pair.guided.inliers >= max(DEFAULT_MIN_GUIDED_INLIERS, 1.5 * pair.inliers) and pair.guided.covers_centres
+    assert is_same_object(pair) and verdict(pair) == "same_object"
+    assert verify_pair(phone, detect_local_features(objects_dir / "dvd019_reference.jpg"), guided_radius=None).guided \
+        is None
+    # A stack of cases: dvd004 at the centre, the next case (dvd005) beside it. The guided match of dvd005 is
+    # just as rich, but it lies beside the centre of the photo of dvd004: not the object photographed.
+    next_case = verify_pair(detect_local_features(objects_dir / "dvd004_palm.jpg"),
+                            detect_local_features(objects_dir / "dvd005_e63.jpg"))
+    assert next_case.guided.inliers >= 2 * DEFAULT_MIN_GUIDED_INLIERS and not next_case.guided.covers_centres
+    assert not is_same_object(next_case)
 
 
 def test_a_blank_wall_or_a_tiny_thumbnail_has_no_inliers_and_is_different():

@@ -16,13 +16,24 @@ object when the match is clean and object-sized: nearly all descriptor matches a
 their hull covers a share of each photo that one object fills (not a logo, not a whole
 shared backdrop), and the centre of one photo is not left out entirely.
 
+A pair with some inliers (8) is then matched again, guided by its homography (the classic
+*guided matching*): every keypoint of the first photo is projected into the second and
+paired with the most similar keypoint within a few pixels of where it lands, however
+ambiguous its descriptor is elsewhere in the photo; the homography is fitted again on
+those pairs. The ratio test throws away the keypoints of repeated or weak texture, and a
+small or glared object keeps too few of them; guided by the geometry, they come back. The
+third way to pass reads this guided match: many inliers, object-sized, and around the
+centre of both photos (their hull contains it: the object photographed is at the centre
+of both, even when glare or a plain area there leaves it without keypoints; a neighbouring
+object in the scene, or the next lot in a stack, is beside it).
+
 The thresholds are measured on the 50 objects of ``../shared/images/objects``: see
 docs/object-matching.md and ``benchmarks/object_match.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +51,11 @@ DEFAULT_MIN_INLIER_SHARE = 0.8
 DEFAULT_OBJECT_AREA = (0.06, 0.2)
 DEFAULT_MIN_CENTRED_OBJECT = 0.2
 DEFAULT_REPROJECTION_ERROR = 5.0
+# The guided match and the third way to pass: measured, see the docs.
+DEFAULT_GUIDED_RADIUS = 4.0
+DEFAULT_GUIDED_MAX_DISTANCE = 64
+GUIDED_MIN_INLIERS = 8  # pairs with fewer first-pass inliers are not matched again (they stay different)
+DEFAULT_MIN_GUIDED_INLIERS = 30
 DEFAULT_MAX_SCALE_CHANGE = 8.0
 MIN_MATCHES = 10  # below this no homography is worth fitting (and no pair can be the same object)
 
@@ -72,6 +88,12 @@ class PairVerification:
         Maps the first photo's detection frame onto the second's.
     points_a, points_b : ndarray of shape (inliers, 2)
         The inlier keypoints in each photo's own pixels (for drawing).
+    covers_centres : bool
+        The inliers' convex hull contains the centre of both photos.
+    guided : PairVerification or None
+        The pair matched again, guided by this homography (its ``n_matches`` are the
+        guided pairs of keypoints, its ``guided`` is None); None when the first match had
+        too few inliers for it, or it was turned off.
     """
 
     n_matches: int
@@ -83,6 +105,8 @@ class PairVerification:
     homography: np.ndarray | None
     points_a: np.ndarray
     points_b: np.ndarray
+    covers_centres: bool = False
+    guided: PairVerification | None = None
 
     @classmethod
     def none(cls, n_matches: int = 0) -> PairVerification:
@@ -97,8 +121,10 @@ def verify_pair(
     ratio: float = DEFAULT_RATIO,
     reprojection_error: float = DEFAULT_REPROJECTION_ERROR,
     max_scale_change: float = DEFAULT_MAX_SCALE_CHANGE,
+    guided_radius: float | None = DEFAULT_GUIDED_RADIUS,
+    guided_max_distance: int = DEFAULT_GUIDED_MAX_DISTANCE,
 ) -> PairVerification:
-    """Match two photos' local features and fit a homography with RANSAC.
+    """Match two photos' local features and fit a homography with RANSAC, then match again guided by it.
 
     Parameters
     ----------
@@ -114,6 +140,13 @@ def verify_pair(
     max_scale_change : float, default=8.0
         A homography that shrinks or stretches any direction by more than this is
         implausible.
+    guided_radius : float or None, default=4.0
+        When the match has at least 8 inliers, every keypoint of ``a`` projected by the
+        homography is paired with the most similar keypoint of ``b`` within this many
+        pixels (detection frame), and the homography is fitted again on those pairs
+        (twice): :attr:`PairVerification.guided`. None matches once only.
+    guided_max_distance : int, default=64
+        The largest Hamming distance (of 256 bits) of a guided pair.
 
     Returns
     -------
@@ -147,24 +180,79 @@ def verify_pair(
     if len(pairs) < MIN_MATCHES:
         return PairVerification.none(len(pairs))
     index_a, index_b = np.asarray(pairs).T
+    first = _fitted(a, b, index_a, index_b, reprojection_error, max_scale_change)
+    if first is None or guided_radius is None or first.inliers < GUIDED_MIN_INLIERS:
+        return first or PairVerification.none(len(pairs))
+    guided = first
+    for _ in range(2):  # the second round starts from the homography the first one refined
+        index_a, index_b = _guided_pairs(a, b, guided.homography, guided_radius, guided_max_distance)
+        refined = _fitted(a, b, index_a, index_b, reprojection_error, max_scale_change) if len(index_a) >= 4 \
+            else None
+        if refined is None:
+            break
+        guided = refined
+    return replace(first, guided=None if guided is first else guided)
+
+
+def _fitted(a: LocalFeatures, b: LocalFeatures, index_a: np.ndarray, index_b: np.ndarray,
+            reprojection_error: float, max_scale_change: float) -> PairVerification | None:
+    """A homography fitted with RANSAC to the matched keypoints ``index_a`` of ``a`` and ``index_b`` of ``b``."""
+    cv2 = import_cv2()
     points_a, points_b = a.points[index_a], b.points[index_b]
     homography, mask = cv2.findHomography(points_a, points_b, cv2.RANSAC, reprojection_error,
                                           maxIters=2000, confidence=0.995)
     if homography is None:
-        return PairVerification.none(len(pairs))
+        return None
     inlier = mask.ravel().astype(bool)
-    spread = min(_hull_fraction(points_a[inlier], a.image_size), _hull_fraction(points_b[inlier], b.image_size))
+    hull_a, hull_b = _hull(points_a[inlier]), _hull(points_b[inlier])
     return PairVerification(
-        n_matches=len(pairs),
+        n_matches=len(index_a),
         inliers=int(inlier.sum()),
-        spread=spread,
+        spread=min(_hull_fraction(hull_a, a.image_size), _hull_fraction(hull_b, b.image_size)),
         centred=max(_centre_agreement(a, inlier, index_a), _centre_agreement(b, inlier, index_b)),
         central_inliers=min(int(_central(a)[index_a[inlier]].sum()), int(_central(b)[index_b[inlier]].sum())),
         plausible=_plausible(homography, max_scale_change),
         homography=homography,
         points_a=points_a[inlier] / a.scale,
         points_b=points_b[inlier] / b.scale,
+        covers_centres=_covers_centre(hull_a, a.image_size) and _covers_centre(hull_b, b.image_size),
     )
+
+
+def _guided_pairs(a: LocalFeatures, b: LocalFeatures, homography: np.ndarray, radius: float,
+                  max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints of ``a`` paired one to one with the most similar keypoint of ``b`` near where they map to."""
+    from scipy.spatial import cKDTree
+
+    cv2 = import_cv2()
+    projected = cv2.perspectiveTransform(a.points[None].astype(np.float64), homography)[0]
+    near = cKDTree(b.points).query_ball_point(projected, r=radius)
+    counts = np.fromiter(map(len, near), dtype=np.int64, count=len(near))
+    if not counts.sum():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    index_a = np.repeat(np.arange(len(a)), counts)
+    index_b = np.fromiter((j for candidates in near for j in candidates), dtype=np.int64, count=int(counts.sum()))
+    distance = _BITS[a.descriptors[index_a] ^ b.descriptors[index_b]].sum(axis=1, dtype=np.int32)
+    closest = np.argsort(distance, kind="stable")
+    closest = closest[distance[closest] <= max_distance]
+    # One to one, the most similar first: each keypoint of a keeps its best partner, then each keypoint of b.
+    for index in (index_a, index_b):
+        _, first = np.unique(index[closest], return_index=True)
+        closest = closest[np.sort(first)]
+    return index_a[closest], index_b[closest]
+
+
+_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+
+
+def _hull(points: np.ndarray) -> np.ndarray | None:
+    """The convex hull of at least 3 points (None for fewer)."""
+    return import_cv2().convexHull(points.astype(np.float32)) if len(points) >= 3 else None
+
+
+def _covers_centre(hull: np.ndarray | None, image_size: tuple[int, int]) -> bool:
+    width, height = image_size
+    return hull is not None and import_cv2().pointPolygonTest(hull, (width / 2, height / 2), False) >= 0
 
 
 def is_same_object(
@@ -177,10 +265,11 @@ def is_same_object(
     min_inlier_share: float | None = DEFAULT_MIN_INLIER_SHARE,
     object_area: tuple[float, float] = DEFAULT_OBJECT_AREA,
     min_centred_object: float = DEFAULT_MIN_CENTRED_OBJECT,
+    min_guided_inliers: int | None = DEFAULT_MIN_GUIDED_INLIERS,
 ) -> bool:
-    """Whether a verified pair shows the same object: at the centre of both photos, or in one clean match.
+    """Whether a verified pair shows the same object: at the centre of both photos, in one clean match, or guided.
 
-    Both ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
+    The first two ways ask for ``min_inliers`` inliers under a plausible homography. The centre rules:
     at least ``min_central_inliers`` inliers in the central third of each photo, and the centre
     of one photo matching at least ``min_centred`` times as well as the whole. Otherwise the
     pair passes as a clean, object-sized match: at least ``min_inlier_share`` of its descriptor
@@ -188,8 +277,28 @@ def is_same_object(
     ``object_area[1]`` of the photo where it covers less (:attr:`PairVerification.spread`), and
     the centre of one photo matches at least ``min_centred_object`` times as well as the whole.
     ``min_inlier_share=None`` turns this second way off. ``min_spread`` (off by default) also
-    asks the inliers' convex hull to cover that fraction of each photo, either way.
+    asks the inliers' convex hull to cover that fraction of each photo, the first two ways.
+
+    The third way reads the guided match (:attr:`PairVerification.guided`): at least
+    ``min_guided_inliers`` inliers under a plausible homography, their convex hull around
+    the centre of both photos and covering at most ``object_area[1]`` of the photo where it
+    covers less, and the centre of one photo matching at least ``min_centred_object`` times
+    as well as the whole. ``min_guided_inliers=None`` turns it off.
     """
+    if _first_ways(verification, min_inliers, min_spread, min_centred, min_central_inliers, min_inlier_share,
+                   object_area, min_centred_object):
+        return True
+    guided = verification.guided
+    return (min_guided_inliers is not None and guided is not None
+            and guided.plausible and guided.inliers >= min_guided_inliers
+            and guided.covers_centres
+            and guided.spread <= object_area[1]
+            and guided.centred >= min_centred_object)
+
+
+def _first_ways(verification: PairVerification, min_inliers: int, min_spread: float, min_centred: float,
+                min_central_inliers: int, min_inlier_share: float | None, object_area: tuple[float, float],
+                min_centred_object: float) -> bool:
     if not (verification.plausible and verification.inliers >= min_inliers and verification.spread >= min_spread):
         return False
     if verification.centred >= min_centred and verification.central_inliers >= min_central_inliers:
@@ -209,12 +318,11 @@ def _distinctive(knn_matches, n: int, ratio: float) -> np.ndarray:
     return nearest
 
 
-def _hull_fraction(points: np.ndarray, image_size: tuple[int, int]) -> float:
-    cv2 = import_cv2()
+def _hull_fraction(hull: np.ndarray | None, image_size: tuple[int, int]) -> float:
     width, height = image_size
-    if len(points) < 3 or width * height == 0:
+    if hull is None or width * height == 0:
         return 0.0
-    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) / (width * height)
+    return float(import_cv2().contourArea(hull)) / (width * height)
 
 
 def _central(features: LocalFeatures) -> np.ndarray:
