@@ -100,18 +100,23 @@ def test_random_state_makes_fine_tuning_deterministic(small_grocery, shared_weig
 
 
 def test_fine_tuned_features_beat_frozen_ones_on_held_out_photos(shared_weights):
-    """Five apple varieties, three pears and three melons: products the frozen features confuse."""
+    """Five apple varieties, three pears and three melons: products the frozen features confuse.
+
+    Both embed at 112 px, the size the network trains at (a quarter of the work of 224 px);
+    random seeds 0-2 give margins of +0.095 to +0.119 over the frozen features.
+    """
     classes = [0, 1, 2, 3, 4, 11, 12, 13, 20, 21, 22]
-    train_paths, y_train = grocery_split("train", classes, per_class=24)
+    train_paths, y_train = grocery_split("train", classes, per_class=16)
     val_paths, y_val = grocery_split("val", classes)
+    size = {"resize_size": 128, "crop_size": 112, "backend": "eager"}
 
     def accuracy(embedder):
         probe = LogisticRegression(max_iter=2000).fit(embedder.transform(train_paths), y_train)
         return probe.score(embedder.transform(val_paths), y_val)
 
-    frozen = accuracy(CNNImageEmbedder(weights=shared_weights).fit())
+    frozen = accuracy(CNNImageEmbedder(weights=shared_weights, **size).fit())
     tuned = CNNImageEmbedder(
-        weights=shared_weights, fine_tune="all", fine_tune_epochs=6, random_state=0,
+        weights=shared_weights, fine_tune="all", fine_tune_epochs=4, random_state=0, **size,
         fine_tune_options={"train_size": 112, "source_size": 145, "validation_fraction": 0.0},
     ).fit(train_paths, y_train)
     assert accuracy(tuned) >= frozen + 0.05
