@@ -46,7 +46,7 @@ train, val = read_split("train"), read_split("val")
 if SUBSET:
     look_alikes = [0, 1, 2, 3, 4, 20, 21, 22]  # five apple varieties and three pears
     train = train[train.fine_id.isin(look_alikes)].groupby("fine_id").head(8)
-    val = val[val.fine_id.isin(look_alikes)]
+    val = val[val.fine_id.isin(look_alikes)].groupby("fine_id").head(6)
 print(f"{len(train)} training photos, {len(val)} validation photos, {train.fine_id.nunique()} products")
 
 # %%

@@ -56,8 +56,8 @@ from skimgfeat import CNNImageEmbedder, ItemAggregator, OutOfFoldPredictor, Visu
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 HOUSES = SHARED / "images" / "houses"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth"
-SUBSET = os.environ.get("SKIMGFEAT_EXAMPLE_SUBSET") == "1"  # a quick run: 100 houses, smaller models
-N_TREES, N_FOLDS = (50, 3) if SUBSET else (300, 5)
+SUBSET = os.environ.get("SKIMGFEAT_EXAMPLE_SUBSET") == "1"  # a quick run: 80 houses, smaller models
+N_TREES, N_FOLDS = (30, 2) if SUBSET else (300, 5)
 CACHE = Path(tempfile.gettempdir()) / "skimgfeat-example-cache"  # features survive re-runs
 ROOMS = ("bathroom", "bedroom", "frontal", "kitchen")
 TABULAR = ["bedrooms", "bathrooms", "area", "zipcode"]
@@ -67,7 +67,7 @@ houses["photos"] = [[str(HOUSES / f"{house}_{room}.jpg") for room in ROOMS] for 
 for room in ROOMS:  # the same photos, one column per slot
     houses[room] = [str(HOUSES / f"{house}_{room}.jpg") for house in houses["house_id"]]
 if SUBSET:
-    houses = houses.sample(100, random_state=0)
+    houses = houses.sample(80, random_state=0)
 train, test = train_test_split(houses, test_size=0.25, random_state=0)
 print(f"{len(train)} training houses, {len(test)} test houses")
 houses.head(3)
