@@ -70,6 +70,9 @@ def child(request):
         traceback.print_exc()
         code = 1
     finally:
+        import atexit, threading
+        threading._shutdown()  # what the interpreter does at exit: wait for non-daemon threads,
+        atexit._run_exitfuncs()  # then run the exit handlers
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -158,11 +161,16 @@ class ChildProcess:
         self._launcher = _launchers.take()
         self.pid = self._launcher.start(request)
         self.returncode: int | None = None
+        self._error: Exception | None = None
         self._waiter = threading.Thread(target=self._wait_for_exit, daemon=True)
         self._waiter.start()
 
     def _wait_for_exit(self) -> None:
-        self.returncode = self._launcher.finished()
+        try:
+            self.returncode = self._launcher.finished()
+        except Exception as error:  # noqa: BLE001 - the launcher died: wait() says so
+            self._error = error
+            return
         _launchers.give_back(self._launcher)
 
     def poll(self) -> int | None:
@@ -172,6 +180,8 @@ class ChildProcess:
         self._waiter.join(timeout)
         if self._waiter.is_alive():
             raise subprocess.TimeoutExpired(self.args, timeout)
+        if self._error is not None:
+            raise self._error
         return self.returncode
 
     def send_signal(self, number: int) -> None:
