@@ -6,7 +6,7 @@ one perspective transform (:mod:`skimgfeat.uses.verification`). The patches are 
 keypoints of OpenCV's AKAZE detector (binary MLDB descriptors on a nonlinear scale
 space), found on a grayscale copy of the photo whose long side is at most ``max_side``
 pixels, at most ``max_keypoints`` per photo (the strongest), so a photo's entry has a
-bounded size (1000 keypoints: 61 kB of descriptors and 8 kB of positions). AKAZE was
+bounded size (1000 keypoints: 64 kB of descriptors and 8 kB of positions). AKAZE was
 chosen over ORB, BRISK and SIFT by measurement (see docs/object-matching.md).
 
 ``skimgfeat extract --local-features`` (or :func:`write_local_features`) stores them in
@@ -45,7 +45,9 @@ SETTINGS_FILE = "settings.json"
 FORMAT_VERSION = 3
 DEFAULT_MAX_KEYPOINTS = 1000
 DEFAULT_MAX_SIDE = 512
-DESCRIPTOR_BYTES = 61  # AKAZE's MLDB descriptor: 486 binary comparisons
+# AKAZE's MLDB descriptor (486 binary comparisons, 61 bytes) padded with zero bytes: the same Hamming distances,
+# matched a quarter faster by OpenCV (measured).
+DESCRIPTOR_BYTES = 64
 # AKAZE's detector response threshold and sublevels per octave (OpenCV's defaults: 0.001 and 4): measured, see
 # the docs (two sublevels halve the time; the lower threshold brings back keypoints on small objects).
 AKAZE_THRESHOLD = 0.0002
@@ -87,8 +89,8 @@ class LocalFeatures:
     ----------
     points : ndarray of shape (n_keypoints, 2), float32
         Keypoint positions (x, y) in the detection frame: the photo scaled by ``scale``.
-    descriptors : ndarray of shape (n_keypoints, 61), uint8
-        AKAZE binary descriptors, one row per keypoint.
+    descriptors : ndarray of shape (n_keypoints, 64), uint8
+        AKAZE binary descriptors (61 bytes and 3 zero bytes), one row per keypoint.
     image_size : (int, int)
         Width and height of the detection frame.
     scale : float
@@ -160,6 +162,7 @@ def detect_local_features(
     if len(keypoints) > max_keypoints:
         strongest = np.argsort([-keypoint.response for keypoint in keypoints], kind="stable")[:max_keypoints]
         keypoints, descriptors = [keypoints[i] for i in strongest], descriptors[strongest]
+    descriptors = np.pad(descriptors, ((0, 0), (0, DESCRIPTOR_BYTES - descriptors.shape[1])))
     points = np.asarray([keypoint.pt for keypoint in keypoints], dtype=np.float32)
     return LocalFeatures(points, np.ascontiguousarray(descriptors, dtype=np.uint8), (gray.shape[1], gray.shape[0]),
                          scale)
