@@ -4,7 +4,7 @@ Measures, for the default settings of :mod:`skimgfeat.uses.local_features` and
 :mod:`skimgfeat.uses.verification` (or the ones given):
 
 * **cost**: CPU time of the thread (so other programs do not inflate it), OpenCV on one
-  thread: decode + ORB per photo, and verification per candidate pair;
+  thread: decode + local features (AKAZE) per photo, and verification per candidate pair;
 * **pairs**: every unordered pair of the 250 photos (50 DVD cases x 5 photos) verified
   once: precision and recall of ``same_object`` (a pair is positive when both photos
   show the same case), and the inlier counts of both kinds;

@@ -9,7 +9,7 @@ so the CNN features of two different cases are as close as those of two photos o
 case.
 
 :class:`~skimgfeat.ObjectMatcher` takes the CNN shortlist of each query and verifies
-every candidate with local features: ORB keypoints stored once per photo, matched and
+every candidate with local features: AKAZE keypoints stored once per photo, matched and
 fitted with a homography (RANSAC). A candidate is ``same_object`` when enough matches
 agree with one perspective transform, spread over the object. The command line does the
 same::

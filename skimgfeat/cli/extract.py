@@ -268,7 +268,7 @@ def _print_statistics(stats: FeatureStatistics) -> None:
 def add_local_features_option(parser: argparse.ArgumentParser) -> None:
     """--local-features."""
     parser.add_argument("--local-features", action="store_true",
-                        help="also store the photos' local features (ORB keypoints, at most 1000 per photo) in "
+                        help="also store the photos' local features (AKAZE keypoints, at most 1000 per photo) in "
                              "OUT/local_features, for `skimgfeat match`; photos stored by an earlier run are kept "
                              "(needs the match extra: OpenCV)")
 

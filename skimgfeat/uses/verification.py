@@ -3,7 +3,7 @@
 Two photos of one object (a re-listed lot: new angle, light, background) share many
 small patches that one perspective transform maps onto each other; two objects of the
 same kind (two DVD cases) share only scattered patches (a studio logo, a rating box),
-which no single transform explains. :func:`verify_pair` matches the ORB descriptors of
+which no single transform explains. :func:`verify_pair` matches the AKAZE descriptors of
 two photos (mutual nearest neighbours that pass Lowe's ratio test both ways),
 fits a homography with RANSAC, and counts the matches it explains (the inliers).
 :func:`is_same_object` then asks for enough inliers, some of them at the centre of *both*
@@ -48,12 +48,12 @@ DEFAULT_MIN_CENTRED = 1.0
 DEFAULT_MIN_CENTRAL_INLIERS = 2
 # The second way to pass (a clean, object-sized match whose centres do not confirm it): measured, see the docs.
 DEFAULT_MIN_INLIER_SHARE = 0.8
-DEFAULT_OBJECT_AREA = (0.06, 0.2)
+DEFAULT_OBJECT_AREA = (0.1, 0.2)
 DEFAULT_MIN_CENTRED_OBJECT = 0.2
 DEFAULT_REPROJECTION_ERROR = 5.0
 # The guided match and the third way to pass: measured, see the docs.
 DEFAULT_GUIDED_RADIUS = 4.0
-DEFAULT_GUIDED_MAX_DISTANCE = 64
+DEFAULT_GUIDED_MAX_DISTANCE = 121  # of AKAZE's 486 bits (a quarter, as 64 of ORB's 256 were)
 GUIDED_MIN_INLIERS = 8  # pairs with fewer first-pass inliers are not matched again (they stay different)
 DEFAULT_MIN_GUIDED_INLIERS = 30
 DEFAULT_MAX_SCALE_CHANGE = 8.0
@@ -145,8 +145,8 @@ def verify_pair(
         homography is paired with the most similar keypoint of ``b`` within this many
         pixels (detection frame), and the homography is fitted again on those pairs
         (twice): :attr:`PairVerification.guided`. None matches once only.
-    guided_max_distance : int, default=64
-        The largest Hamming distance (of 256 bits) of a guided pair.
+    guided_max_distance : int, default=121
+        The largest Hamming distance (of AKAZE's 486 bits) of a guided pair.
 
     Returns
     -------
