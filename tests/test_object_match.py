@@ -93,6 +93,22 @@ def test_matching_again_guided_by_the_homography_finds_a_small_object_and_not_th
     assert not is_same_object(next_case)
 
 
+@pytest.mark.shared
+def test_a_large_jpeg_decoded_at_reduced_scale_matches_in_its_own_pixels(objects_dir, tmp_path):
+    with Image.open(objects_dir / "dvd010_canon.jpg") as opened:
+        photo = opened.convert("RGB")
+    large = tmp_path / "dvd010_canon_1600.jpg"  # what phones give: twice the shared photo's size
+    photo.resize((photo.width * 2, photo.height * 2), Image.LANCZOS).save(large, quality=90)
+    reference = detect_local_features(objects_dir / "dvd010_reference.jpg")
+    as_shared, as_large = detect_local_features(objects_dir / "dvd010_canon.jpg"), detect_local_features(large)
+    assert as_large.image_size == as_shared.image_size == (512, 384)  # the same detection frame
+    assert as_large.scale == pytest.approx(as_shared.scale / 2)  # against 1600 px, not the decoded 800 px
+    checks = [verify_pair(features, reference) for features in (as_shared, as_large)]
+    assert [verdict(check) for check in checks] == ["same_object", "same_object"]
+    # the inliers in each photo's own pixels: where the case is in the large photo, twice as far from the corner
+    np.testing.assert_allclose(np.median(checks[1].points_a, 0), 2 * np.median(checks[0].points_a, 0), rtol=0.1)
+
+
 def test_a_blank_wall_or_a_tiny_thumbnail_has_no_inliers_and_is_different():
     rng = np.random.default_rng(0)
     wall = np.full((480, 640), 200, np.uint8)
