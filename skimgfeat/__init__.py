@@ -26,6 +26,7 @@ _EXPORTS = {
     "ObjectMatcher": "uses.object_match",
     "OutOfFoldPredictor": "uses.stacking",
     "PhotoHashes": "uses.copy_check",
+    "RaggedPhotos": "engine.ragged",
     "SimilarityIndex": "uses.similarity",
     "VisualComparables": "uses.comparables",
     "WeightsMismatchError": "exceptions",

@@ -68,7 +68,9 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     device : str or None, default=None
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; None picks CUDA when available.
     batch_size : int or "auto", default="auto"
-        Images per forward pass; "auto" is 32 on CPU and 256 on CUDA. On CUDA a batch
+        Images per forward pass; "auto" is 16 on CPU and 256 on CUDA (on the CPU one
+        pass runs per core at once, and 16 images cost no more per image than 32 while
+        holding half the memory: see docs/performance.md). On CUDA a batch
         that runs out of memory is split in halves instead of failing.
     resize_mode : {"square", "shorter_side"} or None, default=None
         None: the recipe's. ``"square"`` resizes to ``resize_size x resize_size``
@@ -339,10 +341,14 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_features) or (n_samples, max_images, n_features)
+        features : ndarray of shape (n_samples, n_features), or RaggedPhotos
             float32. With one photo per sample, 2-D. With several photos per sample,
-            3-D and NaN-padded: ``features[i, j]`` is the j-th photo of sample i; pass
-            it through :class:`~skimgfeat.ItemAggregator` to get one row per sample.
+            the photos' rows grouped by sample
+            (:class:`~skimgfeat.RaggedPhotos`: memory in proportion to
+            the photos): ``features[i]`` is the ``(n_photos_i, n_features)`` rows of
+            sample i, ``np.asarray(features)`` the NaN-padded
+            ``(n_samples, max_images, n_features)`` array; pass it through
+            :class:`~skimgfeat.ItemAggregator` to get one row per sample.
             Row i always belongs to sample i; failed images (``on_error="nan"``) are NaN.
         """
         check_is_fitted(self, "model_")
@@ -392,7 +398,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         """
         check_is_fitted(self, "model_")
         runner = self._runner()
-        batch_size = self.batch_size if self.batch_size != "auto" else 256 if runner.device.type == "cuda" else 32
+        batch_size = self.batch_size if self.batch_size != "auto" else 256 if runner.device.type == "cuda" else 16
         yield from embed_stream(
             paths, runner, self._decoder(), self.n_features_out_, int(batch_size), self.n_workers,
             self.on_error if on_error is None else on_error, parallel_calls=runner.parallel_calls,

@@ -18,11 +18,17 @@ from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skimgfeat import CNNImageEmbedder, CrossFittedTransformer, ItemAggregator, VisualComparables
+from skimgfeat import (
+    CNNImageEmbedder,
+    CrossFittedTransformer,
+    ItemAggregator,
+    RaggedPhotos,
+    VisualComparables,
+)
 from skimgfeat.uses.stacking import fold_splitter
 
 HOUSES = SHARED / "images" / "houses"
@@ -45,8 +51,8 @@ def small_embedder(shared_weights) -> CNNImageEmbedder:
 
 @pytest.fixture(scope="module")
 def photo_features(houses, small_embedder) -> np.ndarray:
-    """(16 houses, 4 photos, 1280) frozen features."""
-    return clone(small_embedder).fit().transform(houses["photos"])
+    """(16 houses, 4 photos, 1280) frozen features, padded (the array form users may pass)."""
+    return np.asarray(clone(small_embedder).fit().transform(houses["photos"]))
 
 
 def changed_target(y: np.ndarray, row: int) -> np.ndarray:
@@ -269,3 +275,17 @@ NOT_EQUAL_ON_PURPOSE = "fit_transform is out-of-fold, fit().transform() uses the
 )
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_comparables_and_crossfit_take_the_photos_rows_as_they_take_the_padded_array(houses, photo_features):
+    y = houses["log_price"].to_numpy()
+    ragged = RaggedPhotos.from_padded(photo_features)
+    comparables = VisualComparables(n_neighbors=3, cv=4, random_state=0)
+    np.testing.assert_allclose(
+        clone(comparables).fit_transform(ragged, y), clone(comparables).fit_transform(photo_features, y), rtol=1e-12
+    )
+    # each fold's photos come back ragged and in row order, never padded to the widest fold
+    passed_through = CrossFittedTransformer(FunctionTransformer(), cv=4, random_state=0).fit_transform(ragged, y)
+    assert isinstance(passed_through, RaggedPhotos)
+    np.testing.assert_array_equal(np.asarray(passed_through), photo_features)
+

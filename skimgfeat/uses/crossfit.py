@@ -9,6 +9,7 @@ from sklearn.utils import _safe_indexing, get_tags
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
+from ..engine.ragged import RaggedPhotos, is_ragged
 from .stacking import fold_splitter
 
 
@@ -123,8 +124,9 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         Returns
         -------
         features : array or DataFrame, as the transformer returns
-            Row i transformed by a clone fitted on the folds without row i. 3-D outputs
-            (photos per row) are NaN-padded to the widest fold.
+            Row i transformed by a clone fitted on the folds without row i. Photos per
+            row (:class:`~skimgfeat.RaggedPhotos`) stay ragged; 3-D arrays
+            are NaN-padded to the widest fold.
         """
         if hasattr(X, "__array__") and not hasattr(X, "__getitem__"):
             X = np.asarray(X)  # array-likes that cannot be indexed by rows
@@ -140,9 +142,9 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
             raise ValueError("cv must put every row in exactly one test fold (a partition, as KFold does)")
         for train, test in folds:
             fold = clone(self.transformer).fit(
-                _safe_indexing(X, train), _rows(y, train), **_split_params(fit_params, train, n_rows)
+                _rows(X, train), _rows(y, train), **_split_params(fit_params, train, n_rows)
             )
-            parts.append(fold.transform(_safe_indexing(X, test)))
+            parts.append(fold.transform(_rows(X, test)))
             positions.append(test)
         self.transformer_ = clone(self.transformer).fit(X, y, **fit_params)
         self.n_splits_ = len(folds)
@@ -195,7 +197,9 @@ def _n_rows(X) -> int:
 
 
 def _rows(values, rows):
-    return None if values is None else _safe_indexing(values, rows)
+    if values is None:
+        return None
+    return values.take(rows) if is_ragged(values) else _safe_indexing(values, rows)
 
 
 def _split_params(params: dict, rows: np.ndarray, n_rows: int) -> dict:
@@ -218,6 +222,8 @@ def _reassemble(parts: list, positions: np.ndarray):
     order = np.argsort(positions, kind="stable")
     if all(isinstance(part, pd.DataFrame) for part in parts):
         return pd.concat(parts).iloc[order]
+    if all(is_ragged(part) for part in parts):  # photos per row, never padded
+        return RaggedPhotos.concatenate(parts).take(order)
     arrays = [np.asarray(part) for part in parts]
     if arrays[0].ndim == 3:  # photos per row: folds may differ in their most photos per row
         width = max(array.shape[1] for array in arrays)
