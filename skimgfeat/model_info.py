@@ -129,8 +129,7 @@ def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None
         params = {"model_name": model_info["model_name"], "weights": recorded}
         if "resize_mode" in preprocessing:
             params["resize_mode"] = preprocessing["resize_mode"]
-        if preprocessing.get("draft"):
-            params["draft"] = True
+        params["draft"] = bool(preprocessing.get("draft", False))
     if weights is not None:
         params["weights"] = os.fspath(weights)
     params.update(overrides)
