@@ -47,7 +47,7 @@ INFO_FILE = "index.json"
 ROWS_FILE = "rows.parquet"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
 # What an archive keeps beside the generations (skimgfeat.archive): the folder is still an index.
-_ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features", "image_hashes.parquet",
+_ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features", "image_hashes.parquet", "reports",
                               "features", "pending"})
 # Parts each row visits when all pairs are sought: a near-duplicate lies in its original's part or a next one.
 PAIR_NPROBE = 2

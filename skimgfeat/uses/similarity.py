@@ -34,6 +34,7 @@ from ..storage.vector_index import (
     VectorIndex,
     choose_kind,
     default_nlist,
+    faiss_module,
     live_generation_number,
     open_generation,
     training_rows,
@@ -414,6 +415,69 @@ class SimilarityIndex:
         self._append(reader.batches(batch_rows), check_new=True)
         return self
 
+    @classmethod
+    def empty(cls, n_features: int, *, columns: Sequence[str] = (IMAGE_PATH, IMAGE_NAME),
+              model_info: dict | None = None, image_dir=None, kind: str = "auto") -> SimilarityIndex:
+        """An index of no rows yet, keyed by ``image_path``, with these identity ``columns``.
+
+        Rows come with :meth:`add_rows`; an ``"auto"`` index turns into ``"ivf-sq8"``
+        when it passes 50,000 rows.
+        """
+        index = cls.__new__(cls)
+        identities = {name: np.empty(0, dtype=object) for name in dict.fromkeys([IMAGE_PATH, *columns])}
+        index._setup(VectorIndex(int(n_features), "flat" if kind == "auto" else kind), identities, key=IMAGE_PATH,
+                     model_info=model_info, image_dir=image_dir, n_skipped=0, requested_kind=kind)
+        return index
+
+    def add_rows(self, identities: dict, vectors) -> SimilarityIndex:
+        """Index rows given in memory: ``identities`` maps each identity column to one string per row.
+
+        Columns of the index missing from ``identities`` are filled (``image_name`` from
+        the path, others empty). Rows already indexed (by key) are refused; NaN rows are
+        skipped. Returns self.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        identities = {name: np.asarray([str(value) for value in values], dtype=object)
+                      for name, values in identities.items()}
+        if len(identities[self.key]) != len(vectors):
+            raise ValueError(f"need one feature row per {self.key}, got {len(identities[self.key])} and "
+                             f"{len(vectors)}")
+        if not len(vectors):
+            return self
+        if vectors.shape[1] != self._store.n_features:
+            raise ValueError(f"the rows have {vectors.shape[1]} features, the index {self._store.n_features}")
+        self._make_writable()
+        if self.requested_kind == "auto" and self._store.kind == "flat" and \
+                len(self._store) + len(vectors) > EXACT_MAX_ROWS:
+            self._grow_into_inverted_file(FeatureTableReader(_frame(identities, vectors, self.key)))
+        self._append([FeatureBatch(identities, vectors)], check_new=True)
+        return self
+
+    def compacted(self) -> SimilarityIndex:
+        """A copy without the removed rows (vectors, names and identities): what a compaction saves.
+
+        An inverted file keeps its trained lists: its live rows are decoded and added again.
+        """
+        keep = np.flatnonzero(~self.removed)
+        store = VectorIndex(self._store.n_features, self._store.kind, nlist=self._store.nlist,
+                            nprobe=self._store.nprobe, pq_m=self._store.pq_m)
+        if store.kind != "flat":
+            faiss = faiss_module()
+            source = self._store._faiss if not self._store.mapped else \
+                VectorIndex.read(self._folder, self._info["index"], writable=True)._faiss
+            store._faiss = faiss.clone_index(source)
+            store._faiss.reset()
+            store._faiss.make_direct_map()
+        for start in range(0, len(keep), BATCH_ROWS):
+            store.add(self._store.reconstruct_rows(keep[start:start + BATCH_ROWS]))
+        index = SimilarityIndex.__new__(SimilarityIndex)
+        index._setup(store, {name: values[keep] for name, values in self._identities.items()}, key=self.key,
+                     model_info=self.model_info, image_dir=self.image_dir, n_skipped=self.n_skipped,
+                     requested_kind=self.requested_kind, directory=self.directory)
+        index.photos = {name: photo for name, photo in self.photos.items() if name in set(index.names)}
+        index.generation, index._folder, index._info = self.generation, self._folder, self._info
+        return index
+
     # -- queries ------------------------------------------------------------------
 
     @property
@@ -653,8 +717,12 @@ class SimilarityIndex:
                                      f"{repeated[0]!r}: add only new photos")
             self._store.add(batch.features[valid])
             for name, values in parts.items():
-                values.append(batch.identities[name][valid] if name in batch.identities else
-                              np.asarray([Path(path).name for path in keys], dtype=object))
+                if name in batch.identities:
+                    values.append(batch.identities[name][valid])
+                elif name == IMAGE_NAME:
+                    values.append(np.asarray([Path(path).name for path in keys], dtype=object))
+                else:  # a column of an archive's rows that a plain table lacks
+                    values.append(np.full(len(keys), "", dtype=object))
             if raw is not None:
                 raw.append(batch.features[valid])
             self.n_skipped += int((~valid).sum())
@@ -707,6 +775,12 @@ def _within(distances: np.ndarray, rows: np.ndarray, n_rows: int) -> tuple[np.nd
         order = np.argsort(beyond, axis=1, kind="stable")
         rows, distances = np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)
     return distances, rows
+
+
+def _frame(identities: dict, vectors: np.ndarray, key: str) -> pd.DataFrame:
+    frame = pd.DataFrame(vectors, columns=[f"{FEATURE_PREFIX}{i}" for i in range(vectors.shape[1])])
+    frame.insert(0, key, identities[key])
+    return frame
 
 
 def _reader(features, model_info: dict | None) -> FeatureTableReader:
