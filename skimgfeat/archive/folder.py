@@ -36,18 +36,20 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..aggregation import ITEM_ID, _regex_item_id, item_id_from_name
+from ..aggregation import _regex_item_id
 from ..exceptions import IndexDirectoryError
+from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+from ..schema import ITEM_ID, item_id_from_name
+from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 from ..storage.io import atomic_path
 from ..storage.vector_index import CURRENT
-from ..uses.copy_check import HASHES_FILE, PhotoHashes
-from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
-from ..uses.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 
 SETTINGS_FILE = "ARCHIVE.json"
 FORMAT = "skimgfeat-archive"
@@ -110,8 +112,6 @@ def check_archive_folder(folder: Path) -> dict | None:
 def item_of(name: str, rule: str | None) -> str:
     """The item id of a photo's file name: by the regular expression ``rule`` (its group ``item``, else its
     first group, else the whole match), or without one the stem up to the last underscore."""
-    import re
-
     base = os.path.basename(name)
     return item_id_from_name(base) if not rule else _regex_item_id(re.compile(rule), base)
 

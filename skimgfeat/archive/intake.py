@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,15 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregation import ITEM_ID
+from ..embedder import embedder_from_model_info
+from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.duplicates import COPY, find_copies_against
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
+from ..matching.object_match import ObjectMatcher
+from ..schema import ITEM_ID
+from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 from ..storage.generation_lock import WriterLock
 from ..storage.io import atomic_path
 from ..storage.kill_points import kill_point
 from ..storage.vector_index import CURRENT
-from ..uses.copy_check import HASHES_FILE, PhotoHashes
-from ..uses.duplicates import COPY, find_copies_against
-from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
-from ..uses.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 from .folder import (
     CONTENT_SHA256,
     INTAKE,
@@ -277,8 +280,6 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
 
 
 def _check_rule(rule: str) -> None:
-    import re
-
     try:
         re.compile(rule)
     except re.error as error:
@@ -286,8 +287,6 @@ def _check_rule(rule: str) -> None:
 
 
 def _recorded_embedder(model_info: dict | None, weights):
-    from ..model_info import embedder_from_model_info
-
     return embedder_from_model_info(model_info or {}, weights, on_error="nan").fit()
 
 
@@ -342,8 +341,8 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
     ``same_object`` as, with the feature distance, the copy score, the inliers and the match's lot columns.
 
     A photo with neither appears once, without a match. Built with the functions of
-    ``duplicates --against`` (:func:`~skimgfeat.uses.duplicates.find_copies_against`) and
-    ``match --against`` (:class:`~skimgfeat.uses.object_match.ObjectMatcher`).
+    ``duplicates --against`` (:func:`~skimgfeat.matching.duplicates.find_copies_against`) and
+    ``match --against`` (:class:`~skimgfeat.matching.object_match.ObjectMatcher`).
     """
     rows = []
     in_index = [] if index is None else [name for name in identities if name in index]
@@ -395,8 +394,6 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
 
 def _same_object_rows(index, names, local_features, hashes, k) -> list[tuple]:
     """(photo, match, verdict, distance, copy score, inliers) of the verified matches of each photo."""
-    from ..uses.object_match import ObjectMatcher
-
     matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes)
     rows = []
     for name in names:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..aggregation import ITEM_ID
+from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..schema import ITEM_ID
+from ..search.similarity import IMAGE_NAME, SimilarityIndex
 from ..storage.generation_lock import WriterLock
 from ..storage.kill_points import kill_point
-from ..uses.copy_check import HASHES_FILE, PhotoHashes
-from ..uses.similarity import IMAGE_NAME, SimilarityIndex
 from .folder import LOTS_FILE, PHOTOS_DIR, read_settings
 
 
