@@ -13,6 +13,8 @@ beside its generations)::
                                    content_sha256, source (where it came from), intake
         removed.npy                rows removed since the last compaction (never returned)
         lots.parquet               the lot table, when one was attached (keyed by item_id)
+        removed_photos.parquet     every photo removed (image_path, content_sha256, when): kept
+                                   through compactions, so a later intake never brings one back
     ARCHIVE/photos/INTAKE/...      the photos themselves, copied in at intake
     ARCHIVE/image_hashes.parquet   the copy-check hashes of every photo (by image_path)
     ARCHIVE/local_features/        the local features of every photo (by image_path)
@@ -57,6 +59,7 @@ FORMAT_VERSION = 1
 PHOTOS_DIR = "photos"
 REPORTS_DIR = "reports"
 LOTS_FILE = "lots.parquet"
+REMOVED_PHOTOS_FILE = "removed_photos.parquet"  # every photo ever removed: a later intake never brings it back
 CONTENT_SHA256 = "content_sha256"
 SOURCE = "source"
 INTAKE = "intake"
@@ -107,6 +110,25 @@ def check_archive_folder(folder: Path) -> dict | None:
         raise IndexDirectoryError(folder, "is a non-empty folder that is not a skimgfeat archive; choose a new or "
                                           "empty folder")
     return None
+
+
+def removed_photos(generation_folder: Path | None) -> pd.DataFrame:
+    """The photos ever removed from the archive, as of a generation: ``image_path``, ``content_sha256``,
+    ``removed_at``."""
+    path = None if generation_folder is None else Path(generation_folder) / REMOVED_PHOTOS_FILE
+    if path is None or not path.is_file():
+        return pd.DataFrame({IMAGE_PATH: pd.Series(dtype=str), CONTENT_SHA256: pd.Series(dtype=str),
+                             "removed_at": pd.Series(dtype=str)})
+    return pd.read_parquet(path)
+
+
+def carry_forward(previous: Path | None, folder: Path, names=(LOTS_FILE, REMOVED_PHOTOS_FILE)) -> None:
+    """Share the previous generation's unchanged files (lot table, removed photos) with a new one (hard links)."""
+    if previous is None:
+        return
+    for name in names:
+        if (Path(previous) / name).is_file() and not (folder / name).exists():
+            os.link(Path(previous) / name, folder / name)
 
 
 def item_of(name: str, rule: str | None) -> str:

@@ -11,6 +11,7 @@ is already on disk, and the rows become visible all at once when ``CURRENT`` swi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -40,16 +41,18 @@ from .folder import (
     REPORTS_DIR,
     ROW_COLUMNS,
     SOURCE,
+    carry_forward,
     check_archive_folder,
     item_of,
+    removed_photos,
     today,
     write_settings,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # What happened to each photo of the intake folder.
-ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE = "added", "replaced", "already archived", "identical file", \
-    "unreadable"
+ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE, REMOVED = "added", "replaced", "already archived", \
+    "identical file", "unreadable", "removed earlier"
 SAME_OBJECT = "same_object"
 REPORT_COLUMNS = ("image_path", "source", "status", "match", "match_item_id", "verdict", "feature_distance",
                   "copy_score", "inliers")
@@ -171,8 +174,9 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
         if index is None:
             raise ValueError(f"{os.fspath(archive)!r} is a new archive: say which network embeds its photos")
         embedder = _recorded_embedder(index.model_info, weights)
-    elif index is not None:
-        index.check_model(embedder.model_info_, what="the embedder")
+    model_info = json.loads(json.dumps(embedder.model_info_, default=str))  # as index.json will hold it
+    if index is not None:
+        index.check_model(model_info, what="the embedder")
 
     # What each photo is: new, a changed version of an archived one, or already there.
     sources = [path.relative_to(new_dir).as_posix() for path in photos]
@@ -182,10 +186,13 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     live_rows = {} if index is None else index._rows()
     archived_sha = {} if index is None else _live_digests(index)
     row_sha = {} if index is None else dict(zip(index.names, index._identities[CONTENT_SHA256]))
+    taken_down = set(removed_photos(None if index is None else index._folder)[CONTENT_SHA256])
     status, replaced_rows, todo = {}, [], []
     for number, (identity, digest) in enumerate(zip(identities, digests)):
         if identity in live_rows and row_sha.get(identity) == digest:
             status[identity] = ARCHIVED
+        elif digest in taken_down:
+            status[identity] = REMOVED  # removed on purpose: the same file never comes back
         elif digest in archived_sha and archived_sha[digest] != identity:
             status[identity] = IDENTICAL
         elif digest in {digests[i] for i in todo}:
@@ -236,7 +243,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     changed = bool(todo) or lot_table is not None
     if changed:
         if index is None:
-            index = SimilarityIndex.empty(features.shape[1], columns=ROW_COLUMNS, model_info=embedder.model_info_,
+            index = SimilarityIndex.empty(features.shape[1], columns=ROW_COLUMNS, model_info=model_info,
                                           image_dir=archive / PHOTOS_DIR)
         index.remove_rows(replaced_rows)
         keep = [i for i, name in enumerate(new_names) if name not in failed]
@@ -248,13 +255,12 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
             SOURCE: [os.fspath(photos[todo[i]].resolve()) for i in keep],
             INTAKE: [intake] * len(keep),
         }, features[keep])
-        previous_lots = None if index._folder is None else index._folder / LOTS_FILE
+        previous = index._folder
 
         def write_lots(folder: Path) -> None:
             if lot_table is not None:
                 lot_table.to_parquet(folder / LOTS_FILE, index=False)
-            elif previous_lots is not None and previous_lots.is_file():
-                os.link(previous_lots, folder / LOTS_FILE)
+            carry_forward(previous, folder)
 
         if settings is None or (item_rule and settings.get("item_rule") != item_rule):
             write_settings(archive, {**(settings or {}), "item_rule": item_rule,
@@ -266,7 +272,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
         on_progress("indexed", len(keep))
 
     statuses = {name: sum(1 for value in status.values() if value == name) for name in
-                (ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE)}
+                (ADDED, REPLACED, ARCHIVED, IDENTICAL, REMOVED, UNREADABLE)}
     table = intake_report(index, identities, [photo.as_posix() for photo in photos], status, digests,
                           hashes=stored_hashes, local_features=store, k=report_k,
                           lots=_lots_of(index, lot_table))

@@ -9,19 +9,21 @@ photos and hashes: it reclaims the space.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..schema import ITEM_ID
-from ..search.similarity import IMAGE_NAME, SimilarityIndex
+from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 from ..storage.generation_lock import WriterLock
 from ..storage.kill_points import kill_point
-from .folder import LOTS_FILE, PHOTOS_DIR, read_settings
+from .folder import CONTENT_SHA256, PHOTOS_DIR, REMOVED_PHOTOS_FILE, carry_forward, read_settings, removed_photos
 
 
 @dataclass
@@ -97,15 +99,23 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
             result = RemoveResult([], missing, len(index), index.generation)
             index.close()
             return result
-        previous_lots = index._folder / LOTS_FILE
+        previous = index._folder
+        removed_before = removed_photos(previous)
+        digests = index._identities.get(CONTENT_SHA256)
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        removed_now = pd.DataFrame({IMAGE_PATH: names_removed,
+                                    CONTENT_SHA256: ["" if digests is None else str(digests[row]) for row in rows],
+                                    "removed_at": now})
         gone = set(index.names[index.removed].tolist()) if compact else set()
         if compact:
             index = index.compacted()
             gone -= set(index.names.tolist())  # a replaced photo keeps its identity (and its file)
 
         def write_lots(folder: Path) -> None:
-            if previous_lots.is_file():
-                os.link(previous_lots, folder / LOTS_FILE)
+            if len(removed_now):
+                pd.concat([removed_before, removed_now], ignore_index=True).to_parquet(
+                    folder / REMOVED_PHOTOS_FILE, index=False)
+            carry_forward(previous, folder)
 
         index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
             "action": "compact" if compact else "remove", "removed": len(rows), "compacted": n_compacted}},

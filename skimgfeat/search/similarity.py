@@ -15,6 +15,7 @@ millions of rows, which :meth:`SimilarityIndex.save` keeps in an index directory
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -565,9 +566,10 @@ class SimilarityIndex:
     def check_model(self, model_info: dict | None, what: str = "the query") -> None:
         """Refuse features embedded by another model than the index's (ModelMismatchError).
 
-        Features without model info, or an index without it, are accepted.
+        Features without model info, or an index without it, are accepted. Both are
+        compared as JSON holds them (a fitted embedder's tuples are a saved index's lists).
         """
-        reason = model_mismatch(self.model_info, model_info)
+        reason = model_mismatch(_as_json(self.model_info), _as_json(model_info))
         if reason is not None:
             raise ModelMismatchError(f"{what} was embedded by another model than the index: {reason}")
 
@@ -756,6 +758,10 @@ class SimilarityIndex:
         if self._neighbours is None:
             self._neighbours = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.vectors)
         return self._neighbours
+
+
+def _as_json(value):
+    return None if value is None else json.loads(json.dumps(value, default=str))
 
 
 def _padded(mask: np.ndarray, n: int) -> np.ndarray:
