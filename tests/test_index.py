@@ -134,8 +134,11 @@ def test_rows_added_later_are_found_as_if_they_had_been_built_in(kind, tmp_path)
     np.testing.assert_array_equal(grown.search_vectors(queries, 8, nprobe=16)[1],
                                   built.search_vectors(queries, 8, nprobe=16)[1])
     assert grown.similar([later["image_path"][5]], k=3).equals(built.similar([later["image_path"][5]], k=3))
-    with pytest.raises(ValueError, match="already in the index"):
-        grown.add(later.iloc[:3])
+    assert len(grown.add(later.iloc[:3])) == 1200  # an add run again adds nothing
+    changed = later.iloc[:3].copy()
+    changed[changed.filter(like="img_feature_").columns] = changed.filter(like="img_feature_").to_numpy()[::-1]
+    with pytest.raises(ValueError, match="already in the index with other features"):
+        grown.add(changed)
 
 
 def test_a_folder_of_parquet_parts_builds_the_index_of_the_whole_table(tmp_path):

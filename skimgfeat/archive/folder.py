@@ -182,6 +182,8 @@ class Archive:
             check_archive_folder(folder)
             raise IndexDirectoryError(folder, "holds no archive yet (make it with `skimgfeat ingest PHOTO_DIR "
                                               "--archive FOLDER`)")
+        if not (folder / CURRENT).is_file():
+            raise IndexDirectoryError(folder, "holds no archive yet: its first intake did not finish (run it again)")
         return cls(folder, SimilarityIndex.load(folder), settings)
 
     def __enter__(self) -> Archive:

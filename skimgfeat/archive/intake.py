@@ -169,6 +169,11 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     if item_rule:
         _check_rule(item_rule)
     lot_table = _read_lots(lots)
+    if settings is None or (item_rule and settings.get("item_rule") != item_rule):
+        # First of all: a folder that an interrupted first intake left is still known as an archive.
+        write_settings(archive, {**(settings or {}), "item_rule": item_rule,
+                                 "created_at": (settings or {}).get("created_at", today())})
+        kill_point("settings-written")
     index = SimilarityIndex.load(archive) if (archive / CURRENT).is_file() else None
     if embedder is None:
         if index is None:
@@ -262,9 +267,6 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
                 lot_table.to_parquet(folder / LOTS_FILE, index=False)
             carry_forward(previous, folder)
 
-        if settings is None or (item_rule and settings.get("item_rule") != item_rule):
-            write_settings(archive, {**(settings or {}), "item_rule": item_rule,
-                                     "created_at": (settings or {}).get("created_at", today())})
         counts = {name: sum(1 for value in status.values() if value == name) for name in set(status.values())}
         index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
             "action": "ingest", "intake": intake, **counts}}, write_more=write_lots)

@@ -96,6 +96,8 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         kill_point("rows-marked")
         n_compacted = int(index.removed.sum()) if compact else 0
         if not rows and not n_compacted:
+            if compact:  # a compaction killed after its switch: finish deleting what it left
+                _forget(archive, set(index.names[~index.removed].tolist()))
             result = RemoveResult([], missing, len(index), index.generation)
             index.close()
             return result
@@ -106,10 +108,10 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         removed_now = pd.DataFrame({IMAGE_PATH: names_removed,
                                     CONTENT_SHA256: ["" if digests is None else str(digests[row]) for row in rows],
                                     "removed_at": now})
-        gone = set(index.names[index.removed].tolist()) if compact else set()
         if compact:
             index = index.compacted()
-            gone -= set(index.names.tolist())  # a replaced photo keeps its identity (and its file)
+            # Removed rows are never returned by the live generation either: their files can go first.
+            _forget(archive, set(index.names.tolist()))
 
         def write_lots(folder: Path) -> None:
             if len(removed_now):
@@ -120,20 +122,23 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
             "action": "compact" if compact else "remove", "removed": len(rows), "compacted": n_compacted}},
             write_more=write_lots)
-        if gone:
-            _forget(archive, gone)
         return RemoveResult(names_removed, missing, len(index), index.generation, n_compacted)
 
 
-def _forget(archive: Path, names: set[str]) -> None:
-    """Delete the photos and hashes of compacted rows (after the switch: no live generation needs them)."""
+def _forget(archive: Path, live: set[str]) -> None:
+    """Delete the hashes and photo files of every photo not in ``live`` (a compaction's).
+
+    Idempotent: a compaction killed half-way through this finishes it when run again.
+    Under the writer lock, so no intake is adding photos meanwhile.
+    """
     hashes_file = archive / HASHES_FILE
     if hashes_file.is_file():
         hashes = PhotoHashes.read(hashes_file)
-        keep = ~np.isin(hashes.names, list(names))
-        PhotoHashes(hashes.names[keep], hashes.hashes[keep], hashes.errors[keep]).write(hashes_file)  # atomically
-        kill_point("hashes-compacted")
-    for name in sorted(names):
-        photo = archive / PHOTOS_DIR / name
-        if photo.is_file():
-            photo.unlink()
+        keep = np.isin(hashes.names, list(live))
+        if not keep.all():
+            PhotoHashes(hashes.names[keep], hashes.hashes[keep], hashes.errors[keep]).write(hashes_file)
+    kill_point("hashes-compacted")
+    photos = archive / PHOTOS_DIR
+    for path in sorted(photos.rglob("*")) if photos.is_dir() else []:
+        if path.is_file() and path.relative_to(photos).as_posix() not in live:
+            path.unlink()

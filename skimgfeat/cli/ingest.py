@@ -73,6 +73,8 @@ def run_ingest(args: argparse.Namespace) -> int:
         embedder = None
         if not (args.archive / CURRENT).is_file():  # a new archive
             embedder = _new_embedder(args.model, weights)
+        elif weights is not None and weights.lower() == "none":
+            weights = None  # the archive's random network is rebuilt from its recorded seed
         result = ingest(args.new_dir, args.archive, embedder=embedder, weights=weights, intake=args.intake,
                         item_rule=args.item_rule, lots=args.lots, hashes=args.hashes,
                         local_features=args.local_features, report=args.report, report_k=args.k,

@@ -37,6 +37,7 @@ from ..storage.vector_index import (
     default_nlist,
     faiss_module,
     live_generation_number,
+    normalise,
     open_generation,
     training_rows,
     write_generation,
@@ -709,12 +710,9 @@ class SimilarityIndex:
         raw = [self._raw] if self._raw is not None else None
         for batch in batches:
             valid = ~np.isnan(batch.features).any(axis=1)
-            keys = batch.identities[self.key][valid]
             if known is not None:
-                repeated = [name for name in keys if name in known]
-                if repeated:
-                    raise ValueError(f"{len(repeated)} rows of the new table are already in the index, e.g. "
-                                     f"{repeated[0]!r}: add only new photos")
+                valid &= ~self._already_indexed(batch, known)
+            keys = batch.identities[self.key][valid]
             self._store.add(batch.features[valid])
             for name, values in parts.items():
                 if name in batch.identities:
@@ -732,6 +730,27 @@ class SimilarityIndex:
             self._raw = np.concatenate(raw)
         self._row_of = None
         self._neighbours = None
+
+    def _already_indexed(self, batch: FeatureBatch, known: dict) -> np.ndarray:
+        """Which rows of ``batch`` are indexed already with the same features (an add run again: skipped).
+
+        The same name with other features is refused: the photo changed, and its old
+        row must be removed first (an archive's intake replaces it).
+        """
+        keys = batch.identities[self.key]
+        repeated = np.asarray([name in known for name in keys], dtype=bool)
+        if not repeated.any():
+            return repeated
+        rows = [known[name] for name in keys[repeated]]
+        stored = normalise(self._store.reconstruct_rows(rows))
+        given = normalise(batch.features[repeated])
+        tolerance = 0.02 if self._store.kind == "ivf-pq" else 1e-3  # what the codes may change
+        differ = np.flatnonzero(~(1.0 - np.einsum("ij,ij->i", stored, given) <= tolerance))
+        if len(differ):
+            name = keys[repeated][differ[0]]
+            raise ValueError(f"{len(differ)} rows of the new table are already in the index with other features, "
+                             f"e.g. {name!r}: add only new photos (a changed photo: remove its row first)")
+        return repeated
 
     def _make_writable(self) -> None:
         """Read a memory-mapped store into memory before it changes."""

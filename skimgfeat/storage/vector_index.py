@@ -580,13 +580,14 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
     if not holds_writer_lock(directory):
         with WriterLock(directory):
             return write_generation(directory, write_files)
-    generations = _generations(directory)
     if not (directory / CURRENT).is_file() and any(
-        not entry.name.startswith(".") and entry.name not in _ARCHIVE_ENTRIES for entry in directory.iterdir()
+        not entry.name.startswith(".") and entry.name not in _ARCHIVE_ENTRIES and not _GENERATION.match(entry.name)
+        for entry in directory.iterdir()
     ):
         raise IndexDirectoryError(directory, "is a non-empty folder that is not a skimgfeat index; "
                                              "choose a new or empty folder")
     _remove_leftovers(directory)
+    generations = _generations(directory)
     number = max(generations, default=0) + 1
     name = f"gen-{number:06d}"
     staging = directory / f".{name}.{os.getpid()}.tmp"
@@ -604,6 +605,7 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
         for entry in staging.iterdir():
             _fsync(entry)
         _fsync_folder(staging)
+        kill_point("generation-staged")
         os.rename(staging, directory / name)
         _fsync_folder(directory)
         kill_point("generation-renamed")
@@ -703,9 +705,13 @@ def _checked_info(directory: Path, folder: Path) -> dict:
 
 
 def _remove_leftovers(directory: Path) -> None:
-    """Staging and retired folders of writers that were killed (only the lock holder calls this)."""
+    """What writers that were killed left (only the lock holder calls this): staging and retired
+    folders, and generations renamed into place that ``CURRENT`` never named."""
+    live = live_generation_number(directory) or 0
     for entry in directory.iterdir():
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif (match := _GENERATION.match(entry.name)) and int(match.group(1)) > live and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
 
 
