@@ -53,6 +53,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_match(args: argparse.Namespace) -> int:
     """Print the verified matches of each query as CSV; draw the sheet if asked."""
+    from ..storage.decisions import DecisionStore, honour_decisions
     from ..storage.io import atomic_path
     from ..uses.object_match import ObjectMatcher
 
@@ -60,6 +61,8 @@ def run_match(args: argparse.Namespace) -> int:
         matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
                                      image_dir=args.image_dir, k=args.k, min_inliers=args.min_inliers)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
+        results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", "image_path"))
+        results["rank"] = results.groupby("query").cumcount() + 1  # reviewed-away pairs leave no gap
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
     if args.sheet is not None:
         from ..uses.object_match import match_sheet
