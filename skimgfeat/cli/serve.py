@@ -89,7 +89,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"skimgfeat: serving {os.fspath(args.archive)} ({len(source.index):,} photos) on {where}",
               file=sys.stderr, flush=True)
 
-    _run(server, announce)
+    try:
+        _run(server, announce)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly
+        pass
+    if not args.quiet:
+        print("skimgfeat: server stopped", file=sys.stderr)
     return EXIT_OK
 
 
@@ -108,8 +113,18 @@ def _run(server, announce) -> None:
 
 
 def _warm(source) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
     try:
-        source.embedder()
+        embedder = source.embedder()
+        with tempfile.TemporaryDirectory(prefix="skimgfeat-warm-") as folder:  # the first batch sets up the runtime
+            photo = Path(folder) / "grey.png"
+            Image.new("RGB", (64, 64), (128, 128, 128)).save(photo)
+            with source._embedder_lock:
+                embedder.transform([str(photo)])
     except Exception as error:  # noqa: BLE001 - the first upload then reports it, as a 400/500 of its own
         print(f"skimgfeat: warning: the network for uploads cannot be built: {error}", file=sys.stderr)
 
