@@ -54,7 +54,7 @@ def archive(tmp_path_factory, objects_dir, shared_weights):
         shutil.copy(objects_dir / name, photos / name)
     _reencoded(objects_dir / "dvd004_reference.jpg", photos / "dvd004_2.jpg", scale=0.75, quality=70)
     output = root / "features"
-    env = {"SKIMGFEAT_WEIGHTS": str(shared_weights)}
+    env = {**os.environ, "SKIMGFEAT_WEIGHTS": str(shared_weights)}  # the session's artifact cache included
     result = run_cli("extract", photos, "-o", output, "--pattern", "*.jpg", "--hashes", "--local-features", "-q",
                      "--aggregate", "none", env=env, timeout=900)
     assert result.returncode == 0, result.stderr
@@ -78,7 +78,7 @@ def server(archive):
     """``skimgfeat serve`` with a token on 127.0.0.1 and a free port; its address."""
     root, output, env = archive
     process = start_cli("serve", output, "--port", "0", "--lots", root / "lots.csv", "--report", root / "report.csv",
-                        "--token", TOKEN, "--cache-dir", root / "cache", env={**os.environ, **env})
+                        "--token", TOKEN, "--cache-dir", root / "cache", env=env)
     wait_until(lambda: "serving" in process.output()[1], process, timeout=300)
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", process.output()[1]).group(1))
     yield port
@@ -264,6 +264,27 @@ def test_the_item_page_shows_each_photo_with_its_quality_measures(browser, serve
     assert status == 200 and [photo["image_path"] for photo in item["photos"]] == ["dvd003_canon.jpg",
                                                                                   "dvd003_reference.jpg"]
     assert item["lot"]["title"] == "Case three" and item["photos"][0]["measures"]["width"] > 0
+
+
+@pytest.mark.shared
+def test_the_json_api_answers_what_the_pages_show(server):
+    status, body = _get(server, "/api/search?q=dvd003_canon.jpg&k=3&verify=3")
+    found = json.loads(body)
+    assert status == 200 and found["query"]["image_path"] == "dvd003_canon.jpg"
+    first = found["hits"][0]
+    assert (first["image_path"], first["verdict"], first["verified"]) == ("dvd003_reference.jpg", "same_object", True)
+    assert first["lot"] == {"price": 60, "sale": "2025-03 Spring", "title": "Case three"} and first["inliers"] > 20
+    status, body = _get(server, "/api/pair?q=dvd003_canon.jpg&b=dvd003_reference.jpg")
+    pair = json.loads(body)
+    assert len(pair["points_a"]) == len(pair["points_b"]) == pair["inliers"]
+    unverified = json.loads(_get(server, "/api/search?q=dvd003&k=2")[1])["hits"]  # an item id: its first photo
+    assert [hit["verified"] for hit in unverified] == [False, False]
+    status, body = _get(server, "/api/verify?q=dvd003&b=" + unverified[0]["image_path"])
+    assert status == 200 and json.loads(body)["verified"] is True
+    assert _get(server, "/api/search?q=no_such_lot")[0] == 404
+    assert _get(server, "/api/search?q=dvd003&k=0")[0] == 400
+    endpoints = json.loads(_get(server, "/api")[1])["endpoints"]
+    assert "POST /api/decisions (JSON: image_a, image_b, decision, source)" in endpoints
 
 
 # -- safety ------------------------------------------------------------------------------------------------------

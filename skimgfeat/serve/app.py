@@ -460,8 +460,8 @@ def _record(state: ServeApp, pairs, decision, source) -> list[dict]:
         raise HTTPException(400, f"decision must be {SAME!r} or {NOT_SAME!r}, got {decision!r}")
     recorded = []
     for a, b in pairs:
-        if not isinstance(a, str) or not isinstance(b, str) or a not in state.source.index and \
-                not _in_report(state, a) or b not in state.source.index:
+        known_a = isinstance(a, str) and (a in state.source.index or _in_report(state, a))
+        if not known_a or not isinstance(b, str) or b not in state.source.index:
             raise HTTPException(400, f"({a!r}, {b!r}) is not a pair of the archive's photos")
         try:
             recorded.append(state.source.decisions.record(a, b, decision, source=str(source or "")))

@@ -119,9 +119,8 @@ class Searcher:
         index = self.source.index
         if name not in index:
             raise KeyError(f"{name!r} is not a photo of the archive")
-        vector = self._vector(query)
-        distance = float(1.0 - np.dot(vector, index.vector(name)) / (np.linalg.norm(vector) *
-                                                                      np.linalg.norm(index.vector(name))))
+        vector, stored = self._vector(query), index.vector(name)
+        distance = float(1.0 - np.dot(vector, stored) / (np.linalg.norm(vector) * np.linalg.norm(stored)))
         hit = Hit(0, name, self.source.item_of(name), round(distance, 6), SIMILAR, False, lot=self.source.lot_of(name))
         self._judge(query, hit)
         return hit

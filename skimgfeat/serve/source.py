@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class ArchiveSource:
     lots: pd.DataFrame | None = None
     report: pd.DataFrame | None = None
     weights: str | None = None
+    item_rule: Callable[[str], str] = item_id_from_name
     _embedder: object = field(default=None, repr=False)
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _photos_of_item: dict | None = field(default=None, repr=False)
@@ -84,8 +86,8 @@ class ArchiveSource:
         return ObjectMatcher(self.index, self.local_features, hashes=self.hashes)
 
     def item_of(self, name: str) -> str:
-        """The item id of an archived photo (the lot table's key)."""
-        return item_id_from_name(name)
+        """The item id of an archived photo (the lot table's key), by the archive's item rule."""
+        return self.item_rule(name)
 
     def photos_of(self, item_id: str) -> list[str]:
         """The archived photos of an item, in photo-number order."""
@@ -188,8 +190,10 @@ def read_lots(path: str | os.PathLike) -> pd.DataFrame:
     return table.assign(**{ITEM_ID: table[ITEM_ID].astype(str)}).set_index(ITEM_ID)
 
 
-# The column pairs an intake report may name its two photos with: ours, duplicates --against, match.
-_REPORT_PAIRS = (("image_a", "image_b"), ("image_path", "duplicate_of"), ("query", IMAGE_PATH))
+# The column pairs an intake report may name its two photos with: duplicates --pairs, duplicates --against,
+# match, and the archive's intake report (image_path of the new photo, its match in the archive).
+_REPORT_PAIRS = (("image_a", "image_b"), ("image_path", "duplicate_of"), ("query", IMAGE_PATH),
+                 (IMAGE_PATH, "match"))
 
 
 def read_report(path: str | os.PathLike) -> pd.DataFrame:
@@ -208,7 +212,7 @@ def read_report(path: str | os.PathLike) -> pd.DataFrame:
                          "image_a,image_b (duplicates --pairs) or query,image_path (match)")
     table = table.rename(columns=dict(zip(columns, ("image_a", "image_b"))))
     if "verdict" in table.columns:
-        table = table[~table["verdict"].isin(["different", "unreadable"])]
+        table = table[table["verdict"].isin(["copy", "same_object"]) & (table["image_b"].astype(str) != "")]
     else:
         table = table.assign(verdict="copy")
     return table.reset_index(drop=True)
