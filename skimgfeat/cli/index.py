@@ -62,7 +62,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the index and save it as the first generation."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     started = time.perf_counter()
     with usage_errors():  # a missing or foreign table, a non-empty foreign output folder
@@ -74,7 +74,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     """Add rows and save a new generation."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     started = time.perf_counter()
     with usage_errors():  # a broken index, a table of another model or key, rows already indexed

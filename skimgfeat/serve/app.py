@@ -28,8 +28,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..exceptions import ImageLoadError
+from ..plotting.match_sheet import match_sheet
+from ..quality.measures import QUALITY_FEATURES, measure_quality
 from ..storage.decisions import DECISIONS, NOT_SAME, SAME
-from ..uses.quality import QUALITY_FEATURES, measure_quality
 from .files import (
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOAD_PIXELS,
@@ -224,8 +225,6 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
                                            "image_query": urlencode(_query_params(query) | {"b": name})})
 
     def pair_png(request: Request) -> Response:
-        from ..uses.object_match import match_sheet
-
         query = state.query_of(request.query_params)
         name = request.query_params.get("b", "")
         if name not in state.source.index or state.source.matcher is None:

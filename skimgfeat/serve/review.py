@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..matching.copy_check import COPY
+from ..matching.duplicates import duplicate_groups, duplicate_pairs
 from ..storage.decisions import NOT_SAME, SAME, honour_decisions, pair_key
-from ..uses.copy_check import COPY
-from ..uses.duplicates import duplicate_groups, duplicate_pairs
 from .source import ArchiveSource
 
 

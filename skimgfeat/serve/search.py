@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ImageLoadError
+from ..matching.copy_check import COPY, COPY_THRESHOLD, copy_distance, hash_photo
+from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE
+from ..matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
+from ..matching.object_match import SAME_OBJECT
+from ..matching.verification import PairVerification, is_same_object, verify_pair
 from ..storage.decisions import NOT_SAME, pair_key
-from ..uses.copy_check import COPY, COPY_THRESHOLD, copy_distance, hash_photo
-from ..uses.duplicates import DEFAULT_CANDIDATE_DISTANCE
-from ..uses.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
-from ..uses.object_match import SAME_OBJECT
-from ..uses.verification import PairVerification, is_same_object, verify_pair
 from .source import ArchiveSource
 
 SIMILAR = "similar"

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..aggregation import ITEM_ID, image_number, item_id_from_name
+from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+from ..matching.object_match import ObjectMatcher
+from ..model_info import fitted_embedder_from_model_info
+from ..schema import IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
+from ..search.similarity import SimilarityIndex
 from ..storage.decisions import DecisionStore, decisions_file_of
 from ..storage.io import read_table
-from ..uses.copy_check import HASHES_FILE, PhotoHashes
-from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
-from ..uses.object_match import ObjectMatcher
-from ..uses.similarity import IMAGE_PATH, SimilarityIndex
 
 TABLE_NAMES = ("image_features_raw.parquet", "image_features_raw.csv")
 # Lot columns shown under a result at most (the lot table may have many).
@@ -124,8 +125,6 @@ class ArchiveSource:
 
     def embedder(self):
         """The fitted network that made the archive's features, built once (thread-safe)."""
-        from ..model_info import fitted_embedder_from_model_info
-
         with self._embedder_lock:
             if self._embedder is None:
                 self._embedder = fitted_embedder_from_model_info(self.index.model_info, self.weights)

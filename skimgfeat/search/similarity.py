@@ -6,7 +6,7 @@ keyed by ``item_id``) and answers which rows are nearest to a query
 (:meth:`SimilarityIndex.search`, :func:`similar_items`), which rows lie within a
 distance (:meth:`SimilarityIndex.range_search`) and which pairs of rows are
 near-copies (:meth:`SimilarityIndex.neighbour_pairs`, used by
-:func:`skimgfeat.uses.duplicates.find_duplicates`). Small tables are searched exactly
+:func:`skimgfeat.matching.duplicates.find_duplicates`). Small tables are searched exactly
 in memory; :meth:`SimilarityIndex.build` makes a FAISS inverted-file index for
 millions of rows, which :meth:`SimilarityIndex.save` keeps in an index directory that
 :meth:`SimilarityIndex.load` opens without the feature table and
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregation import ITEM_ID, ItemAggregator, image_number, item_id_from_name
+from ..aggregation import ItemAggregator
+from ..embedder import fitted_embedder_from_model_info
 from ..exceptions import IndexDirectoryError, ModelMismatchError
-from ..model_info import fitted_embedder_from_model_info, model_mismatch
-from ..storage.io import BATCH_ROWS, FeatureBatch, FeatureTableReader
-from ..storage.output import FEATURE_PREFIX
+from ..schema import FEATURE_PREFIX, IMAGE_NAME, IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
+from ..storage.io import BATCH_ROWS, FeatureBatch, FeatureTableReader, model_mismatch
 from ..storage.vector_index import (
     EXACT_MAX_ROWS,
     ROWS_FILE,
@@ -38,8 +38,6 @@ from ..storage.vector_index import (
     write_generation,
 )
 
-IMAGE_PATH = "image_path"
-IMAGE_NAME = "image_name"
 KEY_COLUMNS = (IMAGE_PATH, ITEM_ID)
 SEARCH_COLUMNS = ("query", "rank", "distance")
 class SimilarityIndex:
@@ -80,7 +78,7 @@ class SimilarityIndex:
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.uses.similarity import SimilarityIndex
+    >>> from skimgfeat.search.similarity import SimilarityIndex
     >>> index = SimilarityIndex(["a.jpg", "b.jpg", "c.jpg"], np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
     >>> index.similar(["a.jpg"], k=2)
        query  rank image_path  distance
@@ -672,7 +670,7 @@ def similar_items(
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.uses.similarity import SimilarityIndex, similar_items
+    >>> from skimgfeat.search.similarity import SimilarityIndex, similar_items
     >>> index = SimilarityIndex(["7", "8", "9"], np.eye(3)[[0, 0, 1]] + 0.1, key="item_id")
     >>> similar_items(index, ["7"], k=1)
       query  rank item_id  distance
