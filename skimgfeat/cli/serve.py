@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import secrets
@@ -47,6 +48,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--token", default=None,
                        help="a secret every request must carry (?token=, Authorization: Bearer, or the cookie the "
                             "first ?token= sets); required for a host other than 127.0.0.1; 'generate' makes one")
+    serve.add_argument("-k", type=positive_int, default=12,
+                       help="photos per search; an upload's are all verified, about 16 ms of CPU each (default: "
+                            "%(default)s)")
     serve.add_argument("--max-upload-mb", type=positive_int, default=25, metavar="MB",
                        help="largest upload taken, in megabytes (default: %(default)s)")
     serve.add_argument("--max-upload-megapixels", type=positive_int, default=40, metavar="MP",
@@ -63,21 +67,21 @@ def run_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not token:
         raise UsageError(f"--host {args.host} opens the archive to other machines: give --token SECRET (or "
                          "--token generate)")
-    try:
-        import uvicorn
+    for module in ("uvicorn", "starlette", "jinja2", "multipart"):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"serve needs the serve extra ({module} is missing): pip install 'skimgfeat[serve]'")
+    import uvicorn
 
-        from ..serve.app import ServeApp, create_app
-        from ..serve.source import open_source
-    except ImportError as missing:
-        raise UsageError(f"serve needs the serve extra ({missing.name} is missing): "
-                         "pip install 'skimgfeat[serve]'") from None
+    from ..serve.app import ServeApp, create_app
+    from ..serve.source import open_source
+
     with usage_errors():
         source = open_source(args.archive, image_dir=args.image_dir, lots=args.lots, report=args.report,
                              weights=weights_from_env(args.weights))
     if source.index.model_info:  # the network for uploads, built while the server starts (not by the first upload)
         threading.Thread(target=_warm, args=(source,), daemon=True, name="skimgfeat-warm-up").start()
     state = ServeApp(source, cache_dir=args.cache_dir, max_upload_bytes=args.max_upload_mb * 2**20,
-                     max_upload_pixels=args.max_upload_megapixels * 1_000_000)
+                     max_upload_pixels=args.max_upload_megapixels * 1_000_000, k=args.k)
     config = uvicorn.Config(create_app(state, token=token), host=args.host, port=args.port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)

@@ -71,8 +71,10 @@ class ServeApp:
     """The state behind the pages: the archive, searches, review, uploads and thumbnails."""
 
     def __init__(self, source: ArchiveSource, *, cache_dir: Path | None = None,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS):
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+                 k: int = DEFAULT_K):
         self.source = source
+        self.k = k  # results per search (all verified for an upload: about 16 ms of CPU each)
         self.searcher = Searcher(source)
         self.review = Review(source)
         if cache_dir is None:
@@ -168,7 +170,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
     # -- search -------------------------------------------------------------------------
 
     def home(request: Request) -> Response:
-        return page(request, "search.html", {"query": None, "hits": [], "k": DEFAULT_K})
+        return page(request, "search.html", {"query": None, "hits": [], "k": state.k})
 
     def search_by_name(request: Request) -> Response:
         params = request.query_params
@@ -177,7 +179,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
                 raise HTTPException(400, "give q=NAME (an image_path, file name or item id)")
             return home(request)
         query = state.query_of(params)
-        k = _bounded_int(params.get("k"), DEFAULT_K, 1, MAX_K, "k")
+        k = _bounded_int(params.get("k"), state.k, 1, MAX_K, "k")
         verify = _bounded_int(params.get("verify"), 0, 0, MAX_K, "verify")
         hits = state.searcher.search(query, k, verify=verify)
         if wants_json(request):
@@ -191,7 +193,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
         except (UploadRefused, ImageLoadError) as refused:
             if wants_json(request):
                 return JSONResponse({"error": str(refused)}, status_code=400)
-            return page(request, "search.html", {"query": None, "hits": [], "k": DEFAULT_K,
+            return page(request, "search.html", {"query": None, "hits": [], "k": state.k,
                                                  "error": str(refused)}, status_code=400)
         if wants_json(request):
             return JSONResponse({"query": _query_dict(query), "k": k, "hits": [hit.as_dict() for hit in hits]})
@@ -449,7 +451,7 @@ async def _uploaded_query(request: Request, state: ServeApp) -> tuple[Query, int
     if upload is None or isinstance(upload, str):
         raise UploadRefused("no photo in the upload: send it as the form field 'photo'")
     data = await upload.read(limit + 1)
-    k = _bounded_int(form.get("k"), DEFAULT_K, 1, MAX_K, "k")
+    k = _bounded_int(form.get("k"), state.k, 1, MAX_K, "k")
     upload_id, path = await run_in_threadpool(state.uploads.take, data, upload.filename or "")
     return Query(label=upload.filename or "uploaded photo", upload_id=upload_id, file=path), k
 

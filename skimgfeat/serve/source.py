@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..embedder import fitted_embedder_from_model_info
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
 from ..matching.object_match import ObjectMatcher
-from ..model_info import fitted_embedder_from_model_info
 from ..schema import IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
 from ..search.similarity import SimilarityIndex
 from ..storage.decisions import DecisionStore, decisions_file_of
