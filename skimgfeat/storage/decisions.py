@@ -163,16 +163,19 @@ class DecisionStore:
         elif not self.path.is_file():
             raise FileNotFoundError(f"decisions file {os.fspath(self.path)!r} does not exist")
         try:
-            connection = sqlite3.connect(self.path, timeout=_BUSY_SECONDS)
+            if create or os.access(self.path.parent, os.W_OK):
+                connection = sqlite3.connect(self.path, timeout=_BUSY_SECONDS)
+            else:  # a read-only archive: no -wal/-shm files can be made beside it, and no writer is there
+                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         except sqlite3.Error as error:
             raise ValueError(f"{os.fspath(self.path)!r} cannot be opened as a decisions file: {error}") from error
         with closing(connection):
             try:
-                # WAL: a commit appends to the log and is durable once synced (synchronous=FULL);
-                # a crash mid-write leaves the earlier commits whole.
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=FULL")
                 if create:
+                    # WAL (kept by the file): a commit appends to the log and is durable once synced
+                    # (synchronous=FULL); a crash mid-write leaves the earlier commits whole.
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=FULL")
                     connection.executescript(_SCHEMA)
                 yield connection
             except sqlite3.DatabaseError as error:
