@@ -1,11 +1,12 @@
 """The screenshots of docs/serve.md: each view of ``skimgfeat serve``, taken with headless Chromium.
 
-Builds a small archive of DVD-case photos from ../shared/images/objects (catalogue
-photos and some phone photos, one re-encoded copy), extracts it with
-``skimgfeat extract --hashes --local-features``, writes a lot table and an intake report
-(``skimgfeat match`` of a consignor's phone photo), serves it on 127.0.0.1 and saves one
-PNG per view in docs/_static/. Needs chromium and chromedriver (Debian packages) and
-selenium (the test extra).
+Builds a small archive from the Grocery Store Dataset in ../shared (MIT licence, Klasson et
+al. 2019): the web-shop ("iconic") photo of twelve packaged products as the catalogue photo
+of a lot, a shop photo beside some of them, one re-encoded copy; extracts it with
+``skimgfeat extract --hashes --local-features``; writes a lot table and an intake report
+(``skimgfeat match`` of a new shop photo); serves it on 127.0.0.1 and saves one PNG per
+view in docs/_static/. Needs chromium and chromedriver (Debian packages) and selenium
+(the test extra).
 
     python docs/serve_screenshots.py
 """
@@ -23,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", ROOT.parent / "shared"))
-OBJECTS = SHARED / "images" / "objects"
 STATIC = ROOT / "docs" / "_static"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
@@ -34,30 +34,45 @@ def skimgfeat(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "skimgfeat", *map(str, args)], check=True, env=env, **kwargs)
 
 
+GROCERY = SHARED / "images" / "grocery"
+PRODUCTS = ("Arla-Sour-Cream", "Arla-Mild-Vanilla-Yoghurt", "Arla-Lactose-Medium-Fat-Milk",
+            "Arla-Natural-Mild-Low-Fat-Yoghurt", "Arla-Ecological-Sour-Cream", "Alpro-Fresh-Soy-Milk",
+            "Arla-Natural-Yoghurt", "Oatly-Natural-Oatghurt", "Tropicana-Apple-Juice", "Bravo-Orange-Juice",
+            "Yoggi-Strawberry-Yoghurt", "Valio-Vanilla-Yoghurt")
+
+
+def shop_photos(product: str) -> list[Path]:
+    return sorted(GROCERY.glob(f"train/*/*/{product}/*.jpg"))
+
+
 def build(folder: Path) -> tuple[Path, Path, Path]:
-    photos = folder / "photos"
-    photos.mkdir()
-    for number in range(1, 13):
-        for kind in ("reference", "canon") if number <= 6 else ("reference",):
-            shutil.copy(OBJECTS / f"dvd{number:03d}_{kind}.jpg", photos / f"dvd{number:03d}_{kind}.jpg")
+    import csv
+
     from PIL import Image
 
-    with Image.open(OBJECTS / "dvd004_reference.jpg") as image:
-        image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(photos / "dvd004_2.jpg",
+    iconic = {row[0]: GROCERY / row[4].lstrip("/") for row in list(csv.reader(open(GROCERY / "classes.csv")))[1:]}
+    photos = folder / "photos"
+    photos.mkdir()
+    for number, product in enumerate(PRODUCTS, start=101):
+        shutil.copy(iconic[product], photos / f"lot{number}_1.jpg")
+        if number <= 106:
+            shutil.copy(shop_photos(product)[1], photos / f"lot{number}_2.jpg")
+    with Image.open(iconic[PRODUCTS[2]]) as image:  # a dealer's re-encoded copy of lot 103's catalogue photo
+        image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(photos / "lot113_1.jpg",
                                                                                          quality=70)
     skimgfeat("extract", photos, "-o", folder / "features", "--pattern", "*.jpg", "--hashes", "--local-features",
               "--aggregate", "none", "-q")
     lots = folder / "lots.csv"
     rows = ["item_id,price,sale,date,title"] + [
-        f"dvd{n:03d},{40 + 7 * n},{'Autumn' if n % 2 else 'Spring'} sale,2025-{n:02d}-15,DVD case {n}"
-        for n in range(1, 13)]
+        f"lot{number},{12 + 3 * (number - 100)},{'Autumn' if number % 2 else 'Spring'} sale,2025-{number - 100:02d}-15,"
+        f"{product.replace('-', ' ')}" for number, product in enumerate(PRODUCTS, start=101)]
     lots.write_text("\n".join(rows) + "\n")
     new = folder / "today" / "consignor_17.jpg"
     new.parent.mkdir()
-    shutil.copy(OBJECTS / "dvd002_e63.jpg", new)
+    shutil.copy(shop_photos(PRODUCTS[4])[5], new)
     report = folder / "report.csv"
     with open(report, "w") as out:
-        skimgfeat("match", new, "--against", folder / "features", "-k", "5", stdout=out)
+        skimgfeat("match", new, "--against", folder / "features", "-k", "12", stdout=out)
     return folder / "features", lots, report
 
 
@@ -87,20 +102,18 @@ def main() -> None:
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
             driver.get(base + "/")
-            driver.find_element(By.NAME, "photo").send_keys(str(OBJECTS / "dvd003_palm.jpg"))
+            driver.find_element(By.NAME, "photo").send_keys(str(shop_photos(PRODUCTS[0])[3]))
             driver.find_element(By.ID, "upload-form").submit()
             WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "results"))
-            shots = {"serve-search-upload.png": None}
             _shot(driver, STATIC / "serve-search-upload.png")
-            for name, path in (("serve-search-name.png", "/search?q=dvd004_reference.jpg"),
-                               ("serve-pair.png", "/pair?q=dvd001_canon.jpg&b=dvd001_reference.jpg"),
+            for name, path in (("serve-search-name.png", "/search?q=lot103_1.jpg"),
+                               ("serve-pair.png", "/pair?q=lot102_2.jpg&b=lot102_1.jpg"),
                                ("serve-review-duplicates.png", "/review/duplicates"),
                                ("serve-review-intake.png", "/review/intake"),
-                               ("serve-item.png", "/item/dvd005")):
+                               ("serve-item.png", "/item/lot101")):
                 driver.get(base + path)
                 time.sleep(2)  # thumbnails, and the tiles the page verifies
                 _shot(driver, STATIC / name)
-                shots[name] = path
             driver.get(base + "/review/duplicates")
             driver.find_element(By.ID, "group-not-same").click()
             driver.get(base + "/decisions")
@@ -115,7 +128,7 @@ def main() -> None:
 
 def _shot(driver, path: Path) -> None:
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(height + 20, 600), 1600))
+    driver.set_window_size(1280, min(max(height + 20, 600), 2400))
     driver.save_screenshot(str(path))
 
 

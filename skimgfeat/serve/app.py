@@ -160,6 +160,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
 
     def page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
         context = {"archive": state.source.path.name, "n_photos": len(state.source.index),
+                   "example_name": str(state.source.index.names[0]) if len(state.source.index) else "",
                    "has_report": state.source.report is not None,
                    "has_local_features": state.source.local_features is not None, **context}
         return templates.TemplateResponse(request, name, context, status_code=status_code)
