@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 from _launcher import run_cli
 
-from skimgfeat.storage.tables import image_suffixes, list_images
+from skimgfeat.feature_tables import image_suffixes, list_images
 
 
 def test_extract_without_a_pattern_reads_every_image_type_in_any_case(synthetic_photos, tmp_path):

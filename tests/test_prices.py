@@ -29,7 +29,7 @@ from skimgfeat import (
     RaggedPhotos,
     VisualComparables,
 )
-from skimgfeat.uses.stacking import fold_splitter
+from skimgfeat.tabular.stacking import fold_splitter
 
 HOUSES = SHARED / "images" / "houses"
 ROOMS = ("bathroom", "bedroom", "frontal", "kitchen")

@@ -21,8 +21,8 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``duplicates``."""
-    from ..uses.copy_check import COPY_THRESHOLD, HASHES_FILE
-    from ..uses.duplicates import DEFAULT_CANDIDATE_DISTANCE, DEFAULT_DUPLICATE_THRESHOLD
+    from ..matching.copy_check import COPY_THRESHOLD, HASHES_FILE
+    from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, DEFAULT_DUPLICATE_THRESHOLD
 
     duplicates = add_command(
         commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
@@ -97,7 +97,7 @@ def run_duplicates(args: argparse.Namespace) -> int:
 
 
 def _group_table(args: argparse.Namespace, archive: Path) -> int:
-    from ..uses.duplicates import duplicate_groups, duplicate_pairs
+    from ..matching.duplicates import duplicate_groups, duplicate_pairs
 
     with usage_errors():  # a missing or foreign table or index, a threshold out of range, a foreign hashes file
         index = _read_index(archive, args.image_dir)
@@ -105,6 +105,7 @@ def _group_table(args: argparse.Namespace, archive: Path) -> int:
         pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
                                 copy_threshold=args.copy_threshold)
         pairs = _same_object_verdicts(args, archive, pairs)
+        pairs = _honour_decisions(pairs, archive)
     groups = duplicate_groups(pairs, key=index.key, order=index.names)
     groups.to_csv(sys.stdout, index=False)
     _report(args, pairs)
@@ -117,8 +118,8 @@ def _against_archive(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from ..uses.copy_check import COPY, UNREADABLE
-    from ..uses.duplicates import find_copies_against
+    from ..matching.copy_check import COPY, UNREADABLE
+    from ..matching.duplicates import find_copies_against
 
     with usage_errors():
         index = _read_index(args.against, args.image_dir)
@@ -131,9 +132,11 @@ def _against_archive(args: argparse.Namespace) -> int:
         pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
                                                 "copy_score": np.nan, "verdict": UNREADABLE,
                                                 "reason": list(failed.values())})], ignore_index=True)
+    pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
     found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
+    decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
+    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
@@ -150,7 +153,7 @@ def _against_archive(args: argparse.Namespace) -> int:
 
 def _read_index(path: Path, image_dir: Path | None):
     """A feature table's exact index, or an index directory (its photos under ``image_dir`` when given)."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     if not path.is_dir():
         return SimilarityIndex.read(path, image_dir=image_dir)
@@ -162,8 +165,8 @@ def _read_index(path: Path, image_dir: Path | None):
 
 def _same_object_verdicts(args: argparse.Namespace, archive: Path, pairs):
     """Re-photographed objects told apart from other look-alikes, where the local features are at hand."""
-    from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
-    from ..uses.object_match import add_same_object_verdicts
+    from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+    from ..matching.object_match import add_same_object_verdicts
 
     folder = args.local_features
     if folder is None:
@@ -174,15 +177,23 @@ def _same_object_verdicts(args: argparse.Namespace, archive: Path, pairs):
     return add_same_object_verdicts(pairs, LocalFeatureStore(folder))
 
 
+def _honour_decisions(pairs, archive: Path):
+    """The reviewers' decisions (``skimgfeat serve``): pairs judged not the same dropped, the same ones kept."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    return honour_decisions(pairs, DecisionStore.of(archive), same_verdict=COPY, found=COPY)
+
+
 def _hashes_beside(archive: Path) -> Path:
-    from ..uses.copy_check import HASHES_FILE
+    from ..matching.copy_check import HASHES_FILE
 
     return (archive if archive.is_dir() else archive.parent) / HASHES_FILE
 
 
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
     """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
-    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+    from ..matching.copy_check import HASHES_FILE, PhotoHashes
 
     if args.no_copy_check:
         return False
@@ -205,7 +216,7 @@ def _new_photos(args: argparse.Namespace, index):
     import numpy as np
 
     from .. import embedder_from_model_info
-    from ..uses.copy_check import PhotoHashes
+    from ..matching.copy_check import PhotoHashes
 
     names, vectors, photos, hashes, failed = [], [], [], None, {}
     files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
@@ -241,8 +252,8 @@ def _reason(error) -> str:
 
 
 def _report(args: argparse.Namespace, pairs) -> None:
+    from ..matching.copy_check import COPY, DIFFERENT, UNREADABLE
     from ..storage.io import write_table
-    from ..uses.copy_check import COPY, DIFFERENT, UNREADABLE
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
@@ -272,8 +283,8 @@ def _group_sheet_rows(groups, pairs, key: str):
 
 
 def _draw(path: Path, rows, index) -> None:
+    from ..plotting.contact_sheet import contact_sheet
     from ..storage.io import atomic_path
-    from ..uses.contact_sheet import contact_sheet
 
     with atomic_path(path) as temporary:
         contact_sheet(rows, index).save(temporary, format="PNG")

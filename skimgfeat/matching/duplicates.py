@@ -4,7 +4,7 @@ Two stages. The CNN features propose *candidate* pairs: rows within a generous c
 distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair search
 (:meth:`SimilarityIndex.neighbour_pairs`, :meth:`SimilarityIndex.range_search`: exact
 in memory, or a FAISS index directory).
-The copy check (:mod:`skimgfeat.uses.copy_check`) then compares the photos' perceptual
+The copy check (:mod:`skimgfeat.matching.copy_check`) then compares the photos' perceptual
 hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same shelf
 moments later does not, although both sit as close in feature space. Only pairs passing
 both are duplicates. Without the copy check, one feature threshold decides
@@ -23,7 +23,7 @@ import pandas as pd
 from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, N_HASHES, UNREADABLE, PhotoHashes, copy_distance
 
 if TYPE_CHECKING:  # the index arrives built: importing it here would import torch for `skimgfeat --help`
-    from .similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.1

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
+from ..schema import ERROR, IMAGE_PATH
 
 # Chosen by benchmarks/duplicate_threshold.py (see benchmarks/README.md): copies and re-shoots of real photos.
 COPY_THRESHOLD = 8
@@ -39,8 +40,6 @@ DIFFERENT = "different"
 UNREADABLE = "unreadable"
 
 _HASH_COLUMNS = [f"phash_{i}" for i in range(N_HASHES)]
-_IMAGE_PATH = "image_path"
-_ERROR = "error"
 # Hashes look at a 32 x 32 grey picture: decoding past 128 pixels buys nothing.
 _DECODE_SIZE = (128, 128)
 
@@ -220,8 +219,8 @@ class PhotoHashes:
         from ..storage.io import write_table
 
         table = pd.DataFrame(self.hashes.view(np.int64), columns=_HASH_COLUMNS)
-        table.insert(0, _ERROR, self.errors)
-        table.insert(0, _IMAGE_PATH, self.names)
+        table.insert(0, ERROR, self.errors)
+        table.insert(0, IMAGE_PATH, self.names)
         return write_table(table, Path(path))
 
     @classmethod
@@ -231,11 +230,11 @@ class PhotoHashes:
         if not path.is_file():
             raise FileNotFoundError(f"hashes file {os.fspath(path)!r} does not exist")
         table = pd.read_parquet(path)
-        missing = [column for column in (_IMAGE_PATH, _ERROR, *_HASH_COLUMNS) if column not in table.columns]
+        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in table.columns]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file: no column {missing[0]!r}")
         hashes = table[_HASH_COLUMNS].to_numpy(dtype=np.int64).view(np.uint64)
-        return cls(table[_IMAGE_PATH].astype(str), hashes, table[_ERROR].fillna("").astype(str))
+        return cls(table[IMAGE_PATH].astype(str), hashes, table[ERROR].fillna("").astype(str))
 
 
 def _hash_or_reason(photo) -> np.ndarray | str:
