@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..engine.ragged import RaggedPhotos, is_ragged
-from .stacking import fold_splitter
+from .stacking import fold_indices, fold_splitter
 
 # Below this cosine distance a neighbour is the same picture: it gets all the weight.
 SAME_PICTURE = 1e-6
@@ -115,13 +115,16 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self.algorithm = algorithm
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y) -> VisualComparables:
+    def fit(self, X, y, groups=None) -> VisualComparables:
         """Keep the training rows' feature directions and targets.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, n_photos, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : ignored
+            Accepted so that ``fit`` and ``fit_transform`` take the same arguments:
+            only ``fit_transform``'s folds use them.
 
         Returns
         -------
@@ -134,13 +137,20 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self._index = None
         return self
 
-    def fit_transform(self, X, y) -> np.ndarray:
+    def fit_transform(self, X, y, groups=None) -> np.ndarray:
         """Out-of-fold comparables of the training rows; also keep all rows for ``transform``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, n_photos, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
 
         Returns
         -------
@@ -151,8 +161,9 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self.fit(X, y)
         directions, targets = self._training_rows(X, y)
         out = np.full((len(directions), targets.shape[1]), np.nan)
-        splitter = fold_splitter(self.cv, targets, shuffle=self.shuffle, random_state=self.random_state)
-        for train, test in splitter.split(directions, targets):
+        splitter = fold_splitter(self.cv, targets, shuffle=self.shuffle, random_state=self.random_state,
+                                 groups=groups)
+        for train, test in fold_indices(splitter, directions, targets, groups):
             valid = train[~np.isnan(directions[train]).any(axis=1)]
             out[test] = self._comparables(directions[test], directions[valid], targets[valid])
         return out

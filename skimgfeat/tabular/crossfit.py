@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
 from ..engine.ragged import RaggedPhotos, is_ragged
-from .stacking import fold_splitter
+from .stacking import fold_indices, fold_splitter
 
 
 class CrossFittedTransformer(TransformerMixin, BaseEstimator):
@@ -92,13 +92,15 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None, **fit_params) -> CrossFittedTransformer:
+    def fit(self, X, y=None, groups=None, **fit_params) -> CrossFittedTransformer:
         """Fit one clone of the transformer on all rows (no out-of-fold outputs: one fit).
 
         Parameters
         ----------
         X : the transformer's input, indexable by rows
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : ignored
+            Only ``fit_transform``'s folds use them.
         **fit_params : dict
             Passed to the transformer's ``fit``.
 
@@ -111,13 +113,20 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_transform(self, X, y=None, **fit_params):
+    def fit_transform(self, X, y=None, groups=None, **fit_params):
         """Out-of-fold outputs of the training rows; also fit the final clone on all rows.
 
         Parameters
         ----------
         X : the transformer's input, indexable by rows
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
         **fit_params : dict
             Passed to the transformer's ``fit`` (per-row arrays are split with the rows).
 
@@ -132,11 +141,8 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
             X = np.asarray(X)  # array-likes that cannot be indexed by rows
         n_rows = _n_rows(X)
         positions, parts = [], []
-        folds = list(
-            fold_splitter(self.cv, y, shuffle=self.shuffle, random_state=self.random_state).split(
-                np.zeros((n_rows, 1)), y
-            )
-        )
+        splitter = fold_splitter(self.cv, y, shuffle=self.shuffle, random_state=self.random_state, groups=groups)
+        folds = fold_indices(splitter, np.zeros((n_rows, 1)), y, groups)
         covered = np.sort(np.concatenate([test for _, test in folds]))
         if not np.array_equal(covered, np.arange(n_rows)):
             raise ValueError("cv must put every row in exactly one test fold (a partition, as KFold does)")
