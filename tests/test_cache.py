@@ -16,7 +16,9 @@ from _launcher import run_cli
 from PIL import Image
 
 from skimgfeat import CNNImageEmbedder
+from skimgfeat.engine.backends import onnx_graph_key
 from skimgfeat.engine.embedding import embedder_cache
+from skimgfeat.storage.artifact_cache import parameters_sha256
 from skimgfeat.storage.cache import FeatureCache, cache_info, prune_cache
 from skimgfeat.storage.file_lock import LOCKS_AVAILABLE
 
@@ -88,6 +90,35 @@ def test_max_pixels_is_part_of_the_key(tmp_path, photo):
     small = _embedder(cache, on_error="nan", max_pixels=100)
     assert np.isnan(small.transform([photo])).all()  # refused from its header, not served from the cache
     assert [error.reason for error in small.errors_] == ["too many pixels"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # multi_scale taps other layers of the same parameters: another width
+        ({"multi_scale": 2, "backend": "eager"}, {"multi_scale": 3, "backend": "eager"}),
+        ({"multi_scale": 3, "backend": "eager"}, {"multi_scale": 2, "backend": "eager"}),
+        ({"resize_size": 64, "backend": "eager"}, {"resize_size": 80, "backend": "eager"}),
+        ({"interpolation": "bilinear", "backend": "eager"}, {"interpolation": "bicubic", "backend": "eager"}),
+    ],
+    ids=["multi_scale 2 then 3", "multi_scale 3 then 2", "resize", "interpolation"],
+)
+def test_embedders_that_differ_in_what_changes_the_features_never_share_entries(tmp_path, photo, first, second):
+    cache = tmp_path / "cache"
+    small = {"resize_size": 64, "crop_size": 64}
+    _embedder(cache, **{**small, **first}).transform([photo])
+    other = _embedder(cache, **{**small, **second})
+    features = other.transform([photo])
+    assert other.n_embedded_ == 1  # a miss: computed, not served from the first embedder's entry
+    np.testing.assert_array_equal(features, _embedder(**{**small, **second}).transform([photo]))
+
+
+def test_multi_scale_networks_over_the_same_parameters_never_share_a_prepared_graph():
+    # The ONNX graph is kept in the artifact cache under a key made from the parameters and the
+    # module's repr: the taps must be in it, or multi_scale=3 would run multi_scale=2's graph.
+    two, three = (_embedder(multi_scale=n, backend="eager") for n in (2, 3))
+    assert parameters_sha256(two.model_) == parameters_sha256(three.model_)
+    assert onnx_graph_key(two.model_, 224) != onnx_graph_key(three.model_, 224)
 
 
 def test_hits_are_counted_and_the_cache_can_be_seen_and_pruned(tmp_path, synthetic_photos):

@@ -32,6 +32,11 @@ class TorchvisionMultiScale(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.taps = list(taps)
 
+    def extra_repr(self) -> str:
+        # In the repr, hence in every key made from it (the ONNX graph's artifact-cache name):
+        # two taps over the same parameters are two networks.
+        return f"taps={self.taps}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = []
         for index, block in enumerate(self.blocks):
@@ -48,6 +53,9 @@ class TimmMultiScale(nn.Module):
         super().__init__()
         self.model = model
         self.n_stages = n_stages
+
+    def extra_repr(self) -> str:
+        return f"n_stages={self.n_stages}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final, intermediates = self.model.forward_intermediates(x, indices=self.n_stages, output_fmt="NCHW")

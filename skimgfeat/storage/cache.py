@@ -49,7 +49,8 @@ ENTRY_SUFFIX = ".npy"
 LOCK_SUFFIX = ".lock"
 # Part of every namespace: entries of an older key scheme are never read.
 # 3: the decoder (decode_device) is part of the namespace.
-KEY_SCHEME = "3"
+# 4: the network's output (feature width, multi-scale stages) is part of it.
+KEY_SCHEME = "4"
 # Cache entries locked per claim: bounds the open lock files of one call.
 CLAIM_CHUNK = 256
 # How long to wait for another process computing an entry before computing it here.
@@ -64,7 +65,8 @@ def feature_namespace(model_info: dict, *, max_pixels: int, decode_device: str |
     """Everything that changes a feature vector besides the image file: the cache namespace.
 
     ``model_info`` is a fitted embedder's ``model_info_`` (parameters sha256,
-    preprocessing, precision, int8 calibration); ``max_pixels`` the effective pixel
+    preprocessing, precision, int8 calibration, the output's width and multi-scale
+    stages: ``multi_scale`` taps other layers of the same parameters); ``max_pixels`` the effective pixel
     limit; ``decode_device`` None for the exact Pillow decoder, else the device that
     decodes JPEGs (not bit-exact, so never mixed with Pillow's vectors).
 
@@ -79,6 +81,8 @@ def feature_namespace(model_info: dict, *, max_pixels: int, decode_device: str |
         model_info["precision"],
         f"max_pixels={max_pixels}",
         f"decoder={'pillow' if decode_device is None else decode_device}",
+        f"n_features={model_info.get('n_features')}",
+        f"stages={model_info.get('multi_scale')!r}",
     ]
     if "calibration" in model_info:
         parts.append(model_info["calibration"]["pixels_sha256"])
