@@ -250,6 +250,8 @@ def test_an_intake_finding_marked_not_the_same_is_no_longer_reported_by_match(br
     browser.open("/review/intake")
     assert "day2/consignor_1.jpg" in browser.text() and "day1/dvd001_reference.jpg" in browser.text()
     assert "Case one" in browser.text()  # the archived photo's lot
+    assert browser.driver.find_element("id", "finding-pair").get_attribute("href").endswith(
+        "/pair?q=day2%2Fconsignor_1.jpg&b=day1%2Fdvd001_reference.jpg")
     browser.click('#finding button[value="not_same"]')
     assert "day2/consignor_1.jpg" not in browser.text()
     again = run_cli("match", "day2/consignor_1.jpg", "--against", folder, "-k", "5", env=env)
