@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,8 @@ def test_a_query_may_be_an_image_name_unless_two_rows_share_it():
         similar_items(SimilarityIndex.build(twice), [name])
     with pytest.raises(FileNotFoundError, match="image_name"):
         similar_items(index, ["nowhere.jpg"])
+    with pytest.raises(FileNotFoundError, match="is a folder: pass its photos"):
+        similar_items(index, [str(Path(__file__).parent)])
 
 
 def test_the_saved_index_answers_the_same_in_a_new_process(table_file, tmp_path):
