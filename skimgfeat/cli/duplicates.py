@@ -105,6 +105,7 @@ def _group_table(args: argparse.Namespace, archive: Path) -> int:
         pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
                                 copy_threshold=args.copy_threshold)
         pairs = _same_object_verdicts(args, archive, pairs)
+        pairs = _honour_decisions(pairs, archive)
     groups = duplicate_groups(pairs, key=index.key, order=index.names)
     groups.to_csv(sys.stdout, index=False)
     _report(args, pairs)
@@ -131,9 +132,11 @@ def _against_archive(args: argparse.Namespace) -> int:
         pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
                                                 "copy_score": np.nan, "verdict": UNREADABLE,
                                                 "reason": list(failed.values())})], ignore_index=True)
+    pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
     found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
+    decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
+    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
@@ -174,6 +177,14 @@ def _same_object_verdicts(args: argparse.Namespace, archive: Path, pairs):
     if folder is None or pairs.empty:
         return pairs
     return add_same_object_verdicts(pairs, LocalFeatureStore(folder))
+
+
+def _honour_decisions(pairs, archive: Path):
+    """The reviewers' decisions (``skimgfeat serve``): pairs judged not the same dropped, the same ones kept."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    return honour_decisions(pairs, DecisionStore.of(archive), same_verdict=COPY, found=COPY)
 
 
 def _hashes_beside(archive: Path) -> Path:
