@@ -8,7 +8,7 @@ x0.7-0.85 or x1.15-1.3), and all of these at once. Each grocery source also brin
 moments later (the hard negative of a shop catalogue: near-duplicate to the eye, not a
 copy). Further grocery photos without copies are distractors. Every photo is embedded
 with MobileNetV2 (the shared ImageNet weights) and hashed once
-(:class:`skimgfeat.uses.copy_check.PhotoHashes`); a pair is a true duplicate when both
+(:class:`skimgfeat.matching.copy_check.PhotoHashes`); a pair is a true duplicate when both
 photos come from one source.
 
 Two decisions are scored on the groups they form: the one-stage feature threshold
@@ -41,17 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from skimgfeat import CNNImageEmbedder  # noqa: E402
-from skimgfeat.storage.io import write_table  # noqa: E402
-from skimgfeat.storage.output import feature_names  # noqa: E402
-from skimgfeat.uses.copy_check import COPY, COPY_THRESHOLD, DIFFERENT, HASHES_FILE, PhotoHashes  # noqa: E402
-from skimgfeat.uses.duplicates import (  # noqa: E402
+from skimgfeat.matching.copy_check import COPY, COPY_THRESHOLD, DIFFERENT, HASHES_FILE, PhotoHashes  # noqa: E402
+from skimgfeat.matching.duplicates import (  # noqa: E402
     DEFAULT_CANDIDATE_DISTANCE,
     DEFAULT_DUPLICATE_THRESHOLD,
     duplicate_groups,
     duplicate_pairs,
     find_duplicates,
 )
-from skimgfeat.uses.similarity import SimilarityIndex  # noqa: E402
+from skimgfeat.schema import feature_names  # noqa: E402
+from skimgfeat.search.similarity import SimilarityIndex  # noqa: E402
+from skimgfeat.storage.io import write_table  # noqa: E402
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth"

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from skimgfeat.engine.image_loading import load_rgb_image
-from skimgfeat.uses.local_features import detect_local_features
+from skimgfeat.matching.local_features import detect_local_features
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -1,7 +1,7 @@
 """Object matching on ../shared/images/objects: cost and accuracy of local-feature verification.
 
-Measures, for the default settings of :mod:`skimgfeat.uses.local_features` and
-:mod:`skimgfeat.uses.verification` (or the ones given):
+Measures, for the default settings of :mod:`skimgfeat.matching.local_features` and
+:mod:`skimgfeat.matching.verification` (or the ones given):
 
 * **cost**: CPU time of the thread (so other programs do not inflate it), OpenCV on one
   thread: decode + local features (AKAZE) per photo, and verification per candidate pair;
@@ -10,7 +10,7 @@ Measures, for the default settings of :mod:`skimgfeat.uses.local_features` and
   show the same case), and the inlier counts of both kinds;
 * **retrieval**: each phone photo (200) queries the 249 other photos: the CNN shortlist
   of ``k`` (cosine distance on MobileNetV2 features from ../shared/weights) re-ranked by
-  verification, as :class:`skimgfeat.uses.object_match.ObjectMatcher` does; the share of
+  verification, as :class:`skimgfeat.matching.object_match.ObjectMatcher` does; the share of
   queries whose top verified match is their own object, and whose nearest photo by CNN
   alone is;
 * **same background**: the clean cover of one object and of another pasted at the
@@ -81,9 +81,9 @@ def main() -> None:
 
     import cv2
 
-    from skimgfeat.uses.local_features import detect_local_features
-    from skimgfeat.uses.object_match import DEFAULT_SHORTLIST
-    from skimgfeat.uses.verification import GUIDED_MIN_INLIERS, is_same_object
+    from skimgfeat.matching.local_features import detect_local_features
+    from skimgfeat.matching.object_match import DEFAULT_SHORTLIST
+    from skimgfeat.matching.verification import GUIDED_MIN_INLIERS, is_same_object
 
     cv2.setNumThreads(1)
     k = args.k or DEFAULT_SHORTLIST
@@ -167,8 +167,8 @@ def main() -> None:
 
 def _measure(files, results: dict, sample: int = 0, only=None):
     """Local features of every photo and the verification of every unordered pair (or those of ``sample``, ``only``)."""
-    from skimgfeat.uses.local_features import detect_local_features
-    from skimgfeat.uses.verification import verify_pair
+    from skimgfeat.matching.local_features import detect_local_features
+    from skimgfeat.matching.verification import verify_pair
 
     features, seconds = [], []
     for path in files:
@@ -196,7 +196,7 @@ def _time_detectors(files) -> dict:
     """Thread CPU ms per photo of ORB and SIFT (as many keypoints as the default) at 640 and 480 px, decode excluded."""
     import cv2
 
-    from skimgfeat.uses.local_features import DEFAULT_MAX_KEYPOINTS
+    from skimgfeat.matching.local_features import DEFAULT_MAX_KEYPOINTS
 
     grays = [np.asarray(Image.open(path).convert("L")) for path in files]
     timings = {}
@@ -226,7 +226,7 @@ def _verifications(saved, prefix: str = ""):
 
 
 def _stored(saved, prefix: str, n: int):
-    from skimgfeat.uses.verification import PairVerification
+    from skimgfeat.matching.verification import PairVerification
 
     empty = np.empty((0, 2), np.float32)
     columns = [saved[prefix + field] if prefix + field in saved.files else np.zeros(n, bool) for field in FIELDS]
@@ -237,7 +237,7 @@ def _stored(saved, prefix: str, n: int):
 
 def _records(verifications) -> dict[str, np.ndarray]:
     """Each measurement of the verifications (and of their guided matches, zero where none) as one array."""
-    from skimgfeat.uses.verification import PairVerification
+    from skimgfeat.matching.verification import PairVerification
 
     verifications = list(verifications)
     guided = [v.guided or PairVerification.none() for v in verifications]
@@ -286,8 +286,8 @@ def _retrieval(names, objects, distances, verifications, k: int, is_same_object,
 
 
 def _same_background(files, objects, features, references: list[int], n_backgrounds: int) -> dict:
-    from skimgfeat.uses.local_features import detect_local_features
-    from skimgfeat.uses.verification import verify_pair
+    from skimgfeat.matching.local_features import detect_local_features
+    from skimgfeat.matching.verification import verify_pair
 
     backgrounds = sorted(HOUSES.glob("*_kitchen.jpg"))[:n_backgrounds] + \
         sorted(HOUSES.glob("*_bedroom.jpg"))[:n_backgrounds]
@@ -305,7 +305,7 @@ def _same_background(files, objects, features, references: list[int], n_backgrou
 
 
 def _composite_scores(checked: dict) -> dict:
-    from skimgfeat.uses.verification import is_same_object
+    from skimgfeat.matching.verification import is_same_object
 
     matched = {kind: sum(is_same_object(v) for v in found) for kind, found in checked.items()}
     return {"other_object_same_background_matched": f"{matched['different']}/{len(checked['different'])}",

@@ -78,8 +78,8 @@ def path_of(row: int) -> str:
 
 def write_tables(folder: Path, n_rows: int) -> dict:
     """base.parquet (first 99%) and new.parquet (last 1%, copies of the first 1%); cluster labels."""
+    from skimgfeat.feature_tables import features_table
     from skimgfeat.storage.io import write_table_chunks
-    from skimgfeat.storage.tables import features_table
 
     centres = cluster_centres()
     n_copies = n_rows // 100

@@ -21,7 +21,7 @@ COLOURS = {
     "estimators": "#e8e8e8",
     "engine": "#cfe3f7",
     "storage": "#f9e0b8",
-    "uses": "#d5ecd0",
+    "uses": "#d5ecd0",  # search/, matching/, tabular/, quality/, plotting/: what the features are for
     "cli": "#ead7f1",
 }
 
@@ -68,9 +68,9 @@ def draw() -> plt.Figure:
     for x, name in commands:
         box(ax, x, 6.35, 1.85, 0.4, name, "cli", size=8.5)
 
-    # uses/: what the features are for.
-    band(ax, 5.0, 4.95, 7.8, 0.9, "uses/", "uses")
-    uses = [(6.2, "ImageQualityFeatures"), (8.2, "SimilarityIndex"), (10.2, "find_duplicates"),
+    # What the features are for: one subpackage per domain, above the estimators.
+    band(ax, 5.0, 4.95, 7.8, 0.9, "quality/   search/   matching/   tabular/   (plotting/ draws them)", "uses")
+    uses = [(6.2, "ImageQualityFeatures"), (8.2, "SimilarityIndex"), (10.2, "find_duplicates,\nObjectMatcher"),
             (12.0, "OutOfFoldPredictor")]
     for x, name in uses:
         box(ax, x, 5.3, 1.85 if x < 12 else 1.45, 0.42, name, "uses", size=8.5 if x < 12 else 7.5)
@@ -95,7 +95,7 @@ def draw() -> plt.Figure:
     band(ax, 0.2, 0.25, 4.0, 2.75, "storage/", "storage")
     box(ax, 1.25, 2.0, 1.8, 0.85, "cache\nper-photo vectors,\nkeyed by file version", "storage", size=8)
     box(ax, 3.2, 2.0, 1.7, 0.85, "checkpoint\nparts of a long run\n(extract --resume)", "storage", size=8)
-    box(ax, 2.2, 0.85, 3.7, 0.75, "tables, io: Parquet / CSV tables\nwith the model info", "storage", size=8)
+    box(ax, 2.2, 0.85, 3.7, 0.75, "io, table_stream: Parquet / CSV tables\nwith the model info; vector_index", "storage", size=8)
     arrow(ax, (3.0, 3.53), (1.5, 2.45), "look up, store", style="<|-|>", dashed=True, offset=(-0.55, 0.0))
 
     # engine/: decode, preprocess, batch, infer.

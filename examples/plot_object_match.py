@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from skimgfeat import CNNImageEmbedder, LocalFeatureStore, ObjectMatcher, SimilarityIndex, write_local_features
-from skimgfeat.uses.object_match import match_sheet
+from skimgfeat.plotting.match_sheet import match_sheet
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 OBJECTS = SHARED / "images" / "objects"

@@ -12,7 +12,7 @@ together, and a copy of a photo lies closer still. :class:`~skimgfeat.Similarity
 ranks a table's rows by cosine distance to a query, :func:`~skimgfeat.similar_items`
 accepts image files as queries, :func:`~skimgfeat.find_duplicates` groups rows closer
 than a threshold measured on copies of real photos, and
-:func:`skimgfeat.uses.contact_sheet.contact_sheet` draws the answers. The command line does
+:func:`skimgfeat.plotting.contact_sheet.contact_sheet` draws the answers. The command line does
 the same from a table written by ``skimgfeat extract``::
 
     skimgfeat similar web_shop_picture.jpg --features out/image_features_raw.parquet -k 5 --sheet sheet.png
@@ -31,8 +31,8 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from skimgfeat import CNNImageEmbedder, SimilarityIndex, find_duplicates, similar_items
-from skimgfeat.uses.contact_sheet import contact_sheet
-from skimgfeat.uses.duplicates import DEFAULT_DUPLICATE_THRESHOLD
+from skimgfeat.matching.duplicates import DEFAULT_DUPLICATE_THRESHOLD
+from skimgfeat.plotting.contact_sheet import contact_sheet
 
 SHARED = Path(os.environ.get("SKIMGFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GROCERY = SHARED / "images" / "grocery"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
@@ -12,36 +11,10 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 
-from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
+from .schema import COUNT_COLUMN, FEATURE_PREFIX, ITEM_ID, NAME_COLUMNS, feature_names, image_number, item_id_from_name
+from .storage.output import OutputContainerMixin, wrap_output
 
 METHODS = ("mean", "max", "first")
-ITEM_ID = "item_id"
-COUNT_COLUMN = "n_images"
-NAME_COLUMNS = ("image_name", "image_path")
-
-
-def item_id_from_name(name: str) -> str:
-    """The item a photo belongs to: its file stem up to the last underscore.
-
-    >>> item_id_from_name("84512_3.webp")
-    '84512'
-    >>> item_id_from_name("lot_2024_7.jpg")
-    'lot_2024'
-    >>> item_id_from_name("84512.webp")
-    '84512'
-    """
-    stem = os.path.splitext(os.path.basename(str(name)))[0]
-    return stem.rsplit("_", 1)[0] if "_" in stem else stem
-
-
-def image_number(name: str) -> tuple[int, float | str]:
-    """Sort key of a photo within its item: the number after the last underscore.
-
-    Numbered photos come first in numeric order (``_2`` before ``_10``); others after.
-    """
-    stem = os.path.splitext(os.path.basename(str(name)))[0]
-    suffix = stem.rsplit("_", 1)[1] if "_" in stem else ""
-    return (0, int(suffix)) if suffix.isdecimal() else (1, suffix)
 
 
 class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):

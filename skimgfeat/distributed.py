@@ -29,8 +29,8 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from .embedder import ON_ERROR, CNNImageEmbedder
+from .feature_tables import ERROR, features_table, run_model_info
 from .storage.io import write_table
-from .storage.tables import ERROR, features_table, run_model_info
 
 PART_PATTERN = "part-*.parquet"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from numbers import Integral
 
@@ -31,7 +32,8 @@ from .engine.runner import PRECISIONS, PreparedRunner, build_runner, device_here
 from .model_info import fitted_model_info
 from .registry import DEFAULT_WEIGHTS, build_model, get_spec, network_blocks
 from .registry.multi_scale import multi_scale_network, stage_feature_names
-from .storage.output import FEATURE_PREFIX, OutputContainerMixin, feature_names, wrap_output
+from .schema import FEATURE_PREFIX, feature_names
+from .storage.output import OutputContainerMixin, wrap_output
 
 __all__ = ["ON_ERROR", "CNNImageEmbedder"]
 
@@ -472,3 +474,65 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
             decode.decode_batch = batch_decoder(self.preprocessing_, torch.device(self.decode_device), decode,
                                                 self.max_pixels)
         return decode
+
+
+def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None = None, **overrides):
+    """The (unfitted) :class:`~skimgfeat.CNNImageEmbedder` that produced a feature table.
+
+    Parameters
+    ----------
+    model_info : dict
+        A table's model info (:func:`skimgfeat.storage.io.read_model_info`, ``model_info.json``).
+        Its ``params`` (the embedder's ``get_params``) are used when present, else its
+        ``model_name``, ``weights`` and ``preprocessing``.
+    weights : str, os.PathLike or None, default=None
+        Replaces the recorded weights: a local state-dict file for offline use. None
+        keeps the recorded ones.
+    **overrides
+        Further embedder parameters to replace (``device``, ``n_workers``, ...).
+
+    Returns
+    -------
+    CNNImageEmbedder
+
+    Examples
+    --------
+    >>> from skimgfeat import embedder_from_model_info
+    >>> info = {"model_name": "mobilenet_v2", "weights": "IMAGENET1K_V1", "preprocessing": {"resize_mode": "square"}}
+    >>> embedder_from_model_info(info, weights="weights.pth").get_params()["weights"]
+    'weights.pth'
+    """
+    if not model_info or "model_name" not in model_info and "params" not in model_info:
+        raise ValueError("the table carries no model info: cannot tell which network embeds new photos")
+    embedder = CNNImageEmbedder()
+    valid = embedder.get_params()
+    if "params" in model_info:
+        params = {name: value for name, value in model_info["params"].items() if name in valid}
+    else:
+        preprocessing = model_info.get("preprocessing") or {}
+        recorded = model_info.get("weights")
+        if isinstance(recorded, str) and recorded.startswith("file:"):  # how model info names a weights file
+            recorded = recorded.removeprefix("file:")
+        params = {"model_name": model_info["model_name"], "weights": recorded}
+        if "resize_mode" in preprocessing:
+            params["resize_mode"] = preprocessing["resize_mode"]
+        if preprocessing.get("draft"):
+            params["draft"] = True
+    if weights is not None:
+        params["weights"] = os.fspath(weights)
+    params.update(overrides)
+    return embedder.set_params(**params)
+
+
+def fitted_embedder_from_model_info(model_info: dict | None, weights=None):
+    """:func:`embedder_from_model_info`, fitted; warns when its parameters differ from the recorded ones."""
+    embedder = embedder_from_model_info(model_info or {}, weights, on_error="raise").fit()
+    recorded = (model_info or {}).get("parameters_sha256")
+    if recorded and embedder.model_info_["parameters_sha256"] != recorded:
+        warnings.warn(
+            f"the network built for the queries ({embedder.model_info_['weights']}) has other parameters than the "
+            "one that wrote the table: their distances to the table's rows are not comparable",
+            UserWarning,
+            stacklevel=3,
+        )
+    return embedder

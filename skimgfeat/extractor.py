@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .embedder import CNNImageEmbedder
-from .storage.io import write_json, write_table
-from .storage.tables import (  # noqa: F401 - IMAGE_NAME, ERROR, aggregate_features_by_item: this module's public names
+from .feature_tables import (  # noqa: F401 - IMAGE_NAME, ERROR, aggregate_features_by_item: this module's public names
     ERROR,
     IMAGE_NAME,
     IMAGE_PATH,
@@ -26,6 +25,7 @@ from .storage.tables import (  # noqa: F401 - IMAGE_NAME, ERROR, aggregate_featu
     list_images,
     run_model_info,
 )
+from .storage.io import write_json, write_table
 
 
 class ImageFeatureExtractor:

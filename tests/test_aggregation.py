@@ -146,7 +146,7 @@ def test_table_with_an_item_id_column_uses_it():
 
 
 def test_only_decimal_suffixes_are_image_numbers():
-    from skimgfeat.aggregation import image_number
+    from skimgfeat.schema import image_number
 
     assert image_number("84512_10.webp") == (0, 10)
     assert image_number("84512_².webp") == (1, "²")  # a superscript digit is a name, not a number

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 from test_cli import skimgfeat
 
 from skimgfeat import PhotoHashes, copy_distance, duplicate_groups
-from skimgfeat.uses.copy_check import COPY_THRESHOLD, hash_photo
+from skimgfeat.matching.copy_check import COPY_THRESHOLD, hash_photo
 
 # -- the copy check on its own ----------------------------------------------------------
 

@@ -15,9 +15,9 @@ from PIL import Image
 from test_cli import skimgfeat
 
 from skimgfeat import LocalFeatureStore, ObjectMatcher, add_same_object_verdicts, verify_pair, write_local_features
-from skimgfeat.uses.local_features import MissingLocalFeaturesError, detect_local_features
-from skimgfeat.uses.object_match import verdict
-from skimgfeat.uses.verification import DEFAULT_MIN_GUIDED_INLIERS, DEFAULT_MIN_INLIERS, is_same_object
+from skimgfeat.matching.local_features import MissingLocalFeaturesError, detect_local_features
+from skimgfeat.matching.object_match import verdict
+from skimgfeat.matching.verification import DEFAULT_MIN_GUIDED_INLIERS, DEFAULT_MIN_INLIERS, is_same_object
 
 pytest.importorskip("cv2", reason="object matching needs OpenCV (the match extra)")
 

@@ -23,7 +23,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skimgfeat import CNNImageEmbedder, CrossFittedTransformer, ItemAggregator, VisualComparables
-from skimgfeat.uses.stacking import fold_splitter
+from skimgfeat.tabular.stacking import fold_splitter
 
 HOUSES = SHARED / "images" / "houses"
 ROOMS = ("bathroom", "bedroom", "frontal", "kitchen")

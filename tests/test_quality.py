@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from test_cli import skimgfeat
 
 from skimgfeat import CNNImageEmbedder, ImageLoadError, ImageQualityFeatures, ItemAggregator
-from skimgfeat.uses.quality import QUALITY_FEATURES, estimate_jpeg_quality
+from skimgfeat.quality.measures import QUALITY_FEATURES, estimate_jpeg_quality
 
 
 def features(table: pd.DataFrame, name: str) -> pd.Series:

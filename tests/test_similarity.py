@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance
 from test_cli import skimgfeat
 
 from skimgfeat import SimilarityIndex, embedder_from_model_info, find_duplicates, similar_items
-from skimgfeat.uses.contact_sheet import contact_sheet
+from skimgfeat.plotting.contact_sheet import contact_sheet
 
 # -- the API --------------------------------------------------------------------------
 

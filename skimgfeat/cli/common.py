@@ -149,7 +149,7 @@ def add_table_output_options(parser: argparse.ArgumentParser) -> None:
 
 def input_images(args: argparse.Namespace) -> list[Path]:
     """The images ``args`` select (IMAGE_DIR, --pattern, --recursive, --max-images); UsageError if none."""
-    from ..storage.tables import list_images
+    from ..feature_tables import list_images
 
     if not args.image_dir.is_dir():
         raise UsageError(f"image folder {os.fspath(args.image_dir)!r} does not exist or is not a folder")

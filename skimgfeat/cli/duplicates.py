@@ -21,8 +21,8 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``duplicates``."""
-    from ..uses.copy_check import COPY_THRESHOLD, HASHES_FILE
-    from ..uses.duplicates import DEFAULT_CANDIDATE_DISTANCE, DEFAULT_DUPLICATE_THRESHOLD
+    from ..matching.copy_check import COPY_THRESHOLD, HASHES_FILE
+    from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, DEFAULT_DUPLICATE_THRESHOLD
 
     duplicates = add_command(
         commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
@@ -97,8 +97,8 @@ def run_duplicates(args: argparse.Namespace) -> int:
 
 
 def _group_table(args: argparse.Namespace, archive: Path) -> int:
+    from ..matching.duplicates import duplicate_groups, iter_duplicate_pairs
     from ..storage.io import write_table_chunks
-    from ..uses.duplicates import duplicate_groups, iter_duplicate_pairs
 
     with usage_errors():  # a missing or foreign table or index, a threshold out of range, a foreign hashes file
         index = _read_index(archive, args.image_dir)
@@ -109,7 +109,8 @@ def _group_table(args: argparse.Namespace, archive: Path) -> int:
                                       same_object=local_features is not None)
         # Each block of judged pairs is counted, written to --pairs and dropped: only the copies are kept.
         tally = _Tally()
-        blocks = map(tally.add, blocks)
+        decisions = _decisions(archive)
+        blocks = map(tally.add, map(decisions, blocks))
         if args.pairs is not None:
             write_table_chunks(blocks, args.pairs)
         else:
@@ -134,7 +135,7 @@ class _Tally:
         self.hash_only = 0
 
     def add(self, block):
-        from ..uses.copy_check import COPY, UNREADABLE
+        from ..matching.copy_check import COPY, UNREADABLE
 
         for verdict, count in block["verdict"].value_counts().items():
             self.counts[verdict] = self.counts.get(verdict, 0) + int(count)
@@ -156,8 +157,8 @@ def _against_archive(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from ..uses.copy_check import COPY, UNREADABLE
-    from ..uses.duplicates import find_copies_against
+    from ..matching.copy_check import COPY, UNREADABLE
+    from ..matching.duplicates import find_copies_against
 
     with usage_errors():
         index = _read_index(args.against, args.image_dir)
@@ -171,9 +172,11 @@ def _against_archive(args: argparse.Namespace) -> int:
         pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
                                                 "copy_score": np.nan, "verdict": UNREADABLE,
                                                 "reason": list(failed.values())})], ignore_index=True)
+    pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
     found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
+    decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
+    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
@@ -190,7 +193,7 @@ def _against_archive(args: argparse.Namespace) -> int:
 
 def _read_index(path: Path, image_dir: Path | None):
     """A feature table's exact index, or an index directory (its photos under ``image_dir`` when given)."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     if not path.is_dir():
         return SimilarityIndex.read(path, image_dir=image_dir)
@@ -207,7 +210,7 @@ def _local_features(args: argparse.Namespace, archive: Path, copy_check):
     are verified as ``same_object`` or ``different``; without them the hashes alone decide,
     by a stricter rule.
     """
-    from ..uses.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+    from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
 
     if copy_check is False:
         return None
@@ -223,15 +226,32 @@ def _local_features(args: argparse.Namespace, archive: Path, copy_check):
     return LocalFeatureStore(folder)
 
 
+def _decisions(archive: Path):
+    """The reviewers' decisions as a function of a block of pairs (see :func:`_honour_decisions`)."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    store = DecisionStore.of(archive)
+    return lambda pairs: honour_decisions(pairs, store, same_verdict=COPY, found=COPY)
+
+
+def _honour_decisions(pairs, archive: Path):
+    """The reviewers' decisions (``skimgfeat serve``): pairs judged not the same dropped, the same ones kept."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    return honour_decisions(pairs, DecisionStore.of(archive), same_verdict=COPY, found=COPY)
+
+
 def _hashes_beside(archive: Path) -> Path:
-    from ..uses.copy_check import HASHES_FILE
+    from ..matching.copy_check import HASHES_FILE
 
     return (archive if archive.is_dir() else archive.parent) / HASHES_FILE
 
 
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
     """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
-    from ..uses.copy_check import HASHES_FILE, OutdatedHashesError, PhotoHashes
+    from ..matching.copy_check import HASHES_FILE, OutdatedHashesError, PhotoHashes
 
     if args.no_copy_check:
         return False
@@ -258,7 +278,7 @@ def _new_photos(args: argparse.Namespace, index):
     import numpy as np
 
     from .. import embedder_from_model_info
-    from ..uses.copy_check import OutdatedHashesError, PhotoHashes
+    from ..matching.copy_check import OutdatedHashesError, PhotoHashes
 
     names, vectors, photos, hashes, failed = [], [], [], None, {}
     files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
@@ -312,8 +332,8 @@ def _reason(error) -> str:
 
 
 def _report(args: argparse.Namespace, pairs) -> None:
+    from ..matching.copy_check import UNREADABLE
     from ..storage.io import write_table
-    from ..uses.copy_check import UNREADABLE
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
@@ -323,7 +343,7 @@ def _report(args: argparse.Namespace, pairs) -> None:
 
 
 def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_only: int) -> None:
-    from ..uses.copy_check import COPY, DIFFERENT, SAME_OBJECT, UNREADABLE
+    from ..matching.copy_check import COPY, DIFFERENT, SAME_OBJECT, UNREADABLE
 
     for reason in unreadable:
         print(f"skimgfeat: warning: cannot read {reason}", file=sys.stderr)
@@ -352,8 +372,8 @@ def _group_sheet_rows(groups, pairs, key: str):
 
 
 def _draw(path: Path, rows, index) -> None:
+    from ..plotting.contact_sheet import contact_sheet
     from ..storage.io import atomic_path
-    from ..uses.contact_sheet import contact_sheet
 
     with atomic_path(path) as temporary:
         contact_sheet(rows, index).save(temporary, format="PNG")

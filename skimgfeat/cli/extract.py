@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..storage.checkpoint import CHECKPOINT_DIR, Gathered, lock_output_folder
-from ..storage.io import printable, write_json, write_table, write_table_chunks
-from ..storage.output import FEATURE_PREFIX, feature_names
-from ..storage.table_stream import FeatureStatistics, item_table_chunks, raw_table_chunks
-from ..storage.tables import (
+from ..feature_tables import (
     ERROR,
     IMAGE_PATH,
     MODEL_INFO_FILE,
@@ -24,6 +20,10 @@ from ..storage.tables import (
     features_table,
     run_model_info,
 )
+from ..schema import FEATURE_PREFIX, feature_names
+from ..storage.checkpoint import CHECKPOINT_DIR, Gathered, lock_output_folder
+from ..storage.io import printable, write_json, write_table, write_table_chunks
+from ..storage.table_stream import FeatureStatistics, item_table_chunks, raw_table_chunks
 from .checkpointed import CheckpointedRun, add_checkpoint_options, check_checkpoint_options
 from .common import (
     EXIT_CODES,
@@ -200,7 +200,7 @@ def _write_outputs(args, rows: Gathered, relative: list[str], embedder) -> Extra
 
 def _write_hashes(args: argparse.Namespace, paths: list[Path], relative: list[str]) -> list[Path]:
     """With --hashes, the copy check's hashes of every photo; without, no hashes of an earlier run's photos."""
-    from ..uses.copy_check import HASHES_FILE, PhotoHashes
+    from ..matching.copy_check import HASHES_FILE, PhotoHashes
 
     target = args.output_dir / HASHES_FILE
     if not args.hashes:
@@ -277,8 +277,8 @@ def write_local_features_of_run(args: argparse.Namespace, paths: list[Path]) -> 
     """Store the local features of ``paths`` not stored yet when ``--local-features`` is given."""
     if not args.local_features:
         return []
+    from ..matching.local_features import LOCAL_FEATURES_DIR, write_local_features
     from ..storage.output import progress_bar
-    from ..uses.local_features import LOCAL_FEATURES_DIR, write_local_features
 
     folder = args.output_dir / LOCAL_FEATURES_DIR
     with progress_bar(len(paths), enabled=not args.quiet and sys.stderr.isatty()) as bar:

@@ -62,7 +62,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the index and save it as the first generation."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     started = time.perf_counter()
     with usage_errors():  # a missing or foreign table, a non-empty foreign output folder
@@ -74,14 +74,20 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     """Add rows and save a new generation."""
-    from ..uses.similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
+    from ..storage.generation_lock import WriterLock
 
     started = time.perf_counter()
-    with usage_errors():  # a broken index, a table of another model or key, rows already indexed
-        index = SimilarityIndex.load(args.index_dir, writable=True)
-        before = len(index)
-        index.add(args.features)
-        generation = index.save()
+    with usage_errors():  # a broken index, a table of another model or key, rows already indexed, a busy writer
+        # One writer at a time, from the read of the live generation to the switch to the
+        # next: two adds started together both land (the second waits for the first).
+        if not args.index_dir.is_dir():
+            SimilarityIndex.load(args.index_dir)  # says what is wrong with it
+        with WriterLock(args.index_dir):
+            index = SimilarityIndex.load(args.index_dir, writable=True)
+            before = len(index)
+            index.add(args.features)
+            generation = index.save()
     _summary(args, f"added {len(index) - before} rows, {len(index)} in all ({index.kind}) in "
                    f"{time.perf_counter() - started:.1f} s", generation)
     return EXIT_OK

@@ -18,7 +18,7 @@ from .common import (
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``match``."""
-    from ..uses.verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST  # light: no torch at start-up
+    from ..matching.verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST  # light: no torch at start-up
 
     match = add_command(
         commands, common, "match", "find the photos (or items) that show the same object as query photos",
@@ -53,16 +53,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_match(args: argparse.Namespace) -> int:
     """Print the verified matches of each query as CSV; draw the sheet if asked."""
+    from ..matching.object_match import ObjectMatcher
+    from ..storage.decisions import DecisionStore, honour_decisions
     from ..storage.io import atomic_path
-    from ..uses.object_match import ObjectMatcher
 
     with usage_errors():  # a missing table or sidecar, an unknown query, a query file that is no image
         matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
                                      image_dir=args.image_dir, k=args.k, min_inliers=args.min_inliers)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
+        results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", "image_path"))
+        results["rank"] = results.groupby("query").cumcount() + 1  # reviewed-away pairs leave no gap
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
     if args.sheet is not None:
-        from ..uses.object_match import match_sheet
+        from ..plotting.match_sheet import match_sheet
 
         with atomic_path(args.sheet) as temporary:
             match_sheet(results, matcher).save(temporary, format="PNG")

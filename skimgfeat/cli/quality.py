@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+from ..feature_tables import aggregate_features_by_item, features_table
 from ..storage.checkpoint import lock_output_folder
 from ..storage.io import write_table_chunks
 from ..storage.table_stream import item_table_chunks, raw_table_chunks
-from ..storage.tables import aggregate_features_by_item, features_table
 from .checkpointed import Batch, CheckpointedRun, add_checkpoint_options, check_checkpoint_options
 from .common import (
     EXIT_IMAGES_FAILED,
@@ -49,7 +49,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run_quality(args: argparse.Namespace) -> int:
     """Measure the photos (checkpointed), then stream the per-image and per-item tables."""
     from ..model_info import library_versions
-    from ..uses.quality import QUALITY_FEATURES, ImageQualityFeatures
+    from ..quality.measures import QUALITY_FEATURES, ImageQualityFeatures
 
     started = time.perf_counter()
     check_checkpoint_options(args)

@@ -43,8 +43,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_similar(args: argparse.Namespace) -> int:
     """Print the nearest rows of each query as CSV; draw the contact sheet if asked."""
+    from ..search.similarity import SimilarityIndex, similar_items
     from ..storage.io import atomic_path
-    from ..uses.similarity import SimilarityIndex, similar_items
 
     with usage_errors():  # a missing table or index, an unknown query, a query file that is no image
         if args.index is not None:
@@ -58,7 +58,7 @@ def run_similar(args: argparse.Namespace) -> int:
         results = similar_items(index, args.queries, k=args.k, weights=weights_from_env(args.weights))
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
     if args.sheet is not None:
-        from ..uses.contact_sheet import contact_sheet
+        from ..plotting.contact_sheet import contact_sheet
 
         with atomic_path(args.sheet) as temporary:
             contact_sheet(results, index).save(temporary, format="PNG")

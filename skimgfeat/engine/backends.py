@@ -186,11 +186,9 @@ def onnx_graph_key(module: nn.Module, input_size: int) -> str:
     The parameters are hashed here rather than taken from ``model_info_``, so a network
     whose weights were changed after fit never meets the graph of its former self.
     """
-    from ..registry import parameters_sha256
-
     return artifact_cache.digest(
-        "onnx-export", _EXPORT_SCHEME, parameters_sha256(module), repr(module), str(input_size), str(ONNX_OPSET),
-        *library_versions(),
+        "onnx-export", _EXPORT_SCHEME, artifact_cache.parameters_sha256(module), repr(module), str(input_size),
+        str(ONNX_OPSET), *library_versions(),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from ..exceptions import WeightsMismatchError
-from ..storage.artifact_cache import file_sha256
+from ..storage.artifact_cache import file_sha256, parameters_sha256  # noqa: F401 - the registry's names
 
 _WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
@@ -89,12 +88,3 @@ def load_checked(model: nn.Module, name: str, path: Path, optional_prefixes: Ite
 def cached_file_sha256(path: Path) -> str | None:
     """The sha256 of a downloaded file if it is in a local cache, else None."""
     return file_sha256(path) if path.is_file() else None
-
-
-def parameters_sha256(module: nn.Module) -> str:
-    """A digest of every tensor in the state dict: identifies the network exactly."""
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

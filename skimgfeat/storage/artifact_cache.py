@@ -116,3 +116,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     value = hasher.hexdigest()
     store("file-sha256", identity, value.encode("ascii"))
     return value
+
+
+def parameters_sha256(module) -> str:
+    """A digest of every tensor in a network's state dict: identifies the network exactly.
+
+    Duck-typed on ``state_dict()`` and the tensors' own methods, so this layer needs no torch import.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .output import FEATURE_PREFIX
+from ..schema import FEATURE_PREFIX, IDENTITY_COLUMNS
 
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
 MODEL_INFO_KEY = b"skimgfeat.model_info"
@@ -188,8 +188,6 @@ def _fsync_folder(folder: Path) -> None:
 
 # -- reading feature columns ----------------------------------------------------------
 
-# The identity columns a feature table may carry, in the order the key is chosen.
-IDENTITY_COLUMNS = ("image_path", "item_id", "image_name")
 BATCH_ROWS = 16384
 
 
@@ -349,8 +347,6 @@ class FeatureTableReader:
                              f"{os.fspath(self.files[0])!r}: not parts of one table")
 
     def _read_model_info(self) -> dict | None:
-        from ..model_info import model_mismatch
-
         if self._csv:
             beside = self.files[0].parent / "model_info.json"
             return json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else None
@@ -388,3 +384,35 @@ def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).metadata.num_rows
+
+
+# What makes two feature tables comparable: the same network, parameters and preprocessing.
+_IDENTITY_KEYS = ("model_name", "n_features", "preprocessing", "multi_scale")
+
+
+def model_mismatch(expected: dict | None, actual: dict | None) -> str | None:
+    """Why features described by ``actual`` cannot be compared with ``expected``'s, or None.
+
+    Compared: the model name, the number of features, the preprocessing, the multi-scale
+    stages and the network's parameters (``parameters_sha256``, else ``weights_sha256``).
+    A key missing on either side is not compared, so a table without model info is
+    accepted; the weights' *location* (a local copy of the same file) never matters.
+
+    Examples
+    --------
+    >>> model_mismatch({"model_name": "resnet18"}, {"model_name": "mobilenet_v2"})
+    "model_name is 'mobilenet_v2', expected 'resnet18'"
+    >>> model_mismatch({"model_name": "resnet18"}, None) is None
+    True
+    """
+    if not expected or not actual:
+        return None
+    for key in _IDENTITY_KEYS:
+        if key in expected and key in actual and expected[key] != actual[key]:
+            return f"{key} is {actual[key]!r}, expected {expected[key]!r}"
+    for key in ("parameters_sha256", "weights_sha256"):
+        if expected.get(key) and actual.get(key):
+            if expected[key] != actual[key]:
+                return f"the network's {key} is {actual[key][:12]}..., expected {expected[key][:12]}..."
+            return None
+    return None

@@ -9,12 +9,6 @@ import pandas as pd
 import sklearn
 
 OUTPUT_KINDS = ("default", "pandas", "polars")
-FEATURE_PREFIX = "img_feature_"
-
-
-def feature_names(n_features: int) -> np.ndarray:
-    """``img_feature_0 ... img_feature_{n-1}``: the original module's column names."""
-    return np.asarray([f"{FEATURE_PREFIX}{i}" for i in range(n_features)], dtype=object)
 
 
 def validate_output_kind(kind: str) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregation import item_id_from_name
+from ..schema import FEATURE_PREFIX, item_id_from_name
 from .checkpoint import Gathered
 from .io import printable
-from .output import FEATURE_PREFIX
 
 CHUNK_ROWS = 4096
 

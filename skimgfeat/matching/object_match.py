@@ -3,9 +3,9 @@
 Global CNN features find photos of the same *kind* of object; they cannot tell this
 DVD case from another one, nor a re-listed lot from a similar lot. An
 :class:`ObjectMatcher` therefore takes the ``k`` nearest rows of a feature table by
-cosine distance (the shortlist, :func:`~skimgfeat.uses.similarity.similar_items`),
+cosine distance (the shortlist, :func:`~skimgfeat.search.similarity.similar_items`),
 verifies each candidate against the query with local features
-(:mod:`skimgfeat.uses.verification`) and ranks the verified ones first, by inliers.
+(:mod:`skimgfeat.matching.verification`) and ranks the verified ones first, by inliers.
 Each candidate gets a verdict:
 
 * ``copy``: the same photo again (resized, recompressed, slightly cropped): the copy
@@ -14,7 +14,7 @@ Each candidate gets a verdict:
 * ``different``: anything else, including a photo too plain or too small to verify.
 
 The local features come from the sidecar folder ``skimgfeat extract --local-features``
-writes beside the feature table (:class:`~skimgfeat.uses.local_features.LocalFeatureStore`).
+writes beside the feature table (:class:`~skimgfeat.matching.local_features.LocalFeatureStore`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregation import ITEM_ID, item_id_from_name
+from ..schema import IMAGE_PATH, ITEM_ID, item_id_from_name
+from ..search.similarity import SimilarityIndex, similar_items
 from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, copy_distance
 from .duplicates import DEFAULT_CANDIDATE_DISTANCE
 from .local_features import (
@@ -35,7 +36,6 @@ from .local_features import (
     LocalFeatureStore,
     detect_local_features,
 )
-from .similarity import IMAGE_PATH, SimilarityIndex, similar_items
 from .verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST, PairVerification, is_same_object, verify_pair
 
 SAME_OBJECT = "same_object"
@@ -47,7 +47,7 @@ def is_copy(hashes_a: np.ndarray | None, hashes_b: np.ndarray | None) -> bool:
     """Whether two photos are copies of one picture: the copy check of ``duplicates``.
 
     ``hashes_a`` and ``hashes_b`` are their perceptual hashes
-    (:func:`~skimgfeat.uses.copy_check.hash_photo`); None for a photo that could not be
+    (:func:`~skimgfeat.matching.copy_check.hash_photo`); None for a photo that could not be
     hashed, which is no copy.
     """
     if hashes_a is None or hashes_b is None:
@@ -210,7 +210,7 @@ class ObjectMatcher:
         ----------
         queries : sequence of str or os.PathLike
             Image files, or names of the index (an ``image_path``, or an ``item_id`` of
-            an item index), as for :func:`~skimgfeat.uses.similarity.similar_items`.
+            an item index), as for :func:`~skimgfeat.search.similarity.similar_items`.
         k : int or None
             Candidates per query (default: the matcher's ``k``).
         weights, embedder
@@ -248,7 +248,7 @@ class ObjectMatcher:
         """The stored local features of an ``image_path``, else those of the image file.
 
         An indexed photo whose features were never stored raises
-        :class:`~skimgfeat.uses.local_features.MissingLocalFeaturesError` naming the
+        :class:`~skimgfeat.matching.local_features.MissingLocalFeaturesError` naming the
         command that stores them.
         """
         name = os.fspath(photo)
@@ -346,107 +346,3 @@ def _ranked(table: pd.DataFrame, key: str) -> pd.DataFrame:
     columns = ["query", "rank", key, *([IMAGE_PATH] if key == ITEM_ID else []), "feature_distance", "inliers",
                "verdict"]
     return table[columns].reset_index(drop=True)
-
-
-# -- the picture ------------------------------------------------------------------------
-
-LINE_COLOUR = (30, 170, 60)
-FRAME_COLOURS = {COPY: (40, 90, 200), SAME_OBJECT: (30, 170, 60), DIFFERENT: (200, 40, 40)}
-
-
-def match_sheet(
-    results: pd.DataFrame,
-    matcher: ObjectMatcher,
-    *,
-    height: int = 240,
-    max_matches: int = 3,
-    max_lines: int = 80,
-):
-    """Draw each query beside its verified matches, with the inlier lines between them.
-
-    One row per (query, match) pair: the query photo, the matched photo framed in the
-    colour of its verdict (blue copy, green same object), and a line between each pair
-    of inlier keypoints. A query without any verified match is shown beside its first
-    candidate, framed in red.
-
-    Parameters
-    ----------
-    results : DataFrame
-        From :meth:`ObjectMatcher.match`.
-    matcher : ObjectMatcher
-        The matcher that made ``results``: it finds the photos and their features.
-    height : int, default=240
-        Height of each photo in pixels.
-    max_matches : int, default=3
-        Matches shown per query, best first.
-    max_lines : int, default=80
-        Inlier lines drawn per pair at most (an even sample of them).
-
-    Returns
-    -------
-    PIL.Image.Image
-        RGB; save it with ``.save("matches.png")``.
-    """
-    from PIL import Image, ImageFont
-
-    font = ImageFont.load_default(size=max(10, height // 18))
-    panels = []
-    for _, group in results.groupby("query", sort=False):
-        verified = group[group["verdict"] != DIFFERENT].head(max_matches)
-        for _, row in (verified if len(verified) else group.head(1)).iterrows():
-            panels.append(_pair_panel(matcher, row, height, max_lines, font))
-    if not panels:
-        return Image.new("RGB", (2 * height, height), (255, 255, 255))
-    sheet = Image.new("RGB", (max(panel.width for panel in panels), sum(panel.height for panel in panels)),
-                      (255, 255, 255))
-    top = 0
-    for panel in panels:
-        sheet.paste(panel, (0, top))
-        top += panel.height
-    return sheet
-
-
-def _pair_panel(matcher: ObjectMatcher, row, height: int, max_lines: int, font):
-    from PIL import Image, ImageDraw
-
-    from .contact_sheet import _label, _short
-
-    query_file = matcher.photo_file(row["query"])
-    match_file = matcher.photo_file(row[IMAGE_PATH])
-    query, query_scale = _fitted(query_file, height)
-    match, match_scale = _fitted(match_file, height)
-    line = font.getbbox("Ag")[3] + 2
-    panel = Image.new("RGB", (query.width + match.width + 8, height + 2 * line + 4), (255, 255, 255))
-    panel.paste(query, (0, 0))
-    left = query.width + 8
-    panel.paste(match, (left, 0))
-    draw = ImageDraw.Draw(panel)
-    if query_file is not None and match_file is not None:
-        verification = matcher.verify(query_file, row[IMAGE_PATH])
-        step = max(1, verification.inliers // max_lines)
-        for (xa, ya), (xb, yb) in zip(verification.points_a[::step], verification.points_b[::step]):
-            draw.line((xa * query_scale, ya * query_scale, left + xb * match_scale, yb * match_scale),
-                      fill=LINE_COLOUR, width=1)
-    draw.rectangle((left, 0, left + match.width - 1, height - 1), outline=FRAME_COLOURS[row["verdict"]], width=3)
-    _label(draw, (2, height + 2), [_short(Path(str(row["query"])).name, query.width, font), "query"], font, line)
-    caption = f"#{row['rank']} {row['verdict']}  {row['inliers']} inliers  d={row['feature_distance']:.3f}"
-    _label(draw, (left + 2, height + 2), [_short(Path(str(row[IMAGE_PATH])).name, match.width, font),
-                                          _short(caption, max(match.width, 2 * height), font)], font, line)
-    return panel
-
-
-def _fitted(photo: Path | None, height: int):
-    """The photo scaled to ``height`` and the scale used; a grey tile when it cannot be read."""
-    from PIL import Image
-
-    from ..engine.image_loading import load_rgb_image
-    from ..exceptions import ImageLoadError
-
-    try:
-        if photo is None:
-            raise ImageLoadError(None, "missing", "no photo")
-        with load_rgb_image(photo) as image:
-            scale = height / image.height
-            return image.resize((max(1, round(image.width * scale)), height)), scale
-    except ImageLoadError:
-        return Image.new("RGB", (height, height), (225, 225, 225)), 1.0

@@ -129,8 +129,8 @@ def verify_pair(
     Parameters
     ----------
     a, b : LocalFeatures
-        From :func:`~skimgfeat.uses.local_features.detect_local_features` or a
-        :class:`~skimgfeat.uses.local_features.LocalFeatureStore`. Either may have no
+        From :func:`~skimgfeat.matching.local_features.detect_local_features` or a
+        :class:`~skimgfeat.matching.local_features.LocalFeatureStore`. Either may have no
         keypoints: the result then has no inliers.
     ratio : float, default=0.85
         Lowe's ratio test: a match is kept when its Hamming distance is below
@@ -155,7 +155,7 @@ def verify_pair(
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.uses.local_features import detect_local_features
+    >>> from skimgfeat.matching.local_features import detect_local_features
     >>> rng = np.random.default_rng(0)
     >>> photo = (rng.random((240, 320)) * 255).astype(np.uint8)
     >>> result = verify_pair(detect_local_features(photo), detect_local_features(photo[20:, 30:]))

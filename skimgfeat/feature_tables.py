@@ -14,13 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregation import ITEM_ID, ItemAggregator
-from .io import printable
-from .output import feature_names
+from .aggregation import ItemAggregator
+from .schema import ERROR, IMAGE_NAME, IMAGE_PATH, ITEM_ID, feature_names  # noqa: F401 - ERROR, IMAGE_NAME: public here
+from .storage.io import printable
 
-IMAGE_PATH = "image_path"
-IMAGE_NAME = "image_name"
-ERROR = "error"
 MODEL_INFO_FILE = "model_info.json"
 
 

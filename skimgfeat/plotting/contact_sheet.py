@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
-from .similarity import SimilarityIndex
+from ..search.similarity import SimilarityIndex
 
 BACKGROUND = (255, 255, 255)
 MISSING_TILE = (225, 225, 225)
@@ -43,7 +43,7 @@ def contact_sheet(results: pd.DataFrame, index: SimilarityIndex, *, thumbnail: i
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.uses.similarity import SimilarityIndex
+    >>> from skimgfeat.search.similarity import SimilarityIndex
     >>> index = SimilarityIndex(["a.jpg", "b.jpg", "c.jpg"], np.eye(3) + 0.1)
     >>> sheet = contact_sheet(index.similar(["a.jpg"], k=2), index, thumbnail=64)
     >>> sheet.width  # the query and its 2 neighbours, 64 px each

@@ -4,11 +4,11 @@ Two stages. The CNN features propose *candidate* pairs: rows within a generous c
 distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair search
 (:meth:`SimilarityIndex.neighbour_pairs`, :meth:`SimilarityIndex.range_search`: exact
 in memory, or a FAISS index directory).
-The copy check (:mod:`skimgfeat.uses.copy_check`) then compares the photos' perceptual
+The copy check (:mod:`skimgfeat.matching.copy_check`) then compares the photos' perceptual
 hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same shelf
 moments later does not, although both sit as close in feature space. A hash match is
 confirmed by the photos' content when their local features are at hand
-(:func:`~skimgfeat.uses.copy_check.verify_copy`: two drawings behind one mat share their
+(:func:`~skimgfeat.matching.copy_check.verify_copy`: two drawings behind one mat share their
 hashes, not their keypoints); without them a stricter hash rule decides. Only pairs
 passing both stages are duplicates. Without the copy check, one feature threshold decides
 (:data:`DEFAULT_DUPLICATE_THRESHOLD`), as before.
@@ -44,8 +44,8 @@ from .copy_check import (
 )
 
 if TYPE_CHECKING:  # the index arrives built: importing it here would import torch for `skimgfeat --help`
+    from ..search.similarity import SimilarityIndex
     from .local_features import LocalFeatures, LocalFeatureStore
-    from .similarity import SimilarityIndex
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.1
@@ -82,11 +82,11 @@ def duplicate_pairs(
         candidate pair is a copy.
     copy_threshold : int, default=COPY_THRESHOLD
         Largest copy distance (bits) of a copy, for a photo of ordinary texture
-        (:func:`~skimgfeat.uses.copy_check.copy_thresholds`).
+        (:func:`~skimgfeat.matching.copy_check.copy_thresholds`).
     local_features : LocalFeatureStore or None
         The photos' local features (``extract --local-features``): a hash match is a
         copy only when the content agrees
-        (:func:`~skimgfeat.uses.copy_check.verify_copy`). None, or a photo they lack: the
+        (:func:`~skimgfeat.matching.copy_check.verify_copy`). None, or a photo they lack: the
         stricter hash-only rule, said in ``reason``.
     same_object : bool, default=False
         With ``local_features``: verify the pairs that are not copies and call those

@@ -2,7 +2,7 @@
 
 Recognising one physical object in a new photo (a re-listed lot) needs more than a
 global CNN vector: a geometric check that many small patches of two photos match under
-one perspective transform (:mod:`skimgfeat.uses.verification`). The patches are the
+one perspective transform (:mod:`skimgfeat.matching.verification`). The patches are the
 keypoints of OpenCV's AKAZE detector (binary MLDB descriptors on a nonlinear scale
 space), found on a grayscale copy of the photo whose long side is at most ``max_side``
 pixels, at most ``max_keypoints`` per photo (the strongest), so a photo's entry has a
@@ -247,7 +247,7 @@ class LocalFeatureStore:
         if not settings.is_file():
             raise MissingLocalFeaturesError(
                 f"no local features in {os.fspath(self.folder)!r}: make them with `{EXTRACT_COMMAND}` "
-                "(or skimgfeat.uses.local_features.write_local_features)"
+                "(or skimgfeat.matching.local_features.write_local_features)"
             )
         self.settings = json.loads(settings.read_text(encoding="utf-8"))
         version = self.settings.get("format_version")

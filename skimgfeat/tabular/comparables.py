@@ -47,7 +47,7 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         neighbour at distance 0 takes all the weight), as
         :class:`~sklearn.neighbors.KNeighborsRegressor` does.
     cv : int, cross-validation generator or iterable, default=5
-        Folds for ``fit_transform`` (see :func:`skimgfeat.uses.stacking.fold_splitter`).
+        Folds for ``fit_transform`` (see :func:`skimgfeat.tabular.stacking.fold_splitter`).
     shuffle : bool, default=True
         Shuffle the rows before splitting into folds (only when ``cv`` is an int).
     random_state : int, RandomState instance or None, default=None
@@ -269,7 +269,7 @@ def _search_exact(queries: np.ndarray, directions: np.ndarray, k: int) -> tuple[
 
 
 def _similarity_index(directions: np.ndarray):
-    from .similarity import SimilarityIndex
+    from ..search.similarity import SimilarityIndex
 
     return SimilarityIndex([str(row) for row in range(len(directions))], directions, key="item_id")
 

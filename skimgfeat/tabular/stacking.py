@@ -240,7 +240,7 @@ def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True,
 
     Examples
     --------
-    >>> from skimgfeat.uses.stacking import fold_splitter
+    >>> from skimgfeat.tabular.stacking import fold_splitter
     >>> fold_splitter(3, random_state=0)
     KFold(n_splits=3, random_state=0, shuffle=True)
     """

@@ -43,6 +43,7 @@ import pandas as pd
 
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
+from ..schema import ERROR, IMAGE_PATH
 
 # Chosen by benchmarks/duplicate_threshold.py on its tune split (see benchmarks/README.md).
 COPY_THRESHOLD = 8
@@ -67,9 +68,6 @@ UNREADABLE = "unreadable"
 SAME_OBJECT = "same_object"  # another photo of the same object (local features, not a copy)
 
 _HASH_COLUMNS = [f"phash_{i}" for i in range(N_HASHES)]
-_IMAGE_PATH = "image_path"
-_ERROR = "error"
-_VERSION_KEY = b"skimgfeat_hashes_version"
 # Hashes look at a 32 x 32 grey picture: decoding past 128 pixels buys nothing.
 _DECODE_SIZE = (128, 128)
 # A border is plain when its pixels stay within this many grey levels of its median (after a light blur).
@@ -270,7 +268,7 @@ def content_agrees(verification) -> bool:
     Parameters
     ----------
     verification : PairVerification
-        From :func:`~skimgfeat.uses.verification.verify_pair` (its guided match is read
+        From :func:`~skimgfeat.matching.verification.verify_pair` (its guided match is read
         when there is one), with :attr:`coverage` filled by :func:`verify_copy`.
 
     Returns
@@ -344,8 +342,8 @@ def verify_copy(a, b, *, mirrored: bool = False, verification=None) -> CopyVerif
     Parameters
     ----------
     a, b : LocalFeatures
-        From :func:`~skimgfeat.uses.local_features.detect_local_features` or a
-        :class:`~skimgfeat.uses.local_features.LocalFeatureStore`; for a mirrored pair,
+        From :func:`~skimgfeat.matching.local_features.detect_local_features` or a
+        :class:`~skimgfeat.matching.local_features.LocalFeatureStore`; for a mirrored pair,
         ``a`` detected on the flipped photo.
     mirrored : bool, default=False
         Recorded in the result.
@@ -359,7 +357,7 @@ def verify_copy(a, b, *, mirrored: bool = False, verification=None) -> CopyVerif
     Examples
     --------
     >>> import numpy as np
-    >>> from skimgfeat.uses.local_features import detect_local_features
+    >>> from skimgfeat.matching.local_features import detect_local_features
     >>> rng = np.random.default_rng(0)
     >>> photo = (rng.random((240, 320)) * 255).astype(np.uint8)
     >>> content_agrees(verify_copy(detect_local_features(photo), detect_local_features(photo[20:, 30:])))
@@ -524,8 +522,8 @@ class PhotoHashes:
         from ..storage.io import write_table
 
         table = pd.DataFrame(self.hashes.view(np.int64), columns=_HASH_COLUMNS)
-        table.insert(0, _ERROR, self.errors)
-        table.insert(0, _IMAGE_PATH, self.names)
+        table.insert(0, ERROR, self.errors)
+        table.insert(0, IMAGE_PATH, self.names)
         return write_table(table, Path(path))
 
     @classmethod
@@ -540,11 +538,11 @@ class PhotoHashes:
             raise OutdatedHashesError(
                 f"{os.fspath(path)!r} holds the hashes of an earlier skimgfeat ({stored} per photo, this version "
                 f"uses {N_HASHES}): run `skimgfeat extract --hashes` again")
-        missing = [column for column in (_IMAGE_PATH, _ERROR, *_HASH_COLUMNS) if column not in table.columns]
+        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in table.columns]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file: no column {missing[0]!r}")
         hashes = table[_HASH_COLUMNS].to_numpy(dtype=np.int64).view(np.uint64)
-        return cls(table[_IMAGE_PATH].astype(str), hashes, table[_ERROR].fillna("").astype(str))
+        return cls(table[IMAGE_PATH].astype(str), hashes, table[ERROR].fillna("").astype(str))
 
 
 def _hash_or_reason(photo) -> np.ndarray | str:

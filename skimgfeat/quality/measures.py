@@ -196,7 +196,7 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
 def measure_quality(path: str | os.PathLike, *, working_size: int = 512, max_pixels: int | None = None) -> np.ndarray:
     """The :data:`QUALITY_FEATURES` of one image file; ImageLoadError if it cannot be read.
 
-    >>> from skimgfeat.uses.quality import QUALITY_FEATURES, measure_quality
+    >>> from skimgfeat.quality.measures import QUALITY_FEATURES, measure_quality
     >>> from skimgfeat.storage.samples import write_sample_images
     >>> import tempfile
     >>> photo = write_sample_images(tempfile.mkdtemp(), photos_per_item=1)[0]

@@ -43,7 +43,7 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         DataFrame), indexed by rows.
     cv : int, cross-validation generator or iterable, default=5
         The folds; an int gives a :class:`~sklearn.model_selection.KFold` (see
-        :func:`skimgfeat.uses.stacking.fold_splitter`). Folds must cover every row once.
+        :func:`skimgfeat.tabular.stacking.fold_splitter`). Folds must cover every row once.
     shuffle : bool, default=True
         Shuffle the rows before splitting into folds (only when ``cv`` is an int).
     random_state : int, RandomState instance or None, default=None

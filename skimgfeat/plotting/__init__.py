@@ -1,0 +1,1 @@
+"""Drawing results for people: contact sheets of similar photos, copies and matches."""

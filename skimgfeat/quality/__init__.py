@@ -1,0 +1,1 @@
+"""Photo quality measures: sharpness, exposure, colourfulness, size, JPEG quality."""

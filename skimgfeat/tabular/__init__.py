@@ -1,0 +1,1 @@
+"""Photos beside tabular data: stacking, cross-fitting and visual comparables for prices."""

@@ -1,1 +1,0 @@
-"""The uses of features: similarity search, duplicates, photo quality, stacking."""
