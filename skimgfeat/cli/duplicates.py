@@ -27,8 +27,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     duplicates = add_command(
         commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
         "Two stages: photos closer than --threshold in cosine distance are candidate pairs, then the copy "
-        "check compares their perceptual hashes, which a resized, recompressed, lightly cropped or re-exposed "
-        "copy keeps and a re-shoot of the same object does not. With --features (or --index), print as CSV on "
+        "check compares their perceptual hashes, which a resized, recompressed, cropped, mirrored, matted or "
+        "re-exposed copy keeps and a re-shoot of the same object does not; with the photos' local features "
+        "(`extract --local-features`) a hash match must also agree in content, else a stricter hash rule "
+        "decides. With --features (or --index), print as CSV on "
         "stdout "
         "(group,image_path,chained) every photo of the table that has a copy: groups are the connected "
         "copy pairs, numbered from 0 in table order; chained marks a group in which some two photos are not "

@@ -32,6 +32,7 @@ from .copy_check import (
     COPY,
     COPY_THRESHOLD,
     DIFFERENT,
+    MIN_KEYPOINTS,
     N_HASHES,
     SAME_OBJECT,
     UNREADABLE,
@@ -53,7 +54,7 @@ DEFAULT_CANDIDATE_DISTANCE = 0.3
 DEFAULT_BLOCK_PAIRS = 65536
 
 PAIR_COLUMNS = ("image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason")
-LOCAL_COLUMNS = ("inliers", "copy_coverage")
+LOCAL_COLUMNS = ("inliers", "copy_coverage", "copy_unmatched")
 
 
 def duplicate_pairs(
@@ -102,8 +103,10 @@ def duplicate_pairs(
         is unreadable), ``verdict`` (``"copy"``, ``"different"``, ``"unreadable"``, and
         ``"same_object"`` with ``same_object``) and ``reason`` (why a photo could not be
         read, or why the hashes alone decided; else empty). With ``local_features``
-        also :data:`LOCAL_COLUMNS`: ``inliers`` and ``copy_coverage`` (the share of the
-        overlapping keypoints that match, for the pairs whose hashes matched).
+        also :data:`LOCAL_COLUMNS`: ``inliers``, and for the pairs whose hashes matched
+        ``copy_coverage`` (the share of the overlapping keypoints matched under one
+        near-similarity transform, 0 when the transform is not one) and
+        ``copy_unmatched`` (the share of them in a patch where nothing matches), else NaN.
 
     Examples
     --------
@@ -284,8 +287,8 @@ def find_copies_against(
     max_distance : float or None
         See :func:`duplicate_pairs`.
     copy_check : bool or PhotoHashes, default=True
-        The new photos' hashes, keyed by ``photos``; True to hash them now, False for
-        features alone.
+        The new photos' hashes, keyed by ``photos`` (else by ``names``); True to hash
+        them now, False for features alone.
     archive_hashes : bool or PhotoHashes, default=True
         The archive's hashes (its ``image_hashes.parquet``); photos they lack are hashed now.
     copy_threshold : int, default=COPY_THRESHOLD
@@ -327,6 +330,9 @@ def find_copies_against(
         return _unchecked_pairs(names[rows_a], index.names[rows_b], distances)
     wanted = np.unique(rows_a)
     new_hashes = copy_check if isinstance(copy_check, PhotoHashes) else None
+    if new_hashes is not None:  # hashes keyed by name (an archive's own sidecar) serve where the file's key is absent
+        by_name = ~new_hashes.contains(keys) & new_hashes.contains(names)
+        keys[by_name] = names[by_name]
     missing = [row for row in wanted if new_hashes is None or keys[row] not in new_hashes]
     computed = PhotoHashes.compute([photos[row] for row in missing], keys[missing], n_workers=n_workers)
     new_hashes = computed if new_hashes is None else new_hashes.merged(computed)
@@ -405,39 +411,44 @@ class _PairJudge:
             reasons[i] = "; ".join(f"{name}: {error}" for name, error in sides if error)
         inliers = np.zeros(len(rows_a), dtype=np.int64)
         coverage = np.full(len(rows_a), np.nan)
+        unmatched = np.full(len(rows_a), np.nan)
         strict_match = readable & (scores <= strict_of)
         if not self.local:  # hashes alone: the stricter rule
             verdicts[strict_match] = COPY
         else:
             hash_match = readable & (scores <= thresholds)
             for i in np.flatnonzero(hash_match | (readable & self.same_object)):
-                verdicts[i], reasons[i], inliers[i], coverage[i] = self._one(
+                verdicts[i], reasons[i], inliers[i], coverage[i], unmatched[i] = self._one(
                     rows_a[i], rows_b[i], bool(hash_match[i]), bool(mirrored[i]), bool(strict_match[i]))
         table = _pair_table(a.names[rows_a], b.names[rows_b], distances, scores, verdicts, reasons)
         if self.local:
             table["inliers"] = inliers
             table["copy_coverage"] = coverage
+            table["copy_unmatched"] = unmatched
         return table
 
     def _one(self, row_a: int, row_b: int, hash_match: bool, mirrored: bool, strict_match: bool):
-        """(verdict, reason, inliers, coverage) of one readable pair."""
+        """(verdict, reason, inliers, copy coverage, copy unmatched) of one readable pair."""
         features_a, features_b, missing = self._features(row_a, row_b, mirrored and hash_match)
         if missing:
             verdict = COPY if hash_match and strict_match else DIFFERENT
-            return verdict, f"{missing}: hashes alone decided", 0, np.nan
+            return verdict, f"{missing}: hashes alone decided", 0, np.nan, np.nan
         from .verification import is_same_object, verify_pair
 
         verification = verify_pair(features_a, features_b)
         copy = CopyVerification.none()
+        evidence = (np.nan, np.nan)
         if hash_match:
             copy = verify_copy(features_a, features_b, mirrored=mirrored, verification=verification)
+            evidence = (copy.coverage, copy.unmatched)
             if content_agrees(copy):
-                return COPY, "", copy.inliers, copy.coverage
+                return COPY, "", copy.inliers, *evidence
         if mirrored and hash_match and self.same_object:  # the same-object check reads the photos as they are
             verification = verify_pair(self.a.features(row_a), features_b)
-        same = self.same_object and is_same_object(verification)
-        coverage = copy.coverage if hash_match else np.nan
-        return (SAME_OBJECT if same else DIFFERENT), "", int(verification.inliers), coverage
+        if self.same_object and is_same_object(verification):
+            return SAME_OBJECT, "", int(verification.inliers), *evidence
+        # A hash match that is no copy: the content check's own inliers say why.
+        return DIFFERENT, "", int(copy.inliers if hash_match else verification.inliers), *evidence
 
     def _features(self, row_a: int, row_b: int, flip_a: bool):
         """(features of a, possibly of its mirror image; features of b; what is missing, or "")."""
@@ -447,6 +458,8 @@ class _PairJudge:
                 return None, None, f"no local features for {name}"
             if features.error:
                 return None, None, f"{name} had no local features ({features.error})"
+            if len(features) < MIN_KEYPOINTS:  # a thumbnail, a blank: nothing for the content check to read
+                return None, None, f"{name} has {len(features)} keypoints"
         if flip_a:
             features_a = _mirrored_features(self.a.photo(row_a), features_a)
             if features_a is None:
