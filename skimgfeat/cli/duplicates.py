@@ -186,7 +186,9 @@ def _against_archive(args: argparse.Namespace) -> int:
                                     for name, photo in zip(names, photos))))
         sheet_rows = found.assign(query=found["image_path"].map(photo_of), distance=found["feature_distance"])
         sheet_rows["rank"] = sheet_rows.groupby("query").cumcount() + 1
-        _draw(args.sheet, sheet_rows.rename(columns={"duplicate_of": index.key}), index)
+        # The archive's photo under the key column (the new photo's image_path is the query): one column of
+        # that name, or the sheet labels every tile with the column's name and finds no photo.
+        _draw(args.sheet, sheet_rows.drop(columns="image_path").rename(columns={"duplicate_of": index.key}), index)
     return EXIT_OK
 
 
@@ -283,6 +285,10 @@ def _new_photos(args: argparse.Namespace, index):
     from ..matching.copy_check import OutdatedHashesError, PhotoHashes
 
     names, vectors, photos, hashes, failed = [], [], [], None, {}
+    for item in args.new:  # a folder is neither a photo nor a table: say what to pass (it used to exit 0)
+        if Path(item).is_dir():
+            raise UsageError(f"NEW {item!r} is a folder: pass its photos ({os.path.join(item, '*.jpg')}) or "
+                             "the feature table extract wrote for them (OUT/image_features_raw.parquet)")
     files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
     for table in (Path(item) for item in args.new if Path(item).suffix.lower() in TABLE_SUFFIXES):
         new = _read_index(table, None)
