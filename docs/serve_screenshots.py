@@ -1,11 +1,11 @@
 """The screenshots of docs/serve.md: each view of ``skimgfeat serve``, taken with headless Chromium.
 
-Builds a small archive from the Grocery Store Dataset in ../shared (MIT licence, Klasson et
-al. 2019): the web-shop ("iconic") photo of twelve packaged products as the catalogue photo
-of a lot, a shop photo beside some of them, one re-encoded copy; extracts it with
-``skimgfeat extract --hashes --local-features``; writes a lot table and an intake report
-(``skimgfeat match`` of a new shop photo); serves it on 127.0.0.1 and saves one PNG per
-view in docs/_static/. Needs chromium and chromedriver (Debian packages) and selenium
+Builds a small archive folder from the Grocery Store Dataset in ../shared (MIT licence,
+Klasson et al. 2019) with two runs of ``skimgfeat ingest``: first the web-shop ("iconic")
+photo of twelve packaged products as the catalogue photo of a lot, a shop photo beside some
+of them, and the lot table; then the day's photos (a consignor's shop photo, a dealer's
+re-encoded copy), whose intake report the server reviews. Serves it on 127.0.0.1 and
+saves one PNG per view in docs/_static/. Needs chromium and chromedriver (Debian packages) and selenium
 (the test extra).
 
     python docs/serve_screenshots.py
@@ -45,35 +45,33 @@ def shop_photos(product: str) -> list[Path]:
     return sorted(GROCERY.glob(f"train/*/*/{product}/*.jpg"))
 
 
-def build(folder: Path) -> tuple[Path, Path, Path]:
+def build(folder: Path) -> Path:
+    """An archive folder after two days of ``skimgfeat ingest``: the lots, then the day's new photos."""
     import csv
 
     from PIL import Image
 
     iconic = {row[0]: GROCERY / row[4].lstrip("/") for row in list(csv.reader(open(GROCERY / "classes.csv")))[1:]}
-    photos = folder / "photos"
-    photos.mkdir()
+    day1, day2 = folder / "catalogue", folder / "2026-12-07"
+    day1.mkdir()
+    day2.mkdir()
     for number, product in enumerate(PRODUCTS, start=101):
-        shutil.copy(iconic[product], photos / f"lot{number}_1.jpg")
+        shutil.copy(iconic[product], day1 / f"lot{number}_1.jpg")
         if number <= 106:
-            shutil.copy(shop_photos(product)[1], photos / f"lot{number}_2.jpg")
-    with Image.open(iconic[PRODUCTS[2]]) as image:  # a dealer's re-encoded copy of lot 103's catalogue photo
-        image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(photos / "lot113_1.jpg",
-                                                                                         quality=70)
-    skimgfeat("extract", photos, "-o", folder / "features", "--pattern", "*.jpg", "--hashes", "--local-features",
-              "--aggregate", "none", "-q")
+            shutil.copy(shop_photos(product)[1], day1 / f"lot{number}_2.jpg")
     lots = folder / "lots.csv"
     rows = ["item_id,price,sale,date,title"] + [
         f"lot{number},{12 + 3 * (number - 100)},{'Autumn' if number % 2 else 'Spring'} sale,2025-{number - 100:02d}-15,"
         f"{product.replace('-', ' ')}" for number, product in enumerate(PRODUCTS, start=101)]
     lots.write_text("\n".join(rows) + "\n")
-    new = folder / "today" / "consignor_17.jpg"
-    new.parent.mkdir()
-    shutil.copy(shop_photos(PRODUCTS[4])[5], new)
-    report = folder / "report.csv"
-    with open(report, "w") as out:
-        skimgfeat("match", new, "--against", folder / "features", "-k", "12", stdout=out)
-    return folder / "features", lots, report
+    with Image.open(iconic[PRODUCTS[2]]) as image:  # a dealer's re-encoded copy of lot 103's catalogue photo
+        image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(day2 / "lot113_1.jpg",
+                                                                                       quality=70)
+    shutil.copy(shop_photos(PRODUCTS[4])[5], day2 / "consignor_17.jpg")  # a consignor's photo of lot 105
+    archive = folder / "archive"
+    skimgfeat("ingest", day1, "--archive", archive, "--intake", day1.name, "--lots", lots, "-q")
+    skimgfeat("ingest", day2, "--archive", archive, "--intake", day2.name, "-q")
+    return archive
 
 
 def main() -> None:
@@ -83,12 +81,12 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     folder = Path(tempfile.mkdtemp(prefix="serve-shots-"))
-    archive, lots, report = build(folder)
+    archive = build(folder)
     log = folder / "serve.log"
     env = {**os.environ, "SKIMGFEAT_WEIGHTS": str(SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth")}
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "skimgfeat", "serve", str(archive), "--port", "0", "--lots",
-                                   str(lots), "--report", str(report)], stderr=out, env=env)
+        server = subprocess.Popen([sys.executable, "-m", "skimgfeat", "serve", str(archive), "--port", "0"],
+                                  stderr=out, env=env)
     try:
         while not (found := re.search(r"127\.0\.0\.1:(\d+)", log.read_text())):
             if server.poll() is not None:
@@ -102,12 +100,12 @@ def main() -> None:
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
             driver.get(base + "/")
-            driver.find_element(By.NAME, "photo").send_keys(str(shop_photos(PRODUCTS[0])[3]))
+            driver.find_element(By.NAME, "photo").send_keys(str(shop_photos(PRODUCTS[0])[6]))
             driver.find_element(By.ID, "upload-form").submit()
             WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "results"))
             _shot(driver, STATIC / "serve-search-upload.png")
-            for name, path in (("serve-search-name.png", "/search?q=lot103_1.jpg"),
-                               ("serve-pair.png", "/pair?q=lot102_2.jpg&b=lot102_1.jpg"),
+            for name, path in (("serve-search-name.png", "/search?q=catalogue/lot103_1.jpg"),
+                               ("serve-pair.png", "/pair?q=catalogue/lot102_2.jpg&b=catalogue/lot102_1.jpg"),
                                ("serve-review-duplicates.png", "/review/duplicates"),
                                ("serve-review-intake.png", "/review/intake"),
                                ("serve-item.png", "/item/lot101")):

@@ -8,6 +8,8 @@ line does the same with the archive's recorded network: see test_archive_kills.p
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 from pathlib import Path
 
@@ -159,3 +161,50 @@ def test_an_index_folder_or_a_foreign_folder_is_not_taken_for_an_archive(tmp_pat
         ingest(synthetic_photos[0].parent, tmp_path / "notes")
     with pytest.raises(FileNotFoundError, match="is a file: give the folder"):
         ingest(synthetic_photos[0], tmp_path / "archive")
+
+
+def recipe_commands() -> list[list[str]]:
+    """The commands of the daily-intake recipe in docs/millions-of-photos.md, as written."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "millions-of-photos.md").read_text(encoding="utf-8")
+    block = text.split("## The daily intake", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("skimgfeat ")]
+
+
+def test_the_daily_intake_recipe_of_the_docs_runs_as_written(tmp_path, objects, shared_weights, monkeypatch):
+    from test_cli import skimgfeat
+
+    from skimgfeat.archive.folder import today
+
+    for name, source in [("lot17_1", "dvd001_canon"), ("lot17_2", "dvd001_palm"), ("lot18_1", "dvd002_canon"),
+                         ("lot19_1", "dvd003_canon")]:
+        photo(objects / f"{source}.jpg", tmp_path / "today" / f"{name}.jpg", size=320)
+    photo(objects / "dvd001_canon.jpg", tmp_path / "new_photo.jpg", size=240, quality=60)
+    pd.DataFrame({"item_id": ["lot17", "lot18"], "price": [120, 80]}).to_csv(tmp_path / "lots.csv", index=False)
+    (tmp_path / "takedowns.txt").write_text("# one per line\nlot19_1.jpg\n")
+    day = today()
+    outputs = {}
+    monkeypatch.chdir(tmp_path)
+    for command in recipe_commands():
+        arguments = [argument.replace("2026-12-07", day) for argument in command[1:]]
+        result = skimgfeat(*arguments, env={"SKIMGFEAT_WEIGHTS": str(shared_weights)})
+        assert result.returncode == 0, (command, result.stderr)
+        outputs.setdefault(command[1], []).append(result.stdout)
+    assert [len(runs) for runs in outputs.values()] == [2, 1, 1, 1, 3, 1]
+    report = pd.read_csv(tmp_path / "archive" / "reports" / f"{day}.csv", keep_default_na=False)
+    assert set(report["status"]) == {"already archived"}  # the second day's run of the same folder
+    lot17 = report[report["image_path"] == f"{day}/lot17_1.jpg"]
+    assert f"{day}/lot17_2.jpg" in set(lot17[lot17["verdict"] == "same_object"]["match"])
+    assert float(lot17["lot_price"].tolist()[0]) == 120
+    copies = pd.read_csv(io.StringIO(outputs["duplicates"][0]))
+    assert copies[["image_path", "duplicate_of"]].values.tolist() == [["new_photo.jpg", f"{day}/lot17_1.jpg"]]
+    with Image.open(tmp_path / "copies.png") as sheet:  # the archive's photo drawn, not a grey "no photo"
+        tile = np.asarray(sheet.convert("L"))[:, sheet.width // 2:]
+        assert tile.std() > 30
+    matched = pd.read_csv(io.StringIO(outputs["match"][0]))
+    assert matched["verdict"].tolist()[:2] == ["copy", "same_object"]
+    info = json.loads(outputs["index"][0])
+    assert (info["n_live"], info["n_rows"]) == (1, 1)  # lot17_1 only, after the compaction
+    refused = skimgfeat("duplicates", "today/", "--against", "archive/")
+    assert refused.returncode == 2 and "is a folder: pass its photos" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,8 @@ def test_a_query_may_be_an_image_name_unless_two_rows_share_it():
         similar_items(SimilarityIndex.build(twice), [name])
     with pytest.raises(FileNotFoundError, match="image_name"):
         similar_items(index, ["nowhere.jpg"])
+    with pytest.raises(FileNotFoundError, match="is a folder: pass its photos"):
+        similar_items(index, [str(Path(__file__).parent)])
 
 
 def test_the_saved_index_answers_the_same_in_a_new_process(table_file, tmp_path):
@@ -389,3 +392,20 @@ def test_an_inverted_file_at_the_default_nprobe_recalls_near_ties_of_wide_photo_
     assert (index.nprobe, index._store.nlist) == (8, 77)
     assert found[:, 0].tolist() == list(range(100))  # each query's own photo first
     assert recall >= 0.9, recall
+
+
+def test_sampling_a_dataset_of_many_parts_opens_one_part_at_a_time(tmp_path):
+    """1,000 Dask parts exceeded the usual limit of 1,024 open files: here 160 parts under a limit of 64."""
+    table = feature_table(320)
+    for part in range(160):
+        write_table(table.iloc[2 * part:2 * part + 2], tmp_path / "parts" / f"part-{part:04d}.parquet",
+                    model_info=MODEL)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "from skimgfeat.storage.io import FeatureTableReader\n"
+        "print(len(FeatureTableReader(sys.argv[1]).sample(300)))\n"
+    )
+    result = run_python(script, tmp_path / "parts")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "300"

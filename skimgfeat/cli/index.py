@@ -101,7 +101,9 @@ def run_info(args: argparse.Namespace) -> int:
         folder, info = read_generation(args.index_dir)
     model = info.get("model_info") or {}
     shown = {"directory": str(args.index_dir), "generation": folder.name, "key": info.get("key"),
-             "n_rows": info.get("n_rows"), "n_skipped": info.get("n_skipped"), **info.get("index", {}),
+             "n_rows": info.get("n_rows"),
+             "n_live": info.get("n_live", info.get("n_rows")), "n_skipped": info.get("n_skipped"),
+             **info.get("index", {}),
              "requested_kind": info.get("requested_kind"), "model_name": model.get("model_name"),
              "weights": model.get("weights"), "written_at": info.get("written_at"), "files": info.get("files")}
     print(json.dumps(shown, indent=2, default=str))

@@ -886,6 +886,9 @@ def similar_items(
     rows = [_indexed_row(index, label) for label in labels]
     files = [label for label, row in zip(labels, rows) if row is None]
     for label in files:
+        if os.path.isdir(label):
+            raise FileNotFoundError(f"query {label!r} is a folder: pass its photos ({os.path.join(label, '*.jpg')}), "
+                                    f"or names of the {index.key} column")
         if not os.path.isfile(label):
             names = f"{index.key} or image_name" if IMAGE_NAME in index._identities else index.key
             raise FileNotFoundError(f"query {label!r} is neither an image file nor a {names} of the table")

@@ -261,11 +261,14 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
         waiting = [row for row in rows if not row["decision"]]
         position = _bounded_int(request.query_params.get("at"), 0, 0, 10**9, "at")
         row = waiting[position % len(waiting)] if waiting else None
-        columns = [column for column in (rows[0] if rows else {}) if column not in ("row", "image_a", "image_b",
-                                                                                    "decision")]
         lot = state.source.lot_of(row["image_b"]) if row else {}
+        shown = ("row", "image_a", "image_b", "decision")  # the report's own lot_ columns repeat the lot table
+        columns = [column for column in (rows[0] if rows else {})
+                   if column not in shown and not (lot and str(column).startswith("lot_"))]
+        archived = row is not None and row["image_a"] in state.source.index  # the pair view needs both archived
         return page(request, "intake.html", {"row": row, "n_waiting": len(waiting), "n_rows": len(rows),
-                                             "columns": columns, "lot": lot, "next": position + 1})
+                                             "columns": columns, "lot": lot, "next": position + 1,
+                                             "archived": archived})
 
     # -- decisions ----------------------------------------------------------------------
 
