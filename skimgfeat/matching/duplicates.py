@@ -41,6 +41,7 @@ from .copy_check import (
     content_agrees,
     copy_match,
     copy_thresholds,
+    is_copy,
     verify_copy,
 )
 
@@ -347,6 +348,43 @@ def find_copies_against(
 
 
 # -- the two stages -------------------------------------------------------------------
+
+
+def is_confirmed_copy(hashes_a, hashes_b, features_a=None, features_b=None, *, photo_a=None, verification=None,
+                      copy_threshold: int = COPY_THRESHOLD) -> bool:
+    """The copy verdict of one pair, decided as ``duplicates`` decides it.
+
+    Hashes within the pair's threshold propose a copy; when both photos' local features are
+    at hand (and have keypoints enough) the content must agree under one similarity
+    (:func:`~skimgfeat.matching.copy_check.verify_copy`), on ``photo_a`` flipped when the
+    hashes say the copy is mirrored; otherwise the stricter hash-only rule decides.
+    ``match`` and ``serve`` call this, so a ``copy`` means the same everywhere.
+
+    Parameters
+    ----------
+    hashes_a, hashes_b : ndarray of shape (N_HASHES,) or None
+        The photos' hashes; None for a photo that could not be hashed (no copy).
+    features_a, features_b : LocalFeatures or None
+    photo_a : path or None
+        The file of the first photo, read only for a mirrored pair.
+    verification : PairVerification or None
+        ``verify_pair(features_a, features_b)`` when the caller has it already.
+    copy_threshold : int, default=COPY_THRESHOLD
+    """
+    if hashes_a is None or hashes_b is None:
+        return False
+    readable = [features for features in (features_a, features_b)
+                if features is not None and not features.error and len(features) >= MIN_KEYPOINTS]
+    if len(readable) < 2:
+        return is_copy(hashes_a, hashes_b, copy_threshold=copy_threshold)
+    score, mirrored = copy_match(hashes_a, hashes_b)
+    if score > copy_thresholds(hashes_a, hashes_b, copy_threshold=copy_threshold):
+        return False
+    if mirrored:
+        features_a, verification = _mirrored_features(photo_a, features_a), None
+        if features_a is None:  # no photo to flip: the hashes alone, strictly
+            return is_copy(hashes_a, hashes_b, copy_threshold=copy_threshold)
+    return content_agrees(verify_copy(features_a, features_b, mirrored=mirrored, verification=verification))
 
 
 class _Side:

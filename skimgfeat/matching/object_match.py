@@ -9,7 +9,8 @@ verifies each candidate against the query with local features
 Each candidate gets a verdict:
 
 * ``copy``: the same photo again (resized, recompressed, slightly cropped): the copy
-  check of ``duplicates`` (perceptual hashes), see :func:`is_copy`;
+  check of ``duplicates`` (perceptual hashes confirmed by the local features), see
+  :func:`~skimgfeat.matching.duplicates.is_confirmed_copy`;
 * ``same_object``: another photo of the same physical object;
 * ``different``: anything else, including a photo too plain or too small to verify.
 
@@ -29,8 +30,8 @@ import pandas as pd
 from ..embedder import fitted_embedder_from_model_info
 from ..schema import IMAGE_PATH, ITEM_ID, item_id_from_name
 from ..search.similarity import SimilarityIndex, _indexed_row
-from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, copy_distance
-from .duplicates import DEFAULT_CANDIDATE_DISTANCE
+from .copy_check import COPY, DIFFERENT, UNREADABLE
+from .duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
 from .instance_index import InstanceIndex, instance_index_for
 from .local_features import (
     LOCAL_FEATURES_DIR,
@@ -54,18 +55,6 @@ SAME_OBJECT = "same_object"
 UNVERIFIED = "unverified"
 VERDICTS = (COPY, SAME_OBJECT, DIFFERENT, UNVERIFIED)
 MATCH_COLUMNS = ("query", "rank", "feature_distance", "inliers", "verdict")
-
-
-def is_copy(hashes_a: np.ndarray | None, hashes_b: np.ndarray | None) -> bool:
-    """Whether two photos are copies of one picture: the copy check of ``duplicates``.
-
-    ``hashes_a`` and ``hashes_b`` are their perceptual hashes
-    (:func:`~skimgfeat.matching.copy_check.hash_photo`); None for a photo that could not be
-    hashed, which is no copy.
-    """
-    if hashes_a is None or hashes_b is None:
-        return False
-    return int(copy_distance(hashes_a, hashes_b)) <= COPY_THRESHOLD
 
 
 def verdict(verification: PairVerification, *, copy: bool = False, min_inliers: int = DEFAULT_MIN_INLIERS) -> str:
@@ -294,8 +283,8 @@ class ObjectMatcher:
                     self.unverified_.append(name)
                     rows.append((query, name, name, float(distance), 0, UNVERIFIED))
                     continue
-                copy = distance <= DEFAULT_CANDIDATE_DISTANCE and is_copy(self._hashes(query, hashes),
-                                                                          self._hashes(photo, hashes))
+                copy = distance <= DEFAULT_CANDIDATE_DISTANCE and self._is_copy(
+                    query, query_features[query], photo, verification, hashes)
                 rows.append((query, name, photo, float(distance), verification.inliers,
                              verdict(verification, copy=copy, min_inliers=self.min_inliers)))
         table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
@@ -391,6 +380,14 @@ class ObjectMatcher:
                 if _better(verification, best[1]):
                     best = (photo, verification)
         return best
+
+    def _is_copy(self, query: str, query_features, photo: str, verification: PairVerification,
+                 known: dict) -> bool:
+        """The copy check of ``duplicates`` on a query and a candidate photo: hashes, confirmed by content."""
+        query_photo, features = query_features[0]
+        return is_confirmed_copy(self._hashes(query, known), self._hashes(photo, known), features,
+                                 self.local_features[photo], photo_a=self.photo_file(query_photo) or query,
+                                 verification=verification if len(query_features) == 1 else None)
 
     def _hashes(self, photo: str, known: dict) -> np.ndarray | None:
         """The copy-check hashes of an image file or ``image_path`` (None if it cannot be read)."""

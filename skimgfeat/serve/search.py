@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ImageLoadError
-from ..matching.copy_check import COPY, COPY_THRESHOLD, copy_distance, hash_photo
-from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE
+from ..matching.copy_check import COPY, copy_distance, hash_photo
+from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
 from ..matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
 from ..matching.object_match import SAME_OBJECT
 from ..matching.verification import PairVerification, is_same_object, verify_pair
@@ -84,7 +84,7 @@ class Searcher:
 
     def __init__(self, source: ArchiveSource) -> None:
         self.source = source
-        self._pairs: OrderedDict[tuple[str, str], tuple[PairVerification, int | None]] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, str], tuple[PairVerification | None, int | None, bool]] = OrderedDict()
         self._query_features: OrderedDict[str, LocalFeatures | None] = OrderedDict()
         self._query_hashes: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._lock = threading.Lock()
@@ -143,9 +143,8 @@ class Searcher:
         return vector
 
     def _judge(self, query: Query, hit: Hit) -> None:
-        verification, score = self._verification(query, hit.image_path, hit.distance)
+        verification, score, copy = self._verification(query, hit.image_path, hit.distance)
         hit.copy_score = score
-        copy = score is not None and score <= COPY_THRESHOLD and hit.distance <= DEFAULT_CANDIDATE_DISTANCE
         if copy:
             hit.verdict = COPY
         elif verification is not None and is_same_object(verification):
@@ -159,17 +158,23 @@ class Searcher:
             if key in self._pairs:
                 self._pairs.move_to_end(key)
                 return self._pairs[key]
-        score = self._copy_score(query, name) if distance <= DEFAULT_CANDIDATE_DISTANCE else None
         verification = None
         features = self._features_of_query(query)
         stored = self._stored_features(name)
         if features is not None and stored is not None:
             verification = verify_pair(features, stored)
+        score, copy = None, False
+        if distance <= DEFAULT_CANDIDATE_DISTANCE:  # the copy check of `duplicates`: hashes confirmed by content
+            first, second = self._query_hashes_of(query), self._hashes(name, None)
+            if first is not None and second is not None:
+                score = int(copy_distance(first, second))
+                copy = is_confirmed_copy(first, second, features, stored, photo_a=self._file_of(query),
+                                         verification=verification)
         with self._lock:
-            self._pairs[key] = (verification, score)
+            self._pairs[key] = (verification, score, copy)
             while len(self._pairs) > _REMEMBERED_PAIRS:
                 self._pairs.popitem(last=False)
-        return verification, score
+        return verification, score, copy
 
     def _stored_features(self, name: str) -> LocalFeatures | None:
         store = self.source.local_features
@@ -198,20 +203,19 @@ class Searcher:
                 self._query_features.popitem(last=False)
         return features
 
-    def _copy_score(self, query: Query, name: str) -> int | None:
+    def _query_hashes_of(self, query: Query):
         with self._lock:
-            known = query.key in self._query_hashes
-            first = self._query_hashes.get(query.key)
-        if not known:
-            first = self._hashes(query.name, query.file)
-            with self._lock:
-                self._query_hashes[query.key] = first
-                while len(self._query_hashes) > 64:
-                    self._query_hashes.popitem(last=False)
-        second = self._hashes(name, None)
-        if first is None or second is None:
-            return None
-        return int(copy_distance(first, second))
+            if query.key in self._query_hashes:
+                return self._query_hashes[query.key]
+        hashes = self._hashes(query.name, query.file)
+        with self._lock:
+            self._query_hashes[query.key] = hashes
+            while len(self._query_hashes) > 64:
+                self._query_hashes.popitem(last=False)
+        return hashes
+
+    def _file_of(self, query: Query) -> Path | None:
+        return query.file if query.file is not None else self.source.index.photo_path(query.name)
 
     def _hashes(self, name: str | None, file: Path | None):
         hashes = self.source.hashes
