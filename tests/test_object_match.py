@@ -9,12 +9,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from _scenes import on_background
+from _scenes import POSITIONS, on_background
 from conftest import SHARED, _require
 from PIL import Image
 from test_cli import skimgfeat
 
 from skimgfeat import LocalFeatureStore, ObjectMatcher, add_same_object_verdicts, verify_pair, write_local_features
+from skimgfeat.matching.instance_index import InstanceIndex, instance_index_for
 from skimgfeat.matching.local_features import MissingLocalFeaturesError, detect_local_features
 from skimgfeat.matching.object_match import verdict
 from skimgfeat.matching.verification import DEFAULT_MIN_GUIDED_INLIERS, DEFAULT_MIN_INLIERS, is_same_object
@@ -36,61 +37,75 @@ def read_csv(text: str) -> pd.DataFrame:
 
 
 # -- verification on real photos ---------------------------------------------------------------------------------------
+# The thresholds were chosen on objects 1-25 (benchmarks/object_match.py, docs/object-matching.md): the verdicts are
+# asserted on objects 26-50, held out from that choice.
+
+HELD_OUT = [f"dvd{number:03d}" for number in range(26, 51)]
+CAMERAS = ("canon", "droid", "e63", "palm")
+
+
+@pytest.fixture(scope="module")
+def held_out_features(objects_dir):
+    """The local features of the catalogue photo and the four phone photos of 7 held-out cases."""
+    return {f"{case}_{camera}": detect_local_features(objects_dir / f"{case}_{camera}.jpg")
+            for case in HELD_OUT[::4] for camera in ("reference", *CAMERAS)}
 
 
 @pytest.mark.shared
-def test_a_phone_photo_matches_its_own_case_and_not_another_case(objects_dir):
-    phone = detect_local_features(objects_dir / "dvd001_canon.jpg")
-    own_cover = detect_local_features(objects_dir / "dvd001_reference.jpg")
-    own_other_phone = detect_local_features(objects_dir / "dvd001_e63.jpg")
-    other_case = detect_local_features(objects_dir / "dvd002_canon.jpg")
-    assert 0 < len(phone) <= 1000 and phone.descriptors.shape[1] == 64  # AKAZE's 61 bytes, padded
-    for same in (own_cover, own_other_phone):
-        assert verdict(verify_pair(phone, same)) == "same_object"
-    check = verify_pair(phone, other_case)
-    assert verdict(check) == "different" and not is_same_object(check)
+def test_held_out_phone_photos_match_their_catalogue_photo_and_not_another_case(held_out_features):
+    cases = sorted({name.split("_")[0] for name in held_out_features})
+    own = [is_same_object(verify_pair(held_out_features[f"{case}_{camera}"], held_out_features[f"{case}_reference"]))
+           for case in cases for camera in CAMERAS]
+    assert np.mean(own) >= 0.9, f"{sum(own)} of {len(own)} phone photos match their catalogue photo"
+    # each phone photo against the catalogue photo and the same camera's photo of the next case
+    others = [verify_pair(held_out_features[f"{case}_{camera}"], held_out_features[f"{other}_{kind}"])
+              for case, other in zip(cases, cases[1:] + cases[:1]) for camera in CAMERAS
+              for kind in ("reference", camera)]
+    assert not any(is_same_object(check) for check in others)
+    assert max(check.inliers for check in others) > 0  # some patches do match...: the rules, not luck, decide
 
 
 @pytest.mark.shared
-def test_another_case_on_the_same_background_is_not_a_match(objects_dir):
-    backdrop = _require(HOUSES) / "1_kitchen.jpg"
-    first = detect_local_features(on_background(objects_dir / "dvd001_reference.jpg", backdrop))
-    second = detect_local_features(on_background(objects_dir / "dvd002_reference.jpg", backdrop))
-    shared_backdrop = verify_pair(first, second)
-    assert shared_backdrop.inliers > 0  # the backdrop itself does match...
-    assert not is_same_object(shared_backdrop)  # ...but it is not the object
-    assert is_same_object(verify_pair(first, detect_local_features(objects_dir / "dvd001_canon.jpg")))
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_two_cases_on_one_backdrop_are_different_wherever_they_stand(objects_dir, fraction):
+    """The backdrop matches (hundreds of inliers), the cases do not: never the same object, at any place and size."""
+    backdrop = _require(HOUSES) / "2_kitchen.jpg"
+    for first, second in [("dvd031", "dvd032"), ("dvd044", "dvd045")]:
+        for position in POSITIONS:
+            scenes = [detect_local_features(on_background(objects_dir / f"{case}_reference.jpg", backdrop,
+                                                          fraction=fraction, position=position))
+                      for case in (first, second)]
+            shared_backdrop = verify_pair(*scenes)
+            assert shared_backdrop.inliers >= 50, (first, position)  # the backdrop itself does match...
+            assert not is_same_object(shared_backdrop), (first, second, position, fraction)  # ...not the object
 
 
 @pytest.mark.shared
-def test_a_clean_object_sized_match_passes_where_the_centre_rules_do_not(objects_dir):
-    # dvd047 photographed off-centre: the centre of neither photo matches as well as the whole of it.
-    pair = verify_pair(detect_local_features(objects_dir / "dvd047_canon.jpg"),
-                       detect_local_features(objects_dir / "dvd047_droid.jpg"))
-    assert pair.centred < 1.0 and pair.inliers >= 0.8 * pair.n_matches and 0.1 <= pair.spread <= 0.2
-    assert is_same_object(pair) and verdict(pair) == "same_object"
-    assert not is_same_object(pair, min_inlier_share=None, min_guided_inliers=None)  # the centre rules alone do not
+@pytest.mark.parametrize("position", ["left", "right"])
+def test_a_case_off_centre_is_its_own_catalogue_photo(objects_dir, position):
+    """A lot at the edge of the photo: no centre rule can see it, the whole-object check does."""
+    backdrop = _require(HOUSES) / "3_bedroom.jpg"
+    matched = []
+    for case in HELD_OUT[1::4]:
+        catalogue = detect_local_features(objects_dir / f"{case}_reference.jpg")
+        for fraction in (0.5, 0.7):
+            scene = detect_local_features(on_background(objects_dir / f"{case}_reference.jpg", backdrop,
+                                                        fraction=fraction, position=position))
+            pair = verify_pair(scene, catalogue)
+            matched.append(is_same_object(pair))
+            assert not pair.covers_centres  # the case lies beside the centre of the scene
+    assert np.mean(matched) >= 0.9, f"{sum(matched)} of {len(matched)}"
 
 
 @pytest.mark.shared
-def test_matching_again_guided_by_the_homography_finds_a_small_object_and_not_the_next_one(objects_dir):
-    # dvd012 small in one photo: the first match has no inlier in the central third of one photo and a hull of
-    # 3 % (too small for a clean object-sized match): the first two ways turn it away.
+def test_matching_again_guided_by_the_homography_recovers_the_inliers_of_a_small_object(objects_dir):
+    # dvd012 small in one photo: the ratio test keeps few matches; projected by the homography, keypoints it had
+    # dropped find their partners.
     phone = detect_local_features(objects_dir / "dvd012_droid.jpg")
     pair = verify_pair(phone, detect_local_features(objects_dir / "dvd012_e63.jpg"))
-    assert pair.central_inliers < 2 and pair.spread < 0.06
-    assert not is_same_object(pair, min_guided_inliers=None)
-    # Projected by the homography, keypoints the ratio test had dropped find their partners: around both centres.
-    assert pair.guided.inliers >= max(DEFAULT_MIN_GUIDED_INLIERS, 1.5 * pair.inliers) and pair.guided.covers_centres
-    assert is_same_object(pair) and verdict(pair) == "same_object"
+    assert pair.guided.inliers >= max(DEFAULT_MIN_GUIDED_INLIERS, 1.5 * pair.inliers)
     assert verify_pair(phone, detect_local_features(objects_dir / "dvd012_e63.jpg"), guided_radius=None).guided \
         is None
-    # A stack of cases: dvd004 at the centre, the next case (dvd005) beside it. The guided match of dvd005 is
-    # just as rich, but it lies beside the centre of the photo of dvd004: not the object photographed.
-    next_case = verify_pair(detect_local_features(objects_dir / "dvd004_palm.jpg"),
-                            detect_local_features(objects_dir / "dvd005_palm.jpg"))
-    assert next_case.guided.inliers >= 2 * DEFAULT_MIN_GUIDED_INLIERS and not next_case.guided.covers_centres
-    assert not is_same_object(next_case)
 
 
 @pytest.mark.shared
@@ -276,7 +291,108 @@ def test_duplicates_tells_re_photographed_objects_from_copies_with_local_feature
     assert {"inliers", "verdict"} <= set(pairs.columns)
     case = pairs["image_a"].str[:6].where(pairs["image_a"].str.startswith("dvd"))
     same_case = case.notna() & case.eq(pairs["image_b"].str[:6])
-    assert (pairs.loc[same_case, "verdict"] == "same_object").any()
+    assert same_case.sum() >= 10
+    assert (pairs.loc[same_case, "verdict"] == "same_object").mean() >= 0.8  # most, not just one of them
     assert (pairs.loc[~same_case, "verdict"] != "same_object").all()
     groups = read_csv(result.stdout)
     assert groups.empty  # no two photos of the folder are copies of one picture
+
+
+# -- the instance index: the shortlist of the same object --------------------------------------------------------------
+
+
+@pytest.mark.shared
+def test_match_finds_the_catalogue_photo_the_cnn_shortlist_leaves_out(lots, objects_dir, shared_weights):
+    """With one CNN candidate only, the instance index still hands the other photos of the case to verification."""
+    _, output = lots
+    query = objects_dir / "dvd001_palm.jpg"
+    result = skimgfeat("match", query, "--against", output, "-k", "1", "--weights", shared_weights)
+    assert result.returncode == 0, result.stderr
+    found = read_csv(result.stdout)
+    verified = found[found["verdict"] == "same_object"]
+    assert "dvd001_reference.jpg" in set(verified["image_path"])
+    assert verified["image_path"].str.startswith("dvd001_").all() and len(verified) >= 3
+    assert (output / "instance_index" / "CURRENT").is_file()  # made from the local features, kept beside them
+
+
+@pytest.mark.shared
+def test_the_instance_index_ranks_the_same_object_first_and_follows_adds_and_removals(lots, objects_dir, tmp_path):
+    _, output = lots
+    store = LocalFeatureStore(output / "local_features")
+    index = InstanceIndex(training_descriptors=20_000)
+    index.fit_vocabulary(store.training_descriptors(20_000, index.max_words))
+    index.add(store.paths(), [store[name] for name in store.paths()])
+    query = detect_local_features(objects_dir / "dvd001_palm.jpg")  # a new photo of a case of the archive
+    found, scores = index.search(query, k=5)
+    assert found[0].startswith("dvd001_") and list(scores) == sorted(scores, reverse=True)
+    index.remove([found[0]])
+    after, _ = index.search(query, k=20)
+    assert found[0] not in after and after[0].startswith("dvd001_") and len(index) == len(store) - 1
+    index.save(tmp_path / "instance")
+    loaded = InstanceIndex.load(tmp_path / "instance")
+    assert loaded.search(query, k=20)[0] == after
+    loaded.add([found[0]], [store[found[0]]])
+    assert found[0] in loaded.search(query, k=3)[0]
+    with pytest.raises(ValueError, match="no vocabulary"):
+        InstanceIndex().search(query)
+
+
+@pytest.mark.shared
+def test_the_instance_index_beside_the_local_features_is_reused_and_extended(objects_dir, tmp_path):
+    photos = sorted(objects_dir.glob("dvd04[12]_*.jpg"))
+    folder = tmp_path / "out" / "local_features"
+    write_local_features(photos[:-1], folder, image_dir=objects_dir)
+    made = instance_index_for(LocalFeatureStore(folder))
+    current = (tmp_path / "out" / "instance_index" / "CURRENT").read_text()
+    assert len(made) == len(photos) - 1
+    again = instance_index_for(LocalFeatureStore(folder))  # nothing changed: loaded, not made again
+    assert (tmp_path / "out" / "instance_index" / "CURRENT").read_text() == current and len(again) == len(made)
+    write_local_features(photos, folder, image_dir=objects_dir)  # one more photo: a new part
+    extended = instance_index_for(LocalFeatureStore(folder))
+    assert photos[-1].name in extended and len(extended) == len(photos)
+    np.testing.assert_array_equal(extended.top_, made.top_)  # the same vocabulary, extended
+
+
+# -- an archive as it is: links, missing entries, many parts -------------------------------------------------------
+
+
+@pytest.mark.shared
+def test_symlinked_photos_are_stored_under_their_path_in_the_folder(objects_dir, tmp_path):
+    """An archive of links into other folders: keyed like the table (relative to IMAGE_DIR), not where links lead."""
+    archive = tmp_path / "archive"
+    (archive / "sale_3").mkdir(parents=True)
+    (archive / "sale_3" / "lot_7.jpg").symlink_to(objects_dir / "dvd030_canon.jpg")
+    (tmp_path / "linked").symlink_to(archive)  # the folder itself given through a link
+    for image_dir in (archive, tmp_path / "linked"):
+        folder = tmp_path / image_dir.name / "local_features"
+        write_local_features([image_dir / "sale_3" / "lot_7.jpg"], folder, image_dir=image_dir)
+        assert LocalFeatureStore(folder).paths() == ["sale_3/lot_7.jpg"]
+
+
+@pytest.mark.shared
+def test_the_store_keeps_a_bounded_number_of_parts_open(objects_dir, tmp_path):
+    photos = [objects_dir / f"dvd03{i}_canon.jpg" for i in range(4)]
+    write_local_features(photos, tmp_path / "local_features", image_dir=objects_dir, part_size=1)
+    store = LocalFeatureStore(tmp_path / "local_features", max_cached_parts=2)
+    read = [store[photo.name] for photo in photos + photos[::-1]]
+    assert store.cached_parts <= 2
+    for photo, features in zip(photos, read):
+        np.testing.assert_array_equal(features.descriptors, store[photo.name].descriptors)
+
+
+@pytest.mark.shared
+def test_a_candidate_without_local_features_is_reported_and_the_others_answered(lots, tmp_path):
+    root, output = lots
+    table = tmp_path / "out" / "image_features_raw.parquet"
+    table.parent.mkdir()
+    shutil.copy(output / "image_features_raw.parquet", table)
+    stored = [path for path in sorted((root / "photos").iterdir()) if path.name != "dvd002_droid.jpg"]
+    write_local_features(stored, table.parent / "local_features", image_dir=root / "photos")
+    result = skimgfeat("match", "dvd002_canon.jpg", "--against", table)
+    assert result.returncode == 0, result.stderr
+    found = read_csv(result.stdout)
+    missing = found[found["image_path"] == "dvd002_droid.jpg"]
+    assert missing["verdict"].tolist() == ["unverified"] and missing["rank"].tolist() == [len(found)]
+    assert "dvd002_droid.jpg" in result.stderr and "--local-features" in result.stderr
+    verified = found[found["verdict"] == "same_object"]["image_path"]
+    assert set(verified) >= {"dvd002_reference.jpg", "dvd002_e63.jpg"}

@@ -1,8 +1,8 @@
 """``skimgfeat serve`` in a real browser: headless Chromium driven through chromedriver (Selenium).
 
-One server for the module, on a tiny archive of real DVD-case photos (the Stanford Mobile
-Visual Search data, see ../shared/README.md) extracted with ``--hashes --local-features``,
-run as the user runs it (``skimgfeat serve``, a real process) with a token.
+One server for the module, on a tiny archive folder of real DVD-case photos (the Stanford
+Mobile Visual Search data, see ../shared/README.md) made by two days of ``skimgfeat
+ingest``, run as the user runs it (``skimgfeat serve ARCHIVE``, a real process) with a token.
 """
 
 from __future__ import annotations
@@ -45,40 +45,38 @@ def objects_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, objects_dir, shared_weights):
-    """Four catalogue photos, a phone photo of one, a re-encoded copy of another; a lot table; an intake report."""
+    """An archive folder after two days of intake, as `skimgfeat ingest` makes it.
+
+    Day 1: four catalogue photos and a phone photo of case 3, with a lot table. Day 2: a
+    consignor's phone photo of case 1 and a dealer's re-encoded copy of case 4's catalogue photo.
+    """
     root = tmp_path_factory.mktemp("serve")
-    photos = root / "photos"
-    photos.mkdir()
+    day1, day2 = root / "day1", root / "day2"
+    day1.mkdir()
+    day2.mkdir()
     for name in ("dvd001_reference.jpg", "dvd002_reference.jpg", "dvd003_reference.jpg", "dvd004_reference.jpg",
                  "dvd003_canon.jpg"):
-        shutil.copy(objects_dir / name, photos / name)
-    _reencoded(objects_dir / "dvd004_reference.jpg", photos / "dvd004_2.jpg", scale=0.75, quality=70)
-    output = root / "features"
-    env = {**os.environ, "SKIMGFEAT_WEIGHTS": str(shared_weights)}  # the session's artifact cache included
-    result = run_cli("extract", photos, "-o", output, "--pattern", "*.jpg", "--hashes", "--local-features", "-q",
-                     "--aggregate", "none", env=env, timeout=900)
-    assert result.returncode == 0, result.stderr
-    (root / "outside.jpg").write_bytes((objects_dir / "dvd005_reference.jpg").read_bytes())
-    os.symlink(root / "outside.jpg", photos / "escape.jpg")  # a link out of the photo folder, made after extract
+        shutil.copy(objects_dir / name, day1 / name)
     pd.DataFrame({"item_id": ["dvd001", "dvd002", "dvd003", "dvd004"], "price": [120, 95, 60, 80],
                   "sale": ["2024-10 Autumn", "2024-10 Autumn", "2025-03 Spring", "2025-03 Spring"],
                   "title": ["Case one", "Case two", "Case three", "Case four"]}).to_csv(root / "lots.csv", index=False)
-    # The day's intake: a consignor's phone photo of dvd001, matched by the command line as a user would.
-    new = root / "today" / "consignor_1.jpg"
-    new.parent.mkdir()
-    shutil.copy(objects_dir / "dvd001_canon.jpg", new)
-    report = run_cli("match", new, "--against", output, "-k", "5", env=env)
-    assert report.returncode == 0, report.stderr
-    (root / "report.csv").write_text(report.stdout)
-    return root, output, env
+    shutil.copy(objects_dir / "dvd001_canon.jpg", day2 / "consignor_1.jpg")
+    _reencoded(objects_dir / "dvd004_reference.jpg", day2 / "dvd004_2.jpg", scale=0.75, quality=70)
+    archive = root / "archive"
+    env = {**os.environ, "SKIMGFEAT_WEIGHTS": str(shared_weights)}  # the session's artifact cache included
+    for day, more in ((day1, ("--lots", root / "lots.csv")), (day2, ())):
+        result = run_cli("ingest", day, "--archive", archive, "--intake", day.name, "-q", *more, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr
+    (root / "outside.jpg").write_bytes((objects_dir / "dvd005_reference.jpg").read_bytes())
+    os.symlink(root / "outside.jpg", archive / "photos" / "escape.jpg")  # a link out of the photo folder
+    return root, archive, env
 
 
 @pytest.fixture(scope="module")
 def server(archive):
-    """``skimgfeat serve`` with a token on 127.0.0.1 and a free port; its address."""
-    root, output, env = archive
-    process = start_cli("serve", output, "--port", "0", "--lots", root / "lots.csv", "--report", root / "report.csv",
-                        "--token", TOKEN, "--cache-dir", root / "cache", env=env)
+    """``skimgfeat serve ARCHIVE`` with a token on 127.0.0.1 and a free port; its port."""
+    root, folder, env = archive
+    process = start_cli("serve", folder, "--port", "0", "--token", TOKEN, "--cache-dir", root / "cache", env=env)
     wait_until(lambda: "serving" in process.output()[1], process, timeout=300)
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", process.output()[1]).group(1))
     yield port
@@ -188,7 +186,7 @@ def _post_photo(port: int, data: bytes, filename: str) -> tuple[int, dict]:
 def test_an_uploaded_copy_finds_its_original_first_as_a_copy_with_its_lot(browser, tmp_path):
     copy = _reencoded(OBJECTS / "dvd002_reference.jpg", tmp_path / "from_a_dealer.jpg", scale=0.6, quality=55)
     browser.upload(copy)
-    assert browser.tiles()[0] == ("dvd002_reference.jpg", "copy")
+    assert browser.tiles()[0] == ("day1/dvd002_reference.jpg", "copy")
     assert "Case two" in browser.text() and "95" in browser.text()  # the lot columns beside the result
 
 
@@ -198,9 +196,9 @@ def test_a_phone_photo_finds_the_catalogue_photo_as_the_same_object_and_shows_th
 
     browser.upload(OBJECTS / "dvd003_palm.jpg")  # the case photographed with another phone, not in the archive
     verdicts = dict(browser.tiles())
-    assert verdicts["dvd003_reference.jpg"] == "same_object"
-    assert {verdicts[name] for name in verdicts if not name.startswith("dvd003")} == {"similar"}
-    browser.click('figure[data-name="dvd003_reference.jpg"] a')
+    assert verdicts["day1/dvd003_reference.jpg"] == "same_object"
+    assert {verdicts[name] for name in verdicts if not name.startswith("day1/dvd003")} == {"similar"}
+    browser.click('figure[data-name="day1/dvd003_reference.jpg"] a')
     assert browser.driver.find_element(By.ID, "pair-verdict").text == "same_object"
     picture = browser.driver.find_element(By.ID, "pair-picture")
     width = browser.driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture)
@@ -208,12 +206,15 @@ def test_a_phone_photo_finds_the_catalogue_photo_as_the_same_object_and_shows_th
 
 
 @pytest.mark.shared
-def test_a_search_by_name_verifies_its_tiles_in_the_page(browser):
+def test_a_search_by_name_verifies_its_tiles_in_the_page(browser, server):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.open("/search?q=dvd004_reference.jpg")
+    status, page = _get(server, "/search?q=dvd003_canon.jpg&k=4")  # a file name: the archived photo of that name
+    assert status == 200 and page.count(b"checking\xe2\x80\xa6") == 4  # answered before any verification
+    browser.open("/search?q=dvd003_canon.jpg")
     WebDriverWait(browser.driver, 60).until(lambda _: "checking…" not in [v for _, v in browser.tiles()])
-    assert browser.tiles()[0] == ("dvd004_2.jpg", "copy")
+    verdicts = dict(browser.tiles())  # in distance order, each verdict filled in by the page's script
+    assert verdicts.pop("day1/dvd003_reference.jpg") == "same_object" and set(verdicts.values()) == {"similar"}
 
 
 # -- review and decisions ----------------------------------------------------------------------------------------
@@ -221,60 +222,63 @@ def test_a_search_by_name_verifies_its_tiles_in_the_page(browser):
 
 @pytest.mark.shared
 def test_a_pair_marked_not_the_same_leaves_the_review_and_later_duplicates_runs(browser, archive, server):
-    _, output, env = archive
-    table = output / "image_features_raw.parquet"
-    before = run_cli("duplicates", "--features", table, "-q", env=env)
-    assert set(pd.read_csv(io.StringIO(before.stdout))["image_path"]) == {"dvd004_reference.jpg", "dvd004_2.jpg"}
+    _, folder, env = archive
+    before = run_cli("duplicates", "--index", folder, "-q", env=env)
+    copies = {"day1/dvd004_reference.jpg", "day2/dvd004_2.jpg"}
+    assert set(pd.read_csv(io.StringIO(before.stdout))["image_path"]) == copies
     browser.open("/review/duplicates")
-    assert "1 of 1 groups wait" in browser.text() and "dvd004_2.jpg" in browser.text()
+    assert "1 of 1 groups wait" in browser.text() and "day2/dvd004_2.jpg" in browser.text()
     browser.click("#group-not-same")
     assert "Nothing waits for a decision" in browser.text() and "0 of 0 groups" in browser.text()
     browser.open("/decisions")
-    assert "not_same" in browser.text() and "dvd004_2.jpg" in browser.text()
+    assert "not_same" in browser.text() and "day2/dvd004_2.jpg" in browser.text()
     status, exported = _get(server, "/decisions.csv")
     decided = pd.read_csv(io.BytesIO(exported))
     assert status == 200 and decided[["image_a", "image_b", "decision"]].values.tolist() == [
-        ["dvd004_2.jpg", "dvd004_reference.jpg", "not_same"]]
-    after = run_cli("duplicates", "--features", table, "-q", env=env)
+        ["day1/dvd004_reference.jpg", "day2/dvd004_2.jpg", "not_same"]]
+    after = run_cli("duplicates", "--index", folder, "-q", env=env)
     assert after.returncode == 0 and pd.read_csv(io.StringIO(after.stdout)).empty
 
 
 @pytest.mark.shared
 def test_an_intake_finding_marked_not_the_same_is_no_longer_reported_by_match(browser, archive):
-    root, output, env = archive
-    new = root / "today" / "consignor_1.jpg"
-    reported = pd.read_csv(root / "report.csv")
-    assert reported.iloc[0][["image_path", "verdict"]].tolist() == ["dvd001_reference.jpg", "same_object"]
+    _, folder, env = archive
+    reported = pd.read_csv(folder / "reports" / "day2.csv")  # what `ingest` said of the day's photos
+    first = reported.iloc[0]
+    assert first[["image_path", "match", "verdict"]].tolist() == ["day2/consignor_1.jpg", "day1/dvd001_reference.jpg",
+                                                                 "same_object"]
     browser.open("/review/intake")
-    assert "dvd001_reference.jpg" in browser.text() and "Case one" in browser.text()
+    assert "day2/consignor_1.jpg" in browser.text() and "day1/dvd001_reference.jpg" in browser.text()
+    assert "Case one" in browser.text()  # the archived photo's lot
     browser.click('#finding button[value="not_same"]')
-    assert "Nothing waits for a decision" in browser.text()
-    again = run_cli("match", new, "--against", output, "-k", "5", env=env)
+    assert "day2/consignor_1.jpg" not in browser.text()
+    again = run_cli("match", "day2/consignor_1.jpg", "--against", folder, "-k", "5", env=env)
     found = pd.read_csv(io.StringIO(again.stdout))
-    assert again.returncode == 0 and "dvd001_reference.jpg" not in set(found["image_path"])
+    assert again.returncode == 0 and "day1/dvd001_reference.jpg" not in set(found["image_path"])
     assert found["rank"].tolist() == list(range(1, len(found) + 1))
 
 
 @pytest.mark.shared
 def test_the_item_page_shows_each_photo_with_its_quality_measures(browser, server):
     browser.open("/item/dvd003")
-    assert "dvd003_canon.jpg" in browser.text() and "sharpness" in browser.text()
+    assert "day1/dvd003_canon.jpg" in browser.text() and "sharpness" in browser.text()
     status, body = _get(server, "/api/item/dvd003")
     item = json.loads(body)
-    assert status == 200 and [photo["image_path"] for photo in item["photos"]] == ["dvd003_canon.jpg",
-                                                                                  "dvd003_reference.jpg"]
+    assert status == 200 and [photo["image_path"] for photo in item["photos"]] == ["day1/dvd003_canon.jpg",
+                                                                                  "day1/dvd003_reference.jpg"]
     assert item["lot"]["title"] == "Case three" and item["photos"][0]["measures"]["width"] > 0
 
 
 @pytest.mark.shared
 def test_the_json_api_answers_what_the_pages_show(server):
-    status, body = _get(server, "/api/search?q=dvd003_canon.jpg&k=3&verify=3")
+    status, body = _get(server, "/api/search?q=day1/dvd003_canon.jpg&k=3&verify=3")
     found = json.loads(body)
-    assert status == 200 and found["query"]["image_path"] == "dvd003_canon.jpg"
+    assert status == 200 and found["query"]["image_path"] == "day1/dvd003_canon.jpg"
     first = found["hits"][0]
-    assert (first["image_path"], first["verdict"], first["verified"]) == ("dvd003_reference.jpg", "same_object", True)
+    assert (first["image_path"], first["verdict"], first["verified"]) == ("day1/dvd003_reference.jpg", "same_object",
+                                                                          True)
     assert first["lot"] == {"price": 60, "sale": "2025-03 Spring", "title": "Case three"} and first["inliers"] > 20
-    status, body = _get(server, "/api/pair?q=dvd003_canon.jpg&b=dvd003_reference.jpg")
+    status, body = _get(server, "/api/pair?q=day1/dvd003_canon.jpg&b=day1/dvd003_reference.jpg")
     pair = json.loads(body)
     assert len(pair["points_a"]) == len(pair["points_b"]) == pair["inliers"]
     unverified = json.loads(_get(server, "/api/search?q=dvd003&k=2")[1])["hits"]  # an item id: its first photo
@@ -292,11 +296,12 @@ def test_the_json_api_answers_what_the_pages_show(server):
 
 @pytest.mark.shared
 def test_only_photos_inside_the_photo_folder_are_served(server):
-    assert _get(server, "/photo/dvd001_reference.jpg")[0] == 200
-    assert _get(server, "/thumb/dvd001_reference.jpg")[0] == 200
+    assert _get(server, "/photo/day1/dvd001_reference.jpg")[0] == 200
+    assert _get(server, "/thumb/day1/dvd001_reference.jpg")[0] == 200
     for path in ("/photo/../../../../etc/passwd", "/photo/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
                  "/photo/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "/photo//etc/passwd", "/photo/%2Fetc%2Fpasswd",
-                 "/thumb/..%2F..%2Fouside.jpg", "/photo/escape.jpg", "/thumb/escape.jpg", "/photo/no_such.jpg",
+                 "/thumb/..%2F..%2F..%2Foutside.jpg", "/photo/day1/../../../outside.jpg",
+                 "/photo/escape.jpg", "/thumb/escape.jpg", "/photo/no_such.jpg",
                  "/report-thumb/99/a", "/upload-thumb/..%2F..%2Fetc"):
         status, _ = _get(server, path)
         assert status == 404, path
@@ -309,8 +314,8 @@ def test_every_request_needs_the_token(server, archive):
     assert _get(server, "/api/decisions")[0] == 200
     status, _ = _get(server, f"/api?token={TOKEN}", token=None)
     assert status == 303  # sets the cookie and drops the token from the address
-    _, output, _ = archive
-    refused = run_cli("serve", output, "--host", "0.0.0.0")
+    _, folder, _ = archive
+    refused = run_cli("serve", folder, "--host", "0.0.0.0")
     assert refused.returncode == 2 and "--token" in refused.stderr
 
 

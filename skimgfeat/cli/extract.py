@@ -70,7 +70,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     extract.add_argument("--seed", type=int, default=0, help="seed of --weights none (default: 0)")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
+    extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 16 on CPU)")
+    extract.add_argument("--exact-decoding", action="store_true",
+                         help="decode every JPEG in full, as the original module did (default: a JPEG at least "
+                              "twice the resize target is decoded at a reduced scale, cosine >= 0.995 to full)")
     add_table_output_options(extract)
     add_checkpoint_options(extract)
     extract.add_argument("--hashes", action="store_true",
@@ -163,6 +166,7 @@ def _fit_embedder(args: argparse.Namespace):
         on_error="nan",
         n_workers=args.workers,
         random_state=args.seed,
+        draft=not args.exact_decoding,
     )
     try:
         return embedder.fit()

@@ -18,15 +18,22 @@ from .common import (
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``match``."""
-    from ..matching.verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST  # light: no torch at start-up
+    from ..matching.verification import (  # light: no torch at start-up
+        DEFAULT_INSTANCE_SHORTLIST,
+        DEFAULT_MIN_INLIERS,
+        DEFAULT_SHORTLIST,
+    )
 
     match = add_command(
         commands, common, "match", "find the photos (or items) that show the same object as query photos",
         "Print, as CSV on stdout (query,rank,image_path,feature_distance,inliers,verdict; with --by-item "
         "item_id and the image_path of its best-matching photo), the K rows of FEATURES nearest to each "
-        "QUERY by cosine distance, each verified with local features and re-ranked: verdict copy (the same "
+        "QUERY by cosine distance and the K_INSTANCE photos whose local features agree best with the query's "
+        "(an inverted file of visual words, kept in instance_index beside the local features and brought up to "
+        "date when they changed), each verified with local features and re-ranked: verdict copy (the same "
         "photo again: the copy check of `duplicates`), same_object (a new photo of the same object: enough "
-        "inliers of one perspective transform) or different. FEATURES_OR_INDEX is a table written by "
+        "inliers of one perspective transform) or different; unverified (and a warning) for a candidate whose "
+        "local features were never stored. FEATURES_OR_INDEX is a table written by "
         "`skimgfeat extract --local-features`, its output folder, or an index folder (`skimgfeat index "
         "build`); the local features are read from the "
         "local_features folder beside it. A QUERY is an image_path or item_id of the table (left out of its "
@@ -38,6 +45,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                             "index folder")
     match.add_argument("-k", type=positive_int, default=DEFAULT_SHORTLIST,
                        help="candidates per query taken from the CNN shortlist and verified (default: %(default)s)")
+    match.add_argument("--k-instance", type=int, default=DEFAULT_INSTANCE_SHORTLIST, metavar="K_INSTANCE",
+                       help="candidates per query taken from the instance index of the local features and verified "
+                            "(0: the CNN shortlist only; default: %(default)s)")
     match.add_argument("--by-item", action="store_true",
                        help="match items: one matches when any of its photos matches any photo of the query")
     match.add_argument("--min-inliers", type=positive_int, default=DEFAULT_MIN_INLIERS, metavar="N",
@@ -55,15 +65,22 @@ def run_match(args: argparse.Namespace) -> int:
     """Print the verified matches of each query as CSV; draw the sheet if asked."""
     from ..matching.object_match import ObjectMatcher
     from ..storage.decisions import DecisionStore, honour_decisions
-    from ..storage.io import atomic_path
+    from ..storage.io import atomic_path, printable
 
     with usage_errors():  # a missing table or sidecar, an unknown query, a query file that is no image
         matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
-                                     image_dir=args.image_dir, k=args.k, min_inliers=args.min_inliers)
+                                     image_dir=args.image_dir, k=args.k, k_instance=max(0, args.k_instance),
+                                     min_inliers=args.min_inliers)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
         results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", "image_path"))
         results["rank"] = results.groupby("query").cumcount() + 1  # reviewed-away pairs leave no gap
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
+    if matcher.unverified_:
+        missing = sorted(set(matcher.unverified_))
+        shown = ", ".join(printable(name) for name in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(f"warning: {len(missing)} candidate(s) have no stored local features and were not verified "
+              f"(verdict unverified): {shown}; store them with `skimgfeat extract IMAGE_DIR -o OUT "
+              "--local-features`", file=sys.stderr)
     if args.sheet is not None:
         from ..plotting.match_sheet import match_sheet
 

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,8 @@ SETTINGS_FILE = "settings.json"
 FORMAT_VERSION = 3
 DEFAULT_MAX_KEYPOINTS = 1000
 DEFAULT_MAX_SIDE = 512
+# Parts a LocalFeatureStore keeps open (their keypoints memory-mapped): the most recently used.
+DEFAULT_CACHED_PARTS = 16
 # AKAZE's MLDB descriptor (486 binary comparisons, 61 bytes) padded with zero bytes: the same Hamming distances,
 # matched a quarter faster by OpenCV (measured).
 DESCRIPTOR_BYTES = 64
@@ -241,8 +246,9 @@ class LocalFeatureStore:
     (1000, 2)
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, max_cached_parts: int = DEFAULT_CACHED_PARTS) -> None:
         self.folder = Path(folder)
+        self.max_cached_parts = max_cached_parts
         settings = self.folder / SETTINGS_FILE
         if not settings.is_file():
             raise MissingLocalFeaturesError(
@@ -258,7 +264,7 @@ class LocalFeatureStore:
                 f"`{EXTRACT_COMMAND}`"
             )
         self._where: dict[str, tuple[Path, int]] = {}
-        self._parts: dict[Path, dict[str, np.ndarray]] = {}
+        self._parts: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()
         for part in sorted(self.folder.glob("part-*.npz")):
             with np.load(part, allow_pickle=False) as npz:
                 for row, path in enumerate(npz["image_path"].tolist()):
@@ -285,14 +291,83 @@ class LocalFeatureStore:
         arrays = self._part(part)
         start, stop = arrays["offsets"][row], arrays["offsets"][row + 1]
         width, height = arrays["image_size"][row]
-        return LocalFeatures(arrays["points"][start:stop], arrays["descriptors"][start:stop],
+        return LocalFeatures(np.array(arrays["points"][start:stop]), np.array(arrays["descriptors"][start:stop]),
                              (int(width), int(height)), float(arrays["scale"][row]), str(arrays["error"][row]))
 
+    @property
+    def cached_parts(self) -> int:
+        """How many part files are open now (at most ``max_cached_parts``)."""
+        return len(self._parts)
+
+    def paths_in_parts(self, parts: Sequence[str]) -> list[str]:
+        """The ``image_path`` of the photos whose current entry is in one of the part files named ``parts``."""
+        wanted = set(parts)
+        return [path for path, (part, _) in self._where.items() if part.name in wanted]
+
+    def training_descriptors(self, n: int, per_photo: int, *, seed: int = 0) -> np.ndarray:
+        """About ``n`` descriptors drawn evenly over the stored photos, of each photo's ``per_photo`` strongest.
+
+        For training a visual vocabulary (:class:`~skimgfeat.matching.instance_index.InstanceIndex`): part
+        by part, so that memory holds the sample only.
+        """
+        rng = np.random.default_rng(seed)
+        share = min(1.0, n / max(1, len(self) * per_photo))
+        drawn = []
+        for part in sorted({part for part, _ in self._where.values()}):
+            arrays = self._part(part)
+            offsets = arrays["offsets"]
+            rows = np.concatenate([np.arange(start, min(stop, start + per_photo))
+                                   for start, stop in zip(offsets[:-1], offsets[1:])] or [np.empty(0, np.int64)])
+            if share < 1.0:
+                rows = rows[rng.random(len(rows)) < share]
+            drawn.append(np.asarray(arrays["descriptors"][np.sort(rows)]))
+        return np.concatenate(drawn) if drawn else np.empty((0, DESCRIPTOR_BYTES), np.uint8)
+
     def _part(self, part: Path) -> dict[str, np.ndarray]:
-        if part not in self._parts:
-            with np.load(part, allow_pickle=False) as npz:
-                self._parts[part] = {name: npz[name] for name in npz.files}
+        """A part's arrays: the small ones read, the keypoints mapped from the file (read on use).
+
+        At most ``max_cached_parts`` parts are kept open, the most recently used: an archive of
+        millions of photos is matched without holding its descriptors in memory.
+        """
+        if part in self._parts:
+            self._parts.move_to_end(part)
+            return self._parts[part]
+        self._parts[part] = _read_part(part)
+        while len(self._parts) > max(1, self.max_cached_parts):
+            self._parts.popitem(last=False)
         return self._parts[part]
+
+
+def _read_part(part: Path) -> dict[str, np.ndarray]:
+    """The arrays of a part file; ``points`` and ``descriptors`` memory-mapped (np.savez stores them unpacked)."""
+    arrays = {}
+    with np.load(part, allow_pickle=False) as npz, zipfile.ZipFile(part) as archive:
+        for name in npz.files:
+            mapped = _mapped_member(part, archive, name) if name in ("points", "descriptors") else None
+            arrays[name] = mapped if mapped is not None else npz[name]
+    return arrays
+
+
+def _mapped_member(part: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """A stored (uncompressed) ``.npy`` member of a zip file, memory-mapped; None where it cannot be."""
+    info = archive.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size == 0:
+        return None
+    with open(part, "rb") as handle:
+        handle.seek(info.header_offset)
+        local_header = handle.read(30)
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            return None
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran_order or dtype.hasobject or not np.prod(shape):
+        return None
+    return np.memmap(part, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def write_local_features(
@@ -361,9 +436,29 @@ def write_local_features(
 
 
 def _key(path, image_dir) -> str:
+    """The photo's ``image_path`` as the feature table has it: relative to ``image_dir`` by its listed path.
+
+    The listed path, not the resolved one: a symlinked photo (an archive of links into other folders) resolves
+    outside ``image_dir`` and would either have no relative path or a different key than its table row.
+    """
     if image_dir is None:
         return os.fspath(path)
-    return Path(path).resolve().relative_to(Path(image_dir).resolve()).as_posix()
+    return relative_key(path, image_dir)
+
+
+def relative_key(path: str | os.PathLike, image_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``image_dir``, as a POSIX string, without following symlinks.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not under ``image_dir``.
+    """
+    path, image_dir = Path(os.path.abspath(path)), Path(os.path.abspath(image_dir))
+    try:
+        return path.relative_to(image_dir).as_posix()
+    except ValueError:  # the folder itself given through a link: compare where both really are
+        return path.parent.resolve().joinpath(path.name).relative_to(image_dir.resolve()).as_posix()
 
 
 def _check_settings(folder: Path, settings: dict) -> None:

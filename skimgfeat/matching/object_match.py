@@ -26,20 +26,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..embedder import fitted_embedder_from_model_info
 from ..schema import IMAGE_PATH, ITEM_ID, item_id_from_name
-from ..search.similarity import SimilarityIndex, similar_items
+from ..search.similarity import SimilarityIndex, _indexed_row
 from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, UNREADABLE, copy_distance
 from .duplicates import DEFAULT_CANDIDATE_DISTANCE
+from .instance_index import InstanceIndex, instance_index_for
 from .local_features import (
     LOCAL_FEATURES_DIR,
     LocalFeatures,
     LocalFeatureStore,
+    MissingLocalFeaturesError,
     detect_local_features,
+    relative_key,
 )
-from .verification import DEFAULT_MIN_INLIERS, DEFAULT_SHORTLIST, PairVerification, is_same_object, verify_pair
+from .verification import (
+    DEFAULT_INSTANCE_SHORTLIST,
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_SHORTLIST,
+    PairVerification,
+    is_same_object,
+    verify_pair,
+)
 
 SAME_OBJECT = "same_object"
-VERDICTS = (COPY, SAME_OBJECT, DIFFERENT)
+# A candidate whose local features were never stored: reported, not verified (the other candidates are).
+UNVERIFIED = "unverified"
+VERDICTS = (COPY, SAME_OBJECT, DIFFERENT, UNVERIFIED)
 MATCH_COLUMNS = ("query", "rank", "feature_distance", "inliers", "verdict")
 
 
@@ -88,7 +101,8 @@ def add_same_object_verdicts(
     -------
     DataFrame
         ``pairs`` with ``inliers`` and ``verdict`` (``copy``, ``same_object`` or
-        ``different``; a photo that could not be read has no keypoints: ``different``).
+        ``different``; a photo that could not be read has no keypoints: ``different``;
+        a pair with a photo whose local features were never stored: ``unverified``).
 
     Examples
     --------
@@ -107,7 +121,12 @@ def add_same_object_verdicts(
             inliers.append(0)
             verdicts.append(said)
             continue
-        verification = verify_pair(local_features[a], local_features[b])
+        try:
+            verification = verify_pair(local_features[a], local_features[b])
+        except MissingLocalFeaturesError:  # reported as such; the other pairs are still verified
+            inliers.append(0)
+            verdicts.append(COPY if said == COPY else UNVERIFIED)
+            continue
         inliers.append(verification.inliers)
         verdicts.append(verdict(verification, copy=said == COPY, min_inliers=min_inliers))
     return pairs.assign(verdict=verdicts, inliers=np.asarray(inliers, dtype=int))
@@ -116,19 +135,34 @@ def add_same_object_verdicts(
 class ObjectMatcher:
     """Find the photos (or items) of a feature table that show the same object as a query.
 
+    Two shortlists are verified together: the ``k`` nearest rows by cosine distance of
+    the CNN features (photos of the same kind, and copies), and the ``k_instance`` photos
+    whose local features agree best with the query's in the instance index
+    (:class:`~skimgfeat.matching.instance_index.InstanceIndex`: the same object under
+    another camera, light and background, which the CNN features do not rank high).
+
     Parameters
     ----------
     index : SimilarityIndex
         The shortlist's feature table (per photo, or per item with ``key="item_id"``).
     local_features : LocalFeatureStore
         The local features of the table's photos, keyed by ``image_path``.
-    k : int, default=100
+    k : int, default=DEFAULT_SHORTLIST
         Candidates per query taken from the CNN shortlist and verified.
+    k_instance : int, default=DEFAULT_INSTANCE_SHORTLIST
+        Candidates per query taken from the instance index and verified (0: none).
+    instance_index : InstanceIndex or None
+        The instance index of the table's photos; None: the CNN shortlist only.
     min_inliers : int, default=DEFAULT_MIN_INLIERS
         Inliers a ``same_object`` pair needs.
     hashes : PhotoHashes or None
         The copy-check hashes of the table's photos (``extract --hashes``); photos
         without are hashed when a candidate is close enough to be a copy.
+
+    Attributes
+    ----------
+    unverified_ : list of str
+        The candidates of the last :meth:`match` that had no stored local features (verdict ``unverified``).
 
     Examples
     --------
@@ -144,14 +178,19 @@ class ObjectMatcher:
         local_features: LocalFeatureStore,
         *,
         k: int = DEFAULT_SHORTLIST,
+        k_instance: int = DEFAULT_INSTANCE_SHORTLIST,
+        instance_index: InstanceIndex | None = None,
         min_inliers: int = DEFAULT_MIN_INLIERS,
         hashes=None,
     ) -> None:
         self.index = index
         self.local_features = local_features
         self.k = k
+        self.k_instance = k_instance
+        self.instance_index = instance_index
         self.min_inliers = min_inliers
         self.hashes = hashes
+        self.unverified_: list[str] = []
         self._photos_of_item: dict[str, list[str]] | None = None
 
     @classmethod
@@ -162,6 +201,7 @@ class ObjectMatcher:
         by_item: bool = False,
         local_features: str | os.PathLike | None = None,
         image_dir: str | os.PathLike | None = None,
+        instance: bool = True,
         **parameters,
     ) -> ObjectMatcher:
         """A matcher over a feature table file, an ``extract`` output folder or an index folder.
@@ -170,7 +210,9 @@ class ObjectMatcher:
         an index folder: inside it, else beside it); the copy-check hashes are read from
         ``image_hashes.parquet`` there when ``extract --hashes`` wrote them, else
         computed when needed. An index folder (``skimgfeat index build``) ranks the rows
-        it was built from: ``by_item`` needs a feature table.
+        it was built from: ``by_item`` needs a feature table. With ``instance`` (the
+        default), the instance index ``instance_index`` beside the local-features folder
+        is used, made or brought up to date from the local features first.
         """
         from .copy_check import HASHES_FILE, PhotoHashes
 
@@ -192,7 +234,10 @@ class ObjectMatcher:
             local_features = (found or [places[0] / LOCAL_FEATURES_DIR])[0]
         hashes = next((place / HASHES_FILE for place in places if (place / HASHES_FILE).is_file()), None)
         parameters.setdefault("hashes", PhotoHashes.read(hashes) if hashes is not None else None)
-        return cls(index, LocalFeatureStore(local_features), **parameters)
+        store = LocalFeatureStore(local_features)
+        if instance and parameters.get("k_instance", DEFAULT_INSTANCE_SHORTLIST) > 0 and len(store):
+            parameters.setdefault("instance_index", instance_index_for(store))
+        return cls(index, store, **parameters)
 
     # -- matching ---------------------------------------------------------------------
 
@@ -204,7 +249,7 @@ class ObjectMatcher:
         weights: str | os.PathLike | None = None,
         embedder=None,
     ) -> pd.DataFrame:
-        """Each query's shortlist, verified and re-ranked.
+        """Each query's shortlists, verified and re-ranked.
 
         Parameters
         ----------
@@ -212,7 +257,7 @@ class ObjectMatcher:
             Image files, or names of the index (an ``image_path``, or an ``item_id`` of
             an item index), as for :func:`~skimgfeat.search.similarity.similar_items`.
         k : int or None
-            Candidates per query (default: the matcher's ``k``).
+            Candidates per query from the CNN shortlist (default: the matcher's ``k``).
         weights, embedder
             How query files are embedded for the shortlist, see ``similar_items``.
 
@@ -220,21 +265,39 @@ class ObjectMatcher:
         -------
         DataFrame
             ``query``, ``rank`` (1 = best: copies, then same-object photos by inliers,
-            then the rest by feature distance), the key column (``image_path``, or
-            ``item_id`` and the ``image_path`` of its best-matching photo),
-            ``feature_distance`` (cosine), ``inliers`` and ``verdict``.
+            then the rest by feature distance, then the unverified), the key column
+            (``image_path``, or ``item_id`` and the ``image_path`` of its best-matching
+            photo), ``feature_distance`` (cosine), ``inliers`` and ``verdict``. The
+            candidates without stored local features are listed in :attr:`unverified_`.
         """
-        shortlist = similar_items(self.index, queries, k or self.k, weights=weights, embedder=embedder)
+        labels = [os.fspath(query) for query in queries]
+        vectors, own_rows = self._query_vectors(labels, weights, embedder)
+        shortlist = self.index.search(vectors, k or self.k, labels=labels, exclude_rows=own_rows)
         key = self.index.key
-        query_features = {label: self._query_features(label) for label in dict.fromkeys(shortlist["query"])}
+        query_features = {label: self._query_features(label) for label in dict.fromkeys(labels)}
+        candidates = {label: dict(zip(group[key], group["distance"]))
+                      for label, group in shortlist.groupby("query", sort=False)}
+        for label, vector, own in zip(labels, vectors, own_rows):
+            found = candidates.setdefault(label, {})
+            own_name = None if own is None else self.index.names[own]
+            for name in self._instance_candidates(query_features[label], own_name):
+                if name not in found:
+                    found[name] = _cosine_distance(vector, self.index.vector(name))
         hashes: dict[str, np.ndarray | None] = {}
         rows = []
-        for query, name, distance in zip(shortlist["query"], shortlist[key], shortlist["distance"]):
-            photo, verification = self._best_photo(query_features[query], name)
-            copy = distance <= DEFAULT_CANDIDATE_DISTANCE and is_copy(self._hashes(query, hashes),
-                                                                      self._hashes(photo, hashes))
-            rows.append((query, name, photo, float(distance), verification.inliers,
-                         verdict(verification, copy=copy, min_inliers=self.min_inliers)))
+        self.unverified_ = []
+        for query in dict.fromkeys(labels):
+            for name, distance in candidates.get(query, {}).items():
+                try:
+                    photo, verification = self._best_photo(query_features[query], name)
+                except MissingLocalFeaturesError:
+                    self.unverified_.append(name)
+                    rows.append((query, name, name, float(distance), 0, UNVERIFIED))
+                    continue
+                copy = distance <= DEFAULT_CANDIDATE_DISTANCE and is_copy(self._hashes(query, hashes),
+                                                                          self._hashes(photo, hashes))
+                rows.append((query, name, photo, float(distance), verification.inliers,
+                             verdict(verification, copy=copy, min_inliers=self.min_inliers)))
         table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
         if key == ITEM_ID:
             table = table.rename(columns={"_photo": IMAGE_PATH})
@@ -275,10 +338,48 @@ class ObjectMatcher:
 
     # -- internals --------------------------------------------------------------------
 
+    def _query_vectors(self, labels: list[str], weights, embedder) -> tuple[np.ndarray, list[int | None]]:
+        """Each query's CNN vector (stored for a row of the index, else embedded) and its row (None for a file)."""
+        rows = [_indexed_row(self.index, label) for label in labels]
+        files = [label for label, row in zip(labels, rows) if row is None]
+        for label in files:
+            if not os.path.isfile(label):
+                raise FileNotFoundError(f"query {label!r} is neither an image file nor a {self.index.key} of the "
+                                        "table")
+        embedded = {}
+        if files:
+            if embedder is not None:
+                self.index.check_model(getattr(embedder, "model_info_", None), what="the query embedder")
+            else:
+                embedder = fitted_embedder_from_model_info(self.index.model_info, weights)
+            embedded = dict(zip(files, np.asarray(embedder.transform(files), dtype=np.float32)))
+        vectors = [self.index.vector(self.index.names[row]) if row is not None else embedded[label]
+                   for label, row in zip(labels, rows)]
+        matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, 0), np.float32)
+        return matrix, rows
+
+    def _instance_candidates(self, query_features, own_name: str | None) -> list[str]:
+        """The index's names (photos, or their items) the instance index ranks highest for a query."""
+        if self.instance_index is None or not self.k_instance:
+            return []
+        descriptors = np.concatenate([features.descriptors for _, features in query_features])
+        own_photos = {photo for photo, _ in query_features}
+        found = []
+        for photo in self.instance_index.search(descriptors, self.k_instance + len(own_photos))[0]:
+            name = item_id_from_name(photo) if self.index.key == ITEM_ID else photo
+            if photo in own_photos or name == own_name or name not in self.index or name in found:
+                continue
+            found.append(name)
+        return found[:self.k_instance]
+
     def _query_features(self, query: str) -> list[tuple[str, LocalFeatures]]:
         if self.index.key == ITEM_ID and query in self.index:
             return [(photo, self.local_features[photo]) for photo in self._photos(query)]
-        return [(query, self.features_of(query))]
+        name = query
+        if query not in self.local_features:
+            relative = self._relative(query)
+            name = relative if relative is not None else query
+        return [(name, self.features_of(query))]
 
     def _best_photo(self, query_features, name: str) -> tuple[str, PairVerification]:
         photos = self._photos(name) if self.index.key == ITEM_ID else [name]
@@ -315,12 +416,18 @@ class ObjectMatcher:
         return self._photos_of_item.get(str(item), [])
 
     def _relative(self, name: str) -> str | None:
+        """An image file's ``image_path`` under the index's image folder (links not followed), or None."""
         if self.index.image_dir is None or not os.path.isfile(name):
             return None
         try:
-            return Path(name).resolve().relative_to(self.index.image_dir.resolve()).as_posix()
+            return relative_key(name, self.index.image_dir)
         except ValueError:
             return None
+
+
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(np.dot(a, b)) / norms if norms > 0 else 1.0
 
 
 def _feature_table(against: Path) -> Path | None:

@@ -40,7 +40,9 @@ import numpy as np
 from .local_features import LocalFeatures, import_cv2
 
 # How many CNN candidates a query verifies (ObjectMatcher, skimgfeat match): measured, see the docs.
-DEFAULT_SHORTLIST = 100
+DEFAULT_SHORTLIST = 20
+# How many candidates of the instance index (local features, matching.instance_index) a query verifies: measured.
+DEFAULT_INSTANCE_SHORTLIST = 100
 DEFAULT_RATIO = 0.85
 DEFAULT_MIN_INLIERS = 10
 DEFAULT_MIN_SPREAD = 0.0
@@ -57,6 +59,18 @@ DEFAULT_GUIDED_MAX_DISTANCE = 121  # of AKAZE's 486 bits (a quarter, as 64 of OR
 GUIDED_MIN_INLIERS = 8  # pairs with fewer first-pass inliers are not matched again (they stay different)
 DEFAULT_MIN_GUIDED_INLIERS = 30
 DEFAULT_MAX_SCALE_CHANGE = 8.0
+# Position-free checks (measured on objects 1-25, see the docs). A shared scene: the matched region reaches more than
+# this many sides of the photo's textured extent in both photos (a backdrop, a desk, a studio set around the lots).
+DEFAULT_MAX_SHARED_REACH = 2
+# A whole object seen off-centre: many guided inliers, the matched region inside the textured extent of both photos
+# (reaching at most this many sides), under a well-conditioned homography.
+DEFAULT_MIN_WHOLE_INLIERS = 30
+DEFAULT_MAX_WHOLE_REACH = 1
+DEFAULT_MAX_CONDITIONING = 3.0
+DEFAULT_MIN_WHOLE_CENTRED = 0.8
+DEFAULT_MIN_WHOLE_FILL = 0.3
+REACH_MARGIN = 0.05  # a side is reached within this share of the keypoints' extent
+MIN_CENTRE_MATCH_INLIERS = 5
 MIN_MATCHES = 10  # below this no homography is worth fitting (and no pair can be the same object)
 
 
@@ -90,6 +104,20 @@ class PairVerification:
         The inlier keypoints in each photo's own pixels (for drawing).
     covers_centres : bool
         The inliers' convex hull contains the centre of both photos.
+    reach : (int, int)
+        Per photo (first, second), how many sides (0-4) of its keypoints' extent its
+        inliers reach (within 5% of it). A shared scene (a backdrop or a desk around two
+        different lots) reaches across both photos (3-4); an object seen whole lies
+        inside (0-1).
+    fill : (float, float)
+        Per photo, the area of the inliers' convex hull over that of the keypoints'
+        bounding box: near 1 where the object fills the photo (a catalogue photo).
+    centre_match : (float, float)
+        Per photo, :attr:`centred` of that photo alone (its central third's inlier share
+        over its overall inlier share), 0 when fewer than 5 inliers lie in its central third.
+    conditioning : float
+        Condition number of the homography's linear part (1 for a similarity; large for
+        a degenerate, nearly flattening fit).
     guided : PairVerification or None
         The pair matched again, guided by this homography (its ``n_matches`` are the
         guided pairs of keypoints, its ``guided`` is None); None when the first match had
@@ -106,6 +134,10 @@ class PairVerification:
     points_a: np.ndarray
     points_b: np.ndarray
     covers_centres: bool = False
+    reach: tuple[int, int] = (4, 4)
+    centre_match: tuple[float, float] = (0.0, 0.0)
+    fill: tuple[float, float] = (0.0, 0.0)
+    conditioning: float = float("inf")
     guided: PairVerification | None = None
 
     @classmethod
@@ -216,7 +248,42 @@ def _fitted(a: LocalFeatures, b: LocalFeatures, index_a: np.ndarray, index_b: np
         points_a=points_a[inlier] / a.scale,
         points_b=points_b[inlier] / b.scale,
         covers_centres=_covers_centre(hull_a, a.image_size) and _covers_centre(hull_b, b.image_size),
+        reach=(_reach(points_a[inlier], a.points), _reach(points_b[inlier], b.points)),
+        centre_match=(_centre_match(a, inlier, index_a), _centre_match(b, inlier, index_b)),
+        fill=(_fill(hull_a, a.points), _fill(hull_b, b.points)),
+        conditioning=_conditioning(homography),
     )
+
+
+def _reach(inliers: np.ndarray, points: np.ndarray) -> int:
+    """How many sides of the keypoints' extent (their bounding box) the inliers come within REACH_MARGIN of."""
+    if len(inliers) < 3:
+        return 4
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.maximum(high - low, 1e-6)
+    gaps = np.concatenate([(inliers.min(axis=0) - low) / span, (high - inliers.max(axis=0)) / span])
+    return int((gaps < REACH_MARGIN).sum())
+
+
+def _centre_match(features: LocalFeatures, inlier: np.ndarray, matched: np.ndarray) -> float:
+    """The photo's centre agreement, 0 when fewer than MIN_CENTRE_MATCH_INLIERS inliers lie in its central third."""
+    if int(_central(features)[matched[inlier]].sum()) < MIN_CENTRE_MATCH_INLIERS:
+        return 0.0
+    return _centre_agreement(features, inlier, matched)
+
+
+def _fill(hull: np.ndarray | None, points: np.ndarray) -> float:
+    """The hull's area over that of the keypoints' bounding box."""
+    if hull is None:
+        return 0.0
+    box = float(np.prod(points.max(axis=0) - points.min(axis=0)))
+    return float(import_cv2().contourArea(hull)) / box if box > 0 else 0.0
+
+
+def _conditioning(homography: np.ndarray) -> float:
+    if not np.all(np.isfinite(homography)) or abs(homography[2, 2]) < 1e-12:
+        return float("inf")
+    return float(np.linalg.cond(homography[:2, :2] / homography[2, 2]))
 
 
 def _guided_pairs(a: LocalFeatures, b: LocalFeatures, homography: np.ndarray, radius: float,
@@ -266,6 +333,12 @@ def is_same_object(
     object_area: tuple[float, float] = DEFAULT_OBJECT_AREA,
     min_centred_object: float = DEFAULT_MIN_CENTRED_OBJECT,
     min_guided_inliers: int | None = DEFAULT_MIN_GUIDED_INLIERS,
+    max_shared_reach: int | None = DEFAULT_MAX_SHARED_REACH,
+    min_whole_inliers: int | None = DEFAULT_MIN_WHOLE_INLIERS,
+    max_whole_reach: int = DEFAULT_MAX_WHOLE_REACH,
+    max_conditioning: float = DEFAULT_MAX_CONDITIONING,
+    min_whole_centred: float = DEFAULT_MIN_WHOLE_CENTRED,
+    min_whole_fill: float = DEFAULT_MIN_WHOLE_FILL,
 ) -> bool:
     """Whether a verified pair shows the same object: at the centre of both photos, in one clean match, or guided.
 
@@ -284,16 +357,43 @@ def is_same_object(
     the centre of both photos and covering at most ``object_area[1]`` of the photo where it
     covers less, and the centre of one photo matching at least ``min_centred_object`` times
     as well as the whole. ``min_guided_inliers=None`` turns it off.
+
+    The fourth way needs no centre in one of the photos: a whole object seen anywhere in
+    it. The guided match (else the first) has at least ``min_whole_inliers`` inliers under
+    a plausible homography of conditioning at most ``max_conditioning``; in one photo they
+    reach at most ``max_whole_reach`` sides of the keypoints' extent
+    (:attr:`PairVerification.reach`) while the other photo is *of* the object: its centre
+    matches at least ``min_whole_centred`` times as well as its whole
+    (:attr:`PairVerification.centre_match`) and the inliers' hull fills at least
+    ``min_whole_fill`` of its keypoints' extent (:attr:`PairVerification.fill`), as in a
+    catalogue photo. ``min_whole_inliers=None`` turns it off.
+
+    Whatever way it passes, a pair whose matched region reaches more than
+    ``max_shared_reach`` sides in *both* photos is a shared scene, not one object: two
+    lots on one backdrop or desk, wherever the lots stand (``None`` turns this off).
     """
+    best = verification.guided if verification.guided is not None else verification
+    if max_shared_reach is not None and min(best.reach) > max_shared_reach:
+        return False
     if _first_ways(verification, min_inliers, min_spread, min_centred, min_central_inliers, min_inlier_share,
                    object_area, min_centred_object):
         return True
     guided = verification.guided
-    return (min_guided_inliers is not None and guided is not None
+    if (min_guided_inliers is not None and guided is not None
             and guided.plausible and guided.inliers >= min_guided_inliers
             and guided.covers_centres
             and guided.spread <= object_area[1]
-            and guided.centred >= min_centred_object)
+            and guided.centred >= min_centred_object):
+        return True
+    if not (min_whole_inliers is not None and best.plausible and best.inliers >= max(min_whole_inliers, min_inliers)
+            and best.conditioning <= max_conditioning):
+        return False
+    # Filling one photo and matching at its centre (a catalogue photo, a close-up aimed at the object), and seen
+    # whole, anywhere, inside the other. Whole inside both photos but the subject of neither is what the next
+    # case of a stack or a book on the same desk gives as well: not enough (measured).
+    (reach_a, reach_b), (centre_a, centre_b), (fill_a, fill_b) = best.reach, best.centre_match, best.fill
+    return ((centre_a >= min_whole_centred and fill_a >= min_whole_fill and reach_b <= max_whole_reach)
+            or (centre_b >= min_whole_centred and fill_b >= min_whole_fill and reach_a <= max_whole_reach))
 
 
 def _first_ways(verification: PairVerification, min_inliers: int, min_spread: float, min_centred: float,

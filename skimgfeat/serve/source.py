@@ -2,14 +2,13 @@
 
 An :class:`ArchiveSource` gives the pages everything they need and nothing about where
 it came from: the searchable index, the copy-check hashes, the local features, the
-photo folders, the decisions, the lot table and the day's intake report. Today it opens
+photo folders, the decisions, the lot table and the day's intake report. It opens
 
+* an archive folder (``skimgfeat ingest``, :mod:`skimgfeat.archive`): its live generation,
+  its own copies of the photos, its item rule, its lot table and its latest intake report;
 * a feature table written by ``skimgfeat extract --hashes --local-features`` (the
   ``.parquet`` or ``.csv`` file, or the output folder holding it), its sidecars beside it;
 * an index folder written by ``skimgfeat index build`` (sidecars inside it or beside it).
-
-Another layout (the archive folder of the archive work) needs only another
-:func:`open_source` branch that fills the same fields.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from ..archive.folder import PHOTOS_DIR, REPORTS_DIR, Archive, item_of, read_settings
 from ..embedder import fitted_embedder_from_model_info
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
@@ -94,7 +95,7 @@ class ArchiveSource:
         """The archived photos of an item, in photo-number order."""
         if self._photos_of_item is None:
             grouped: dict[str, list[str]] = {}
-            for name in self.index.names:
+            for name in self.index.names[~self.index.removed]:  # removed photos are never shown
                 grouped.setdefault(self.item_of(name), []).append(str(name))
             self._photos_of_item = {item: sorted(names, key=image_number) for item, names in grouped.items()}
         return self._photos_of_item.get(str(item_id), [])
@@ -117,9 +118,11 @@ class ArchiveSource:
         if text in self.index:
             return text
         try:
-            return str(self.index.names[self.index.row_of_image_name(text)])
+            name = str(self.index.names[self.index.row_of_image_name(text)])
         except (KeyError, ValueError):
-            pass
+            name = None
+        if name is not None and name in self.index:  # not a removed photo
+            return name
         photos = self.photos_of(text)
         return photos[0] if photos else None
 
@@ -146,6 +149,8 @@ def open_source(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"archive {os.fspath(path)!r} does not exist")
+    if path.is_dir() and read_settings(path) is not None:
+        return _open_archive_folder(path, image_dir=image_dir, lots=lots, report=report, weights=weights)
     table = next((path / name for name in TABLE_NAMES if (path / name).is_file()), None) if path.is_dir() else path
     if table is not None:
         index = SimilarityIndex.read(table, image_dir=image_dir)
@@ -177,15 +182,42 @@ def open_source(
     )
 
 
+def _open_archive_folder(path: Path, *, image_dir, lots, report, weights) -> ArchiveSource:
+    """An archive folder's live generation (kept while the server runs: restart it to see a later intake)."""
+    archive = Archive.open(path)
+    index = archive.index
+    index.image_dir = Path(image_dir) if image_dir is not None else path / PHOTOS_DIR
+    if report is None:  # the latest intake's report
+        reports = sorted((path / REPORTS_DIR).glob("*.csv"), key=lambda found: found.stat().st_mtime)
+        report = reports[-1] if reports else None
+    attached = archive.lots
+    return ArchiveSource(
+        path=path,
+        index=index,
+        photo_dirs=[Path(index.image_dir)],
+        hashes=archive.hashes,
+        local_features=archive.local_features,
+        decisions=DecisionStore(decisions_file_of(path)),
+        lots=read_lots(lots) if lots is not None else
+        (_indexed_lots(attached, "the archive's lot table") if attached is not None else None),
+        report=read_report(report) if report is not None else None,
+        weights=weights,
+        item_rule=partial(item_of, rule=archive.settings.get("item_rule")),
+    )
+
+
 def read_lots(path: str | os.PathLike) -> pd.DataFrame:
     """A lot table (CSV or Parquet) with an ``item_id`` column, indexed by it as strings."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"lot table {os.fspath(path)!r} does not exist")
     table = read_table(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype={ITEM_ID: str})
+    return _indexed_lots(table, f"lot table {os.fspath(path)!r}")
+
+
+def _indexed_lots(table: pd.DataFrame, what: str) -> pd.DataFrame:
     if ITEM_ID not in table.columns:
-        raise ValueError(f"lot table {os.fspath(path)!r} has no {ITEM_ID!r} column (columns: "
-                         f"{', '.join(map(str, table.columns[:8]))})")
+        raise ValueError(f"{what} has no {ITEM_ID!r} column (columns: {', '.join(map(str, table.columns[:8]))})")
     return table.assign(**{ITEM_ID: table[ITEM_ID].astype(str)}).set_index(ITEM_ID)
 
 
