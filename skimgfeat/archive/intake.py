@@ -435,8 +435,9 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
         feature_distance=("feature_distance", "min"), copy_score=("copy_score", "min"),
         inliers=("inliers", "max"))
     lines = []
-    matches_of = {name: group for name, group in found.groupby("image_path", sort=False)}
-    no_match = found.iloc[:0]
+    matches_of: dict[str, list] = {}
+    for match in found.itertuples(index=False):  # once: a DataFrame per photo costs a millisecond each
+        matches_of.setdefault(match.image_path, []).append(match)
     for identity, source, digest in zip(identities, sources, digests):
         state = status[identity]
         name = identity
@@ -444,10 +445,10 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
             name = by_digest.get(digest, identity)
             lines.append((identity, source, state, name, COPY, 0.0, 0.0, np.nan))
             continue
-        matches = matches_of.get(identity, no_match)
-        if not len(matches):
+        matches = matches_of.get(identity, [])
+        if not matches:
             lines.append((identity, source, state, "", "", np.nan, np.nan, np.nan))
-        for match in matches.itertuples(index=False):
+        for match in matches:
             lines.append((identity, source, state, match.match, match.verdict, match.feature_distance,
                           match.copy_score, match.inliers))
     table = pd.DataFrame(lines, columns=["image_path", "source", "status", "match", "verdict", "feature_distance",
