@@ -1,11 +1,11 @@
 """SIGKILL at every step of ingest, remove, compaction and index add: the archive always opens, reruns converge.
 
 Each writer passes named kill points (:mod:`skimgfeat.storage.kill_points`); with
-``SKIMGFEAT_KILL_AT=N`` the real command-line process SIGKILLs itself at the Nth one
-(no ``finally``, no exit handler runs). The test runs each command with N = 1, 2, ...
-on the same folder until a run gets through: after every kill the archive must open and
-answer, and the run that gets through must leave exactly the rows, vectors and files
-of an uninterrupted run. Tiny photos and a random MobileNetV2 keep each run short.
+``SKIMGFEAT_KILL_AT=POINT`` the real command-line process SIGKILLs itself there (no
+``finally``, no exit handler runs). The test runs each command killed at each of its
+points in turn, on the same folder (21 kills in all), then once to the end: after every
+kill the archive must open and answer, and the run that gets through must leave exactly
+the rows, vectors and files of an uninterrupted run. Tiny photos and a random MobileNetV2 keep each run short.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def make_photos(folder, n: int, seed: int):
     return folder
 
 
-def cli(*args, kill_at: int | None = None, trace=None):
+def cli(*args, kill_at: str | None = None):
     env = dict(os.environ)
     if kill_at is not None:
-        env.update(SKIMGFEAT_KILL_AT=str(kill_at), SKIMGFEAT_KILL_TRACE=str(trace))
+        env["SKIMGFEAT_KILL_AT"] = kill_at
     return run_cli(*map(str, args), env=env, timeout=300)
 
 
@@ -67,43 +67,38 @@ def opens_and_answers(archive) -> None:
             assert len(opened.similar([opened.rows["image_path"][0]], k=1)) == min(1, len(opened) - 1)
 
 
-def run_with_kills(arguments, check, trace) -> list[str]:
-    """Run ``arguments`` killed at point 1, 2, ... until a run gets through; the points where runs died."""
-    killed_at = []
-    while True:
-        trace.unlink(missing_ok=True)
-        result = cli(*arguments, kill_at=len(killed_at) + 1, trace=trace)
-        if result.returncode == 0:
-            return killed_at
-        assert result.returncode == -9, result.stderr  # SIGKILL, nothing else
-        killed_at.append(trace.read_text().splitlines()[-1].split()[1])
+def run_with_kills(arguments, check, points: list[str]) -> None:
+    """Run ``arguments`` killed at each of ``points`` in turn (each run on what the killed ones left), then
+    once more to the end."""
+    for point in points:
+        result = cli(*arguments, kill_at=point)
+        assert result.returncode == -9, (point, result.stderr)  # SIGKILL at that point, nothing else
         check()
-        assert len(killed_at) < 30, "no run got through"
+    result = cli(*arguments)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_kill_at_any_step_of_ingest_remove_and_compaction_converges_to_the_uninterrupted_run(tmp_path):
     day = make_photos(tmp_path / "day", 3, seed=0)
     reference, killed = tmp_path / "reference", tmp_path / "archive"
-    steps = [
-        ("ingest", lambda archive: ["ingest", day, "--archive", archive, "--intake", "d1", "--weights", "none", "-q"]),
-        ("remove", lambda archive: ["remove", "--archive", archive, "lot1_1.jpg", "-q"]),
-        ("compact", lambda archive: ["remove", "--archive", archive, "--compact", "-q"]),
+    switch = ["generation-staged", "generation-renamed", "current-written"]
+    steps = [  # each command and its kill points, in the order a run passes them
+        (["ingest", day, "--archive", "ARCHIVE", "--intake", "d1", "--weights", "none", "-q"],
+         ["settings-written", "photo-copied", "embedded-part-written", "hashes-written", "local-features-written",
+          *switch, "report-written"]),
+        (["remove", "--archive", "ARCHIVE", "lot1_1.jpg", "-q"], ["rows-marked", *switch]),
+        (["remove", "--archive", "ARCHIVE", "--compact", "-q"], ["rows-marked", "hashes-compacted", *switch]),
     ]
-    kills = {}
-    for name, arguments in steps:
-        done = cli(*arguments(reference))
+    for arguments, points in steps:
+        done = cli(*[reference if argument == "ARCHIVE" else argument for argument in arguments])
         assert done.returncode == 0, done.stderr
-        kills[name] = run_with_kills(arguments(killed), lambda: opens_and_answers(killed), tmp_path / "trace")
-        assert state(killed) == state(reference), name
-    switch = {"generation-staged", "generation-renamed", "current-written"}
-    assert set(kills["ingest"]) == {"settings-written", "photo-copied", "embedded", "hashes-written",
-                                    "local-features-written", *switch}  # the report: rewritten by the rerun
-    assert set(kills["remove"]) == {"rows-marked", *switch}
-    assert set(kills["compact"]) == {"rows-marked", "hashes-compacted", *switch}
-    assert sum(map(len, kills.values())) >= 17
+        run_with_kills([killed if argument == "ARCHIVE" else argument for argument in arguments],
+                       lambda: opens_and_answers(killed), points)
+        assert state(killed) == state(reference), arguments
+    assert sum(len(points) for _, points in steps) == 18
     report = pd.read_csv(killed / "reports" / "d1.csv", keep_default_na=False)
     assert sorted(report["image_path"].unique()) == ["d1/lot0_1.jpg", "d1/lot1_1.jpg", "d1/lot2_1.jpg"]
-    again = cli(*steps[0][1](killed))  # the removed photo stays removed; nothing is added
+    again = cli(*[killed if argument == "ARCHIVE" else argument for argument in steps[0][0]])  # nothing added
     assert again.returncode == 0 and state(killed) == state(reference)
 
 
@@ -121,8 +116,7 @@ def test_a_kill_at_any_step_of_index_add_leaves_the_rows_of_before_or_after(tmp_
         names = SimilarityIndex.load(tmp_path / "index").names.tolist()
         assert names in (table["image_path"].tolist(), table["image_path"].tolist() + more["image_path"].tolist())
 
-    killed_at = run_with_kills(["index", "add", tmp_path / "index", tmp_path / "more.parquet"], before_or_after,
-                               tmp_path / "trace")
-    assert killed_at == ["generation-staged", "generation-renamed", "current-written"]
+    run_with_kills(["index", "add", tmp_path / "index", tmp_path / "more.parquet"], before_or_after,
+                   ["generation-staged", "generation-renamed", "current-written"])
     index = SimilarityIndex.load(tmp_path / "index")
     assert index.names.tolist() == table["image_path"].tolist() + more["image_path"].tolist()

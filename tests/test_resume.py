@@ -314,7 +314,8 @@ def measured_counts(stdout: str) -> tuple[int, int]:
 
 
 def test_a_killed_quality_run_resumes_without_measuring_done_photos_again(larger_photos, tmp_path):
-    kill_after_checkpoint_parts(quality_command(larger_photos, tmp_path / "out", "--checkpoint-every", "8"),
+    kill_after_checkpoint_parts(quality_command(larger_photos, tmp_path / "out", "--checkpoint-every", "8",
+                                                "--checkpoint-seconds", "600"),
                                 tmp_path / "out", n_parts=2, folder=QUALITY_CHECKPOINT_DIR)
     parts = sorted((tmp_path / "out" / QUALITY_CHECKPOINT_DIR).glob("part-*.npz"))
     done = sum(len(np.load(part)["image_path"]) for part in parts)

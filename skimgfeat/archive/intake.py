@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ SAME_OBJECT = "same_object"
 REPORT_COLUMNS = ("image_path", "source", "status", "match", "match_item_id", "verdict", "feature_distance",
                   "copy_score", "inliers")
 DEFAULT_REPORT_K = 10
+REPORT_NPROBE = 8  # inverted lists a new photo's copy search visits
+PENDING_DIR = "pending"  # features embedded by an intake not finished yet
+PENDING_CHUNK = 64  # photos embedded at a time
+PENDING_ROWS, PENDING_SECONDS = 1024, 10.0  # a checkpoint part at least this often
 
 
 @dataclass
@@ -192,7 +197,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     archived_sha = {} if index is None else _live_digests(index)
     row_sha = {} if index is None else dict(zip(index.names, index._identities[CONTENT_SHA256]))
     taken_down = set(removed_photos(None if index is None else index._folder)[CONTENT_SHA256])
-    status, replaced_rows, todo = {}, [], []
+    status, replaced_rows, todo, todo_digests = {}, [], [], set()
     for number, (identity, digest) in enumerate(zip(identities, digests)):
         if identity in live_rows and row_sha.get(identity) == digest:
             status[identity] = ARCHIVED
@@ -200,13 +205,14 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
             status[identity] = REMOVED  # removed on purpose: the same file never comes back
         elif digest in archived_sha and archived_sha[digest] != identity:
             status[identity] = IDENTICAL
-        elif digest in {digests[i] for i in todo}:
+        elif digest in todo_digests:
             status[identity] = IDENTICAL  # twice in this intake: the first is added
         else:
             status[identity] = REPLACED if identity in live_rows else ADDED
             if identity in live_rows:
                 replaced_rows.append(live_rows[identity])
             todo.append(number)
+            todo_digests.add(digest)
 
     # The archive's own copy of each new photo (atomic: a copy is whole or absent).
     copies = []
@@ -214,21 +220,21 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
         target = archive / PHOTOS_DIR / identities[number]
         if not (target.is_file() and content_sha256(target) == digests[number]):
             target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as temporary:
+            # Not flushed one by one (two fsyncs a photo were most of an intake's time): a copy is checked
+            # against its digest when an intake runs again, and everything is flushed once before the switch.
+            with atomic_path(target, durable=False) as temporary:
                 shutil.copy2(photos[number], temporary)
         copies.append(target)
         on_progress("copied", 1)
         kill_point("photo-copied")
     new_names = [identities[number] for number in todo]
 
-    features = np.asarray(embedder.transform([os.fspath(path) for path in copies]), dtype=np.float32) if copies \
-        else np.empty((0, embedder.n_features_out_), dtype=np.float32)
+    features = _embed_checkpointed(embedder, copies, [digests[number] for number in todo], archive / PENDING_DIR,
+                                   model_info, on_progress)
     failures = _failures(embedder, new_names, features)
     failed = {name for name, _ in failures}
     for name in failed:
         status[name] = UNREADABLE
-    on_progress("embedded", len(copies))
-    kill_point("embedded")
 
     stored_hashes = PhotoHashes.read(archive / HASHES_FILE) if (archive / HASHES_FILE).is_file() else None
     if hashes and copies:
@@ -267,12 +273,15 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
                 lot_table.to_parquet(folder / LOTS_FILE, index=False)
             carry_forward(previous, folder)
 
+        if hasattr(os, "sync"):
+            os.sync()  # the photos, hashes and local features on disk before a generation names them
         counts = {name: sum(1 for value in status.values() if value == name) for name in set(status.values())}
         index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
             "action": "ingest", "intake": intake, **counts}}, write_more=write_lots)
         index.image_dir = archive / PHOTOS_DIR
         on_progress("indexed", len(keep))
 
+    shutil.rmtree(archive / PENDING_DIR, ignore_errors=True)  # in the index now (or nothing was to embed)
     statuses = {name: sum(1 for value in status.values() if value == name) for name in
                 (ADDED, REPLACED, ARCHIVED, IDENTICAL, REMOVED, UNREADABLE)}
     table = intake_report(index, identities, [photo.as_posix() for photo in photos], status, digests,
@@ -285,6 +294,54 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     kill_point("report-written")
     return IngestResult(intake, statuses, table, report_path, None if index is None else index.generation,
                         0 if index is None else len(index), failures)
+
+
+def _embed_checkpointed(embedder, copies: list[Path], digests: list[str], folder: Path, model_info: dict,
+                        on_progress, every_rows: int = PENDING_ROWS, every_seconds: float = PENDING_SECONDS):
+    """The features of ``copies``, embedded a chunk at a time with a checkpoint part every ``every_rows`` rows or
+    ``every_seconds``: an intake killed while embedding keeps what it embedded (keyed by content digest and
+    network), and the rerun embeds only the rest. NaN rows (unreadable photos) are never kept."""
+    n_features = int(embedder.n_features_out_)
+    features = np.full((len(copies), n_features), np.nan, dtype=np.float32)
+    network = str(model_info.get("parameters_sha256") or json.dumps(model_info, sort_keys=True, default=str))
+    known = _read_pending(folder, network, n_features)
+    todo = []
+    for row, digest in enumerate(digests):
+        if digest in known:
+            features[row] = known[digest]
+        else:
+            todo.append(row)
+    unsaved, last_part = [], time.monotonic()
+    for start in range(0, len(todo), PENDING_CHUNK):
+        rows = todo[start:start + PENDING_CHUNK]
+        features[rows] = np.asarray(embedder.transform([os.fspath(copies[row]) for row in rows]), dtype=np.float32)
+        unsaved += rows
+        on_progress("embedded", len(rows))
+        if len(unsaved) >= every_rows or time.monotonic() - last_part >= every_seconds or \
+                start + PENDING_CHUNK >= len(todo):
+            kept = [row for row in unsaved if not np.isnan(features[row]).any()]
+            folder.mkdir(exist_ok=True)
+            part = folder / f"part-{len(list(folder.glob('part-*.npz'))):06d}.npz"
+            with atomic_path(part) as temporary, open(temporary, "wb") as handle:
+                np.savez(handle, digests=np.asarray([digests[row] for row in kept], dtype=str),
+                         features=features[kept], network=np.asarray(network))
+            kill_point("embedded-part-written")
+            unsaved, last_part = [], time.monotonic()
+    return features
+
+
+def _read_pending(folder: Path, network: str, n_features: int) -> dict[str, np.ndarray]:
+    """Features embedded by an intake that was killed before its generation: digest -> vector."""
+    known = {}
+    for part in sorted(folder.glob("part-*.npz")) if folder.is_dir() else []:
+        try:
+            with np.load(part, allow_pickle=False) as npz:
+                if str(npz["network"]) != network or npz["features"].shape[1:] != (n_features,):
+                    continue  # another network's: not these features
+                known.update(zip(npz["digests"].tolist(), npz["features"]))
+        except (OSError, ValueError, KeyError):
+            continue  # a part cut short is embedded again
+    return known
 
 
 def _check_rule(rule: str) -> None:
@@ -355,6 +412,10 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
     rows = []
     in_index = [] if index is None else [name for name in identities if name in index]
     by_digest = {} if index is None else _live_digests(index)
+    if in_index and index._store.nprobe:
+        # A copy lies in its original's list or a neighbouring one: the report visits fewer lists than a
+        # search for similar photos (this index object is the intake's own: no other thread searches it).
+        index._store.nprobe = min(index._store.nprobe, REPORT_NPROBE)
     if in_index:
         vectors = index._vectors_of([index.row_of(name) for name in in_index])
         copies = find_copies_against(index, in_index, vectors, photos=[index.photo_path(name) for name in in_index],
@@ -374,6 +435,9 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
         feature_distance=("feature_distance", "min"), copy_score=("copy_score", "min"),
         inliers=("inliers", "max"))
     lines = []
+    matches_of: dict[str, list] = {}
+    for match in found.itertuples(index=False):  # once: a DataFrame per photo costs a millisecond each
+        matches_of.setdefault(match.image_path, []).append(match)
     for identity, source, digest in zip(identities, sources, digests):
         state = status[identity]
         name = identity
@@ -381,10 +445,10 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
             name = by_digest.get(digest, identity)
             lines.append((identity, source, state, name, COPY, 0.0, 0.0, np.nan))
             continue
-        matches = found[found["image_path"] == identity]
-        if not len(matches):
+        matches = matches_of.get(identity, [])
+        if not matches:
             lines.append((identity, source, state, "", "", np.nan, np.nan, np.nan))
-        for match in matches.itertuples(index=False):
+        for match in matches:
             lines.append((identity, source, state, match.match, match.verdict, match.feature_distance,
                           match.copy_score, match.inliers))
     table = pd.DataFrame(lines, columns=["image_path", "source", "status", "match", "verdict", "feature_distance",

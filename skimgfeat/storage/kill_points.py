@@ -2,8 +2,9 @@
 
 A writer calls :func:`kill_point` between the steps of a change (a part written, a
 generation renamed into place, ``CURRENT`` switched...). Nothing happens unless the
-environment variable ``SKIMGFEAT_KILL_AT`` holds a number N: the Nth point the process
-reaches then sends ``SIGKILL`` to the process itself, so that no ``finally`` block,
+environment variable ``SKIMGFEAT_KILL_AT`` holds a number N or a point's name: the Nth
+point the process reaches (or the first of that name) then sends ``SIGKILL`` to the
+process itself, so that no ``finally`` block,
 exit handler or buffered write runs, as when a machine loses power or a user kills
 the job. ``SKIMGFEAT_KILL_TRACE=FILE`` appends each point's name to FILE (to count
 the points of a run).
@@ -20,7 +21,7 @@ _reached = 0
 
 
 def kill_point(name: str) -> None:
-    """Count this point; SIGKILL the process if it is the one ``SKIMGFEAT_KILL_AT`` names."""
+    """Count this point; SIGKILL the process if it is the one ``SKIMGFEAT_KILL_AT`` names (number or name)."""
     global _reached
     kill_at, trace = os.environ.get(KILL_AT_ENV), os.environ.get(KILL_TRACE_ENV)
     if kill_at is None and trace is None:
@@ -29,5 +30,5 @@ def kill_point(name: str) -> None:
     if trace:
         with open(trace, "a", encoding="utf-8") as handle:
             handle.write(f"{_reached} {name}\n")
-    if kill_at is not None and _reached == int(kill_at):
+    if kill_at is not None and (_reached == int(kill_at) if kill_at.isdigit() else kill_at == name):
         os.kill(os.getpid(), signal.SIGKILL)
