@@ -26,6 +26,7 @@ import pandas as pd
 from ..embedder import embedder_from_model_info
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..matching.duplicates import COPY, find_copies_against
+from ..matching.instance_index import instance_index_for
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
 from ..matching.object_match import ObjectMatcher
 from ..schema import ITEM_ID
@@ -418,9 +419,11 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
         index._store.nprobe = min(index._store.nprobe, REPORT_NPROBE)
     if in_index:
         vectors = index._vectors_of([index.row_of(name) for name in in_index])
+        # With the local features at hand the copy check confirms hashes by content, as `duplicates` does.
         copies = find_copies_against(index, in_index, vectors, photos=[index.photo_path(name) for name in in_index],
                                      copy_check=hashes if hashes is not None else False,
-                                     archive_hashes=hashes if hashes is not None else True)
+                                     archive_hashes=hashes if hashes is not None else True,
+                                     local_features=local_features)
         copies = copies[(copies["image_a"] != copies["image_b"]) & (copies["verdict"] == COPY)]
         for pair in copies.itertuples(index=False):
             rows.append((pair.image_a, pair.image_b, COPY, pair.feature_distance, pair.copy_score, np.nan))
@@ -466,7 +469,10 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
 
 def _same_object_rows(index, names, local_features, hashes, k) -> list[tuple]:
     """(photo, match, verdict, distance, copy score, inliers) of the verified matches of each photo."""
-    matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes)
+    # The instance index shortlists the same object across cameras and backdrops, where the CNN's
+    # nearest photos rarely hold the catalogue photo; it is brought up to date with this intake's parts.
+    matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes,
+                            instance_index=instance_index_for(local_features) if len(local_features) else None)
     rows = []
     for name in names:
         if name not in local_features:
