@@ -13,7 +13,12 @@ in a fresh process with its peak RSS (``os.wait4``):
 2. ``skimgfeat index add INDEX new.parquet``
 3. ``skimgfeat similar Q1..Q5 --index INDEX -k 10`` (five image_path queries, loading
    the index included), recall@10 against exact search over the whole table
-4. ``--pairs``: ``skimgfeat duplicates --index INDEX --no-copy-check --threshold T`` (the
+4. ``--archive``: the archive of the same rows (``skimgfeat.archive``), in a fresh process:
+   the daily intake of 10,000 new photos (tiny PNG files standing for photos, their
+   features near-copies of archived rows; the embedding is a lookup, so the time is the
+   archive's own: listing, SHA-256, copies, copy-check hashes, the index add, the new
+   generation, the report's copy search), then ``remove`` of 1,000 photos.
+5. ``--pairs``: ``skimgfeat duplicates --index INDEX --no-copy-check --threshold T`` (the
    synthetic rows have no photos to hash: features alone decide), with the share of
    planted copies grouped with their original and the groups that join rows of
    different clusters.
@@ -154,8 +159,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse the tables already in --workdir")
     parser.add_argument("--kind", default="auto", help="index kind for `index build` (default: auto)")
     parser.add_argument("--pairs", action="store_true", help="also time `duplicates --index`")
+    parser.add_argument("--archive", action="store_true", help="also time an archive's ingest and remove")
+    parser.add_argument("--archive-step", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threshold", type=float, default=0.1, help="duplicates threshold for --pairs")
     args = parser.parse_args()
+    if args.archive_step is not None:
+        return archive_step(args.archive_step)
     with tempfile.TemporaryDirectory(prefix="skimgfeat-scale-") as temporary:
         work = args.workdir or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -228,8 +237,78 @@ def main() -> None:
                            duplicates_peak_rss_gb=round(duplicates["peak_rss_gb"], 2),
                            groups=int(groups["group"].nunique()), grouped_rows=len(groups),
                            planted_grouped=grouped, groups_joining_clusters=mixed)
+        if args.archive:
+            measured = run_measured([sys.executable, __file__, "--archive-step", str(work)], work)
+            if not measured["stdout"].strip():
+                raise SystemExit(f"the archive step failed: {measured['stderr']}")
+            step = json.loads(measured["stdout"].strip().splitlines()[-1])
+            print(f"archive: ingest of {step['new']} new photos {step['ingest_s']:.1f} s (embedding excluded), "
+                  f"remove of {step['removed']} {step['remove_s']:.1f} s, similar x5 {step['similar_s']:.2f} s; "
+                  f"peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
+            summary.update({f"archive_{name}": value for name, value in step.items()},
+                           archive_peak_rss_gb=round(measured["peak_rss_gb"], 2))
         summary["load_after"] = os.getloadavg()
         print(json.dumps(summary, indent=1, default=str))
+
+
+class _LookedUp:
+    """An embedder whose features are known already: the archive's cost without the network's."""
+
+    def __init__(self, vectors: dict, model_info: dict) -> None:
+        self.vectors, self.model_info_, self.n_features_out_, self.errors_ = vectors, model_info, N_FEATURES, []
+
+    def transform(self, paths) -> np.ndarray:
+        return np.stack([self.vectors[Path(path).stem] for path in paths])
+
+
+def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> None:
+    """An archive made of INDEX's rows; time an intake of ``n_new`` photos and a removal of ``n_removed``."""
+    import shutil
+
+    from PIL import Image
+
+    from skimgfeat.archive import Archive, ingest, remove
+    from skimgfeat.archive.folder import CONTENT_SHA256, INTAKE, PHOTOS_DIR, SOURCE, write_settings
+    from skimgfeat.schema import ITEM_ID, item_id_from_name
+    from skimgfeat.search.similarity import SimilarityIndex
+    from skimgfeat.storage.io import FeatureTableReader
+
+    archive = work / "archive"
+    shutil.rmtree(archive, ignore_errors=True)
+    started = time.perf_counter()
+    index = SimilarityIndex.load(work / "index")
+    n_rows = len(index.names)
+    identities = index._identities
+    identities[ITEM_ID] = np.asarray([item_id_from_name(name) for name in index.names], dtype=object)
+    for column, value in ((CONTENT_SHA256, ""), (SOURCE, ""), (INTAKE, "base")):
+        identities[column] = np.full(n_rows, value, dtype=object)
+    write_settings(archive, {"item_rule": None, "created_at": "benchmark"})
+    index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR})
+    made = time.perf_counter() - started
+    rng = np.random.default_rng(11)
+    originals = _rows(FeatureTableReader(work / "base.parquet"), np.sort(rng.choice(n_rows // 2, n_new, replace=False)))
+    new_vectors = originals * np.exp(0.12 * rng.standard_normal(originals.shape)).astype(np.float32)
+    new_dir = work / "today"
+    shutil.rmtree(new_dir, ignore_errors=True)
+    new_dir.mkdir()
+    for number in range(n_new):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(new_dir / f"new{number}_1.png")
+    embedder = _LookedUp({f"new{number}_1": vector for number, vector in enumerate(new_vectors)}, index.model_info)
+    index.close()
+    started = time.perf_counter()
+    result = ingest(new_dir, archive, embedder=embedder, intake="day", local_features=False)
+    ingest_s = time.perf_counter() - started
+    started = time.perf_counter()
+    removed = remove(archive, [f"day/new{number}_1.png" for number in range(n_removed)])
+    remove_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with Archive.open(archive) as opened:
+        opened.similar(opened.rows["image_path"][:5], k=10)
+    similar_s = time.perf_counter() - started
+    print(json.dumps({"rows": n_rows, "made_s": round(made, 1), "new": result.statuses["added"],
+                      "ingest_s": round(ingest_s, 1), "removed": len(removed.removed), "remove_s": round(remove_s, 2),
+                      "similar_s": round(similar_s, 2), "live": removed.n_rows,
+                      "report_copies": int((result.report["verdict"] == "copy").sum())}))
 
 
 def _rows(reader, rows: np.ndarray) -> np.ndarray:

@@ -10,6 +10,14 @@ implementation and skimgfeat alternate, so both see the same machine load.
     python benchmarks/throughput.py --variants baseline,skimgfeat,skimgfeat-serial,skimgfeat-int8
     python benchmarks/throughput.py --memory         # peak RSS for 2,000 vs 20,000 images
     python benchmarks/throughput.py --gpu            # CUDA: batch sizes 32 to 256
+    python benchmarks/throughput.py --camera 200     # 200 camera-sized JPEGs (10 MP and 5 MP)
+
+``--camera N`` makes N camera-sized JPEGs from the shared photos (upscaled to 10 MP and
+5 MP alternately, bicubic, re-encoded at quality 92; a real camera original would be
+noisier, so larger and slower to decode for both sides) and runs the straightforward
+implementation, skimgfeat (reduced-scale JPEG decoding, the default) and
+``skimgfeat-exact`` (``draft=False``, every photo decoded in full) on them; "min cosine"
+then covers all N photos.
 
 Each end-to-end run is timed from before the network is built (fit included, imports
 not) to the last feature row: "images/s incl. fit" and its ratio to the baseline;
@@ -41,7 +49,8 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet1k-dequantized.pth"
 MODELS = ("mobilenet_v2", "shufflenet_v2_x1_0")
 FORMATS = ("jpeg", "webp")
 BATCH = 32
-N_CHECK = 64  # images whose features are compared against the straightforward implementation
+N_STAGE_SAMPLE = 64  # images decoded to measure the decode cost per image
+CHECKED = int(os.environ.get("BENCH_CHECKED_IMAGES", 64))  # images compared with the straightforward implementation
 CALIBRATION = 32  # int8 variants calibrate on the last images of the run (re-encoded copies of its sources)
 
 # skimgfeat settings per variant; "baseline" is the straightforward implementation.
@@ -49,7 +58,7 @@ VARIANTS: dict[str, dict] = {
     "skimgfeat": {},
     "skimgfeat-eager": {"backend": "eager"},
     "skimgfeat-torchscript": {"backend": "torchscript"},
-    "skimgfeat-draft": {"draft": True},
+    "skimgfeat-exact": {"draft": False},
     "skimgfeat-1worker": {"n_workers": 1},
     "skimgfeat-2threads": {"env": {"SKIMGFEAT_INFERENCE_THREADS": "2"}},
     "skimgfeat-samepriority": {"env": {"SKIMGFEAT_DECODE_NICENESS": "0"}},
@@ -87,6 +96,25 @@ def encode_inputs(folder: Path, fmt: str, n_sources: int, long_side: int) -> lis
                 scale = long_side / max(image.size)
                 size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
                 image.resize(size, Image.Resampling.BICUBIC).save(target, quality=85)
+        paths.append(target)
+    return paths
+
+
+def camera_inputs(folder: Path, n: int) -> list[Path]:
+    """``n`` camera-sized JPEGs: shared photos upscaled to 10 MP (even) or 5 MP (odd), quality 92."""
+    from PIL import Image
+
+    out = folder / "camera"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, source in enumerate(source_photos(n)):
+        target = out / f"{i:04d}.jpg"
+        if not target.exists():
+            with Image.open(source) as image:
+                image = image.convert("RGB")
+                scale = ((10e6 if i % 2 == 0 else 5e6) / (image.width * image.height)) ** 0.5
+                size = (round(image.width * scale), round(image.height * scale))
+                image.resize(size, Image.Resampling.BICUBIC).save(target, quality=92)
         paths.append(target)
     return paths
 
@@ -191,14 +219,14 @@ def _time_stream(batches, started: float, n_images: int) -> dict:
     for out in batches:
         if first is None:
             first = time.perf_counter()
-        if sum(len(f) for f in features) < N_CHECK:
+        if sum(len(f) for f in features) < CHECKED:
             features.append(out)
     ended = time.perf_counter()
     return {
         "fit_first_batch_s": first - started,
         "images_per_s": n_images / (ended - started),
         "steady_images_per_s": (n_images - BATCH) / (ended - first),
-        "features": np.concatenate(features)[:N_CHECK],
+        "features": np.concatenate(features)[:CHECKED],
     }
 
 
@@ -209,7 +237,7 @@ def _stage_costs(decode, forward, paths: list[str]) -> dict:
     beside the benchmark do not inflate the costs.
     """
     forward()  # warm-up: first-call specialisation and allocations
-    sample = paths[: max(N_CHECK, BATCH)]
+    sample = paths[: max(N_STAGE_SAMPLE, BATCH)]
     start = time.thread_time()
     for path in sample:
         decode(path)
@@ -276,9 +304,13 @@ def benchmark(args: argparse.Namespace, folder: Path) -> list[dict]:
     variants = args.variants.split(",")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows = []
-    for fmt in args.formats.split(","):
-        sources = encode_inputs(folder, fmt, args.sources, args.long_side)
-        listing = path_list(folder, sources, args.images)
+    for fmt in ["jpeg"] if args.camera else args.formats.split(","):
+        if args.camera:
+            sources = camera_inputs(folder, args.camera)
+            listing = path_list(folder, sources, len(sources))
+        else:
+            sources = encode_inputs(folder, fmt, args.sources, args.long_side)
+            listing = path_list(folder, sources, args.images)
         for model in args.models.split(","):
             stages = {v: spawn(v, model, listing, "stages", args) for v in variants}
             runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -410,6 +442,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true", help="peak RSS for --memory-sizes images")
     parser.add_argument("--memory-sizes", default="2000,20000")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--camera", type=int, default=0, metavar="N",
+                        help="N camera-sized JPEGs (10 MP / 5 MP) instead of --images; variants "
+                             "baseline,skimgfeat,skimgfeat-exact unless --variants is given")
     parser.add_argument("--workdir", help="keep the re-encoded photos here instead of a temporary folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -421,6 +456,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.camera:
+        os.environ["BENCH_CHECKED_IMAGES"] = str(args.camera)  # every photo's features compared
+        if "--variants" not in sys.argv:
+            args.variants = "baseline,skimgfeat,skimgfeat-exact"
     if args.worker:
         worker_main(args)
         return

@@ -23,6 +23,7 @@ COLOURS = {
     "storage": "#f9e0b8",
     "uses": "#d5ecd0",  # search/, matching/, tabular/, quality/, plotting/: what the features are for
     "cli": "#ead7f1",
+    "archive": "#f6d3d3",
 }
 
 
@@ -56,17 +57,26 @@ def arrow(ax, start, end, text=None, *, style="-|>", colour="#333333", dashed=Fa
 
 
 def draw() -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(13, 7.2))
+    figure, ax = plt.subplots(figsize=(13, 8.4))
     ax.set_xlim(0, 13)
-    ax.set_ylim(0, 7.2)
+    ax.set_ylim(0, 8.4)
     ax.axis("off")
 
     # cli/: the command line, on top of the public API only; each command above what it uses.
-    band(ax, 0.2, 6.05, 12.6, 0.95, "cli/  (one module per subcommand, public API only)", "cli")
+    band(ax, 0.2, 7.25, 12.6, 0.95, "cli/  (one module per subcommand, public API only)", "cli")
     commands = [(3.6, "skimgfeat extract"), (6.2, "skimgfeat quality"), (8.2, "skimgfeat similar"),
-                (10.2, "skimgfeat duplicates")]
+                (10.2, "skimgfeat duplicates, match")]
     for x, name in commands:
-        box(ax, x, 6.35, 1.85, 0.4, name, "cli", size=8.5)
+        box(ax, x, 7.55, 1.75 if x < 10 else 2.0, 0.4, name, "cli", size=8.5)
+    box(ax, 12.0, 7.55, 1.3, 0.4, "ingest, serve", "cli", size=8)
+
+    # archive/ and serve/: one archive folder and the browser on it, above what the features are for.
+    band(ax, 5.0, 6.05, 7.8, 0.95, "archive/  (one folder, one writer: ingest, remove)    serve/  (the browser)",
+         "archive")
+    box(ax, 8.2, 6.35, 3.0, 0.4, "Archive: generations of every part", "archive", size=8)
+    box(ax, 11.4, 6.35, 2.4, 0.4, "serve: pages + JSON API", "archive", size=8)
+    arrow(ax, (12.0, 7.34), (12.0, 6.56), colour="#7a4f91")
+    arrow(ax, (8.2, 6.14), (8.2, 5.52), colour="#a33a3a")
 
     # What the features are for: one subpackage per domain, above the estimators.
     band(ax, 5.0, 4.95, 7.8, 0.9, "quality/   search/   matching/   tabular/   (plotting/ draws them)", "uses")
@@ -75,8 +85,8 @@ def draw() -> plt.Figure:
     for x, name in uses:
         box(ax, x, 5.3, 1.85 if x < 12 else 1.45, 0.42, name, "uses", size=8.5 if x < 12 else 7.5)
     for x, _ in commands[1:]:
-        arrow(ax, (x, 6.14), (x, 5.52), colour="#7a4f91")
-    arrow(ax, (3.6, 6.14), (3.6, 4.67), colour="#7a4f91")
+        arrow(ax, (x, 7.34), (x, 5.52) if x != 8.2 else (x, 6.56), colour="#7a4f91")
+    arrow(ax, (3.6, 7.34), (3.6, 4.67), colour="#7a4f91")
 
     # The estimators: the top level of the package, what users put in a Pipeline.
     box(ax, 1.2, 4.1, 1.7, 0.9, "photo path\n'lots/84512_1.jpg'", "estimators", size=8.5)

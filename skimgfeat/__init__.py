@@ -26,6 +26,7 @@ _EXPORTS = {
     "ObjectMatcher": "matching.object_match",
     "OutOfFoldPredictor": "tabular.stacking",
     "PhotoHashes": "matching.copy_check",
+    "RaggedPhotos": "engine.ragged",
     "SimilarityIndex": "search.similarity",
     "VisualComparables": "tabular.comparables",
     "WeightsMismatchError": "exceptions",

@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 
+from .engine.ragged import RaggedPhotos, is_ragged
 from .schema import COUNT_COLUMN, FEATURE_PREFIX, ITEM_ID, NAME_COLUMNS, feature_names, image_number, item_id_from_name
 from .storage.output import OutputContainerMixin, wrap_output
 
@@ -26,8 +27,10 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
 
     Two input forms:
 
-    * the output of :class:`~skimgfeat.CNNImageEmbedder`: a ``(n_items, max_images,
-      n_features)`` NaN-padded array (or a 2-D array, one photo per item). Returns
+    * the output of :class:`~skimgfeat.CNNImageEmbedder` for several photos per item:
+      the photos' rows grouped by item (:class:`~skimgfeat.RaggedPhotos`,
+      memory in proportion to the photos), or a ``(n_items, max_images, n_features)``
+      NaN-padded array, or a 2-D array (one photo per item). Returns
       ``(n_items, n_features)``, row i for item i;
     * a per-image table (DataFrame) with ``img_feature_*`` columns and an ``item_id``
       column, or ``image_name``/``image_path`` from which the item id is derived.
@@ -111,7 +114,7 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
             values = np.column_stack([values, counts.astype(values.dtype)])
         names = self.get_feature_names_out() if hasattr(self, "n_features_in_") else None
         if names is None or len(names) != values.shape[1]:
-            names = _default_names(photos.shape[2], self.count_images)
+            names = _default_names(photos.shape[-1], self.count_images)
         return wrap_output(values, index, names, self._output_kind())
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -138,13 +141,17 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
 
     # -- internals -------------------------------------------------------------
 
-    def _validated_photos(self, X, reset: bool) -> np.ndarray:
-        """X as a ``(n_items, max_images, n_features)`` float array, checked by scikit-learn.
+    def _validated_photos(self, X, reset: bool) -> np.ndarray | RaggedPhotos:
+        """X as photos grouped by item: a RaggedPhotos or a ``(n_items, max_images, n_features)`` float array.
 
         ``reset`` (fit) records ``n_features_in_`` (and a DataFrame's column names);
         otherwise a fitted aggregator refuses another feature width.
         """
         fitted = hasattr(self, "n_features_in_")
+        if is_ragged(X):
+            values = X if X.dtype.kind == "f" else X.astype(np.float64)
+            self._check_width(values.n_features, reset, fitted)
+            return values
         values = check_array(X, allow_nd=True, ensure_all_finite="allow-nan", dtype=FLOAT_DTYPES)
         if values.ndim == 2:
             if reset or fitted:  # a transform before any fit (none is needed) has nothing to check
@@ -154,15 +161,18 @@ class ItemAggregator(OutputContainerMixin, TransformerMixin, BaseEstimator, auto
             raise ValueError(
                 f"expected a (n_items, max_images, n_features) or (n_items, n_features) array, got shape {values.shape}"
             )
+        self._check_width(values.shape[2], reset, fitted)
+        return values
+
+    def _check_width(self, n_features: int, reset: bool, fitted: bool) -> None:
         if reset:
-            self.n_features_in_ = values.shape[2]
+            self.n_features_in_ = n_features
             self.__dict__.pop("feature_names_in_", None)  # names of an earlier fit no longer apply
-        elif fitted and values.shape[2] != self.n_features_in_:
+        elif fitted and n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {values.shape[2]} features, but {type(self).__name__} is expecting "
+                f"X has {n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return values
 
     def _id_column(self, table: pd.DataFrame) -> str | None:
         if isinstance(self.item_id, str) and self.item_id in table.columns:
@@ -243,26 +253,38 @@ def _default_names(n_features: int, count_images: bool) -> np.ndarray:
     return np.append(names, COUNT_COLUMN) if count_images else names
 
 
-def reduce_photos(photos: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, k, d)`` NaN-padded -> ``(n, d)`` and the count of valid photos per item.
+def reduce_photos(photos: np.ndarray | RaggedPhotos, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Photos grouped by item -> ``(n_items, d)`` and the count of valid photos per item.
 
-    A photo is valid when any of its features is a number. "mean" and "max" skip NaN
-    feature by feature, as the table form's ``groupby`` does (a feature a photo lacks,
-    e.g. the JPEG quality of a PNG, does not blank the item's); "first" takes the first
-    valid photo whole.
+    ``photos``: a :class:`~skimgfeat.RaggedPhotos` or a ``(n, k, d)``
+    NaN-padded array. A photo is valid when any of its features is a number. "mean" and
+    "max" skip NaN feature by feature, as the table form's ``groupby`` does (a feature a
+    photo lacks, e.g. the JPEG quality of a PNG, does not blank the item's); "first"
+    takes the first valid photo whole. Works on the photos' rows (memory in proportion
+    to the photos, never items x the largest item).
     """
-    present = ~np.isnan(photos)
-    valid = present.any(axis=2)
-    counts = valid.sum(axis=1)
+    ragged = photos if is_ragged(photos) else RaggedPhotos.from_padded(photos)
+    values, n_items = ragged.values, ragged.n_items
+    present = ~np.isnan(values)
+    valid = present.any(axis=1)
+    filled = ragged.counts > 0
+    starts = ragged.offsets[:-1][filled]  # reduceat needs non-empty segments
+    counts = np.zeros(n_items, dtype=np.intp)
+    out = np.full((n_items, ragged.n_features), np.nan, dtype=values.dtype)
+    if not len(starts):
+        return out, counts
+    counts[filled] = np.add.reduceat(valid.astype(np.intp), starts)
+    if method == "first":
+        rows = np.flatnonzero(valid)
+        items, first = np.unique(ragged.item_of_row[rows], return_index=True)
+        out[items] = values[rows[first]]
+        return out, counts
+    n_present = np.add.reduceat(present.astype(np.intp), starts, axis=0)
     if method == "mean":
-        values = np.where(present, photos, 0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-    elif method == "max":
-        values = np.where(present, photos, -np.inf).max(axis=1)
+        summed = np.add.reduceat(np.where(present, values, 0), starts, axis=0, dtype=np.float64)
+        reduced = summed / np.maximum(n_present, 1)
     else:
-        first = valid.argmax(axis=1)
-        values = photos[np.arange(len(photos)), first]
-    values = values.astype(photos.dtype, copy=False)
-    if method != "first":
-        values[~present.any(axis=1)] = np.nan
-    values[counts == 0] = np.nan
-    return values, counts
+        reduced = np.maximum.reduceat(np.where(present, values, -np.inf), starts, axis=0)
+    reduced[n_present == 0] = np.nan
+    out[filled] = reduced
+    return out, counts

@@ -70,7 +70,9 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     device : str or None, default=None
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; None picks CUDA when available.
     batch_size : int or "auto", default="auto"
-        Images per forward pass; "auto" is 32 on CPU and 256 on CUDA. On CUDA a batch
+        Images per forward pass; "auto" is 16 on CPU and 256 on CUDA (on the CPU one
+        pass runs per core at once, and 16 images cost no more per image than 32 while
+        holding half the memory: see docs/performance.md). On CUDA a batch
         that runs out of memory is split in halves instead of failing.
     resize_mode : {"square", "shorter_side"} or None, default=None
         None: the recipe's. ``"square"`` resizes to ``resize_size x resize_size``
@@ -90,9 +92,13 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
     max_pixels : int or None, default=None
         Images with more pixels are refused from their header, never decoded. None
         uses Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``.
-    draft : bool, default=False
-        Let JPEG decode at reduced scale before resizing: faster on big photos, not
-        bit-exact (see the docs for the measured deviation).
+    draft : bool, default=True
+        Decode a JPEG at least twice the resize target at a reduced DCT scale (1/2,
+        1/4 or 1/8, Pillow's draft mode) that still keeps it at least twice the target,
+        then resize: camera-sized photos decode several times faster. Not bit-exact
+        (measured on real photos: cosine to full decoding >= 0.995, see
+        docs/performance.md); smaller JPEGs and other formats are unaffected. False:
+        every photo decoded in full, bit for bit the original module's features.
     decode_device : str or None, default=None
         None decodes with Pillow in the decode threads (exact). ``"cuda"`` decodes JPEG
         files in batches on the GPU (``torchvision.io.decode_jpeg``, nvJPEG) and resizes
@@ -228,7 +234,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         interpolation: str | None = None,
         on_error: str = "raise",
         max_pixels: int | None = None,
-        draft: bool = False,
+        draft: bool = True,
         decode_device: str | None = None,
         precision: str = "float32",
         backend: str = "auto",
@@ -341,10 +347,14 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_features) or (n_samples, max_images, n_features)
+        features : ndarray of shape (n_samples, n_features), or RaggedPhotos
             float32. With one photo per sample, 2-D. With several photos per sample,
-            3-D and NaN-padded: ``features[i, j]`` is the j-th photo of sample i; pass
-            it through :class:`~skimgfeat.ItemAggregator` to get one row per sample.
+            the photos' rows grouped by sample
+            (:class:`~skimgfeat.RaggedPhotos`: memory in proportion to
+            the photos): ``features[i]`` is the ``(n_photos_i, n_features)`` rows of
+            sample i, ``np.asarray(features)`` the NaN-padded
+            ``(n_samples, max_images, n_features)`` array; pass it through
+            :class:`~skimgfeat.ItemAggregator` to get one row per sample.
             Row i always belongs to sample i; failed images (``on_error="nan"``) are NaN.
         """
         check_is_fitted(self, "model_")
@@ -394,7 +404,7 @@ class CNNImageEmbedder(OutputContainerMixin, TransformerMixin, BaseEstimator, au
         """
         check_is_fitted(self, "model_")
         runner = self._runner()
-        batch_size = self.batch_size if self.batch_size != "auto" else 256 if runner.device.type == "cuda" else 32
+        batch_size = self.batch_size if self.batch_size != "auto" else 256 if runner.device.type == "cuda" else 16
         yield from embed_stream(
             paths, runner, self._decoder(), self.n_features_out_, int(batch_size), self.n_workers,
             self.on_error if on_error is None else on_error, parallel_calls=runner.parallel_calls,
@@ -516,8 +526,7 @@ def embedder_from_model_info(model_info: dict, weights: str | os.PathLike | None
         params = {"model_name": model_info["model_name"], "weights": recorded}
         if "resize_mode" in preprocessing:
             params["resize_mode"] = preprocessing["resize_mode"]
-        if preprocessing.get("draft"):
-            params["draft"] = True
+        params["draft"] = bool(preprocessing.get("draft", False))  # recorded either way: the default is True
     if weights is not None:
         params["weights"] = os.fspath(weights)
     params.update(overrides)

@@ -86,6 +86,7 @@ class ImageFeatureExtractor:
             on_error=on_error,
             progress=progress,
             random_state=random_state,
+            draft=False,  # the original module decoded every photo in full: keep its features exactly
         ).fit()
 
     @property

@@ -7,6 +7,7 @@ Used alike by the command line and by the original module's API
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,10 +24,11 @@ MODEL_INFO_FILE = "model_info.json"
 
 def list_images(
     image_dir: str | os.PathLike,
-    pattern: str = "*.webp",
+    pattern: str | None = "*.webp",
     *,
     recursive: bool = False,
     max_images: int | None = None,
+    case_sensitive: bool = True,
 ) -> list[Path]:
     """Files in ``image_dir`` matching the glob ``pattern``, sorted by relative path.
 
@@ -34,13 +36,18 @@ def list_images(
     ----------
     image_dir : str or os.PathLike
         An existing folder; NotADirectoryError otherwise.
-    pattern : str
-        A :mod:`glob` pattern matched against file names (case-sensitive on Linux);
-        default ``"*.webp"``.
+    pattern : str or None
+        A :mod:`glob` pattern matched against file names; default ``"*.webp"`` (the
+        original module's). None: every file whose suffix is one of
+        :func:`image_suffixes` (what Pillow decodes here), in any case.
     recursive : bool, default=False
         Search sub-folders too. The original module looked in ``image_dir`` only.
     max_images : int or None, default=None
         Keep the first ``max_images`` files of the sorted list.
+    case_sensitive : bool, default=True
+        False: ``pattern`` matches names in any case (``*.jpg`` finds ``IMG_1.JPG``),
+        as the command line does. True keeps the original module's ``glob`` (case-sensitive
+        on Linux).
 
     Returns
     -------
@@ -51,9 +58,39 @@ def list_images(
         raise NotADirectoryError(f"image folder {os.fspath(image_dir)!r} does not exist or is not a folder")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
-    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    if pattern is not None and case_sensitive:
+        found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    else:
+        suffixes = image_suffixes()
+        lowered = None if pattern is None else pattern.lower()
+        found = (
+            path
+            for path in (folder.rglob("*") if recursive else folder.iterdir())
+            if (path.suffix.lower() in suffixes if lowered is None else fnmatch.fnmatchcase(path.name.lower(), lowered))
+        )
     paths = sorted((path for path in found if path.is_file()), key=lambda path: path.relative_to(folder).as_posix())
     return paths[:max_images]
+
+
+def image_suffixes() -> frozenset[str]:
+    """File name suffixes (lower case, with the dot) of every format Pillow can decode here.
+
+    Pillow's registered extensions, less its identify-only stubs (HDF5, GRIB, BUFR, WMF
+    outside Windows), MPEG (header only) and EPS/PS when Ghostscript is missing.
+
+    >>> {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tiff"} <= image_suffixes()
+    True
+    """
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    undecodable = {"MPEG"} | (set() if EpsImagePlugin.has_ghostscript() else {"EPS"})
+    decodable = {
+        name
+        for name, (factory, _) in Image.OPEN.items()
+        if name not in undecodable and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    }
+    return frozenset(suffix.lower() for suffix, name in Image.registered_extensions().items() if name in decodable)
 
 
 def run_model_info(embedder) -> dict:

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skimgfeat import ItemAggregator, item_id_from_name
+from skimgfeat import CNNImageEmbedder, ItemAggregator, RaggedPhotos, item_id_from_name
 
 NAN = np.nan
 PHOTOS = np.array(
@@ -187,3 +188,55 @@ def test_transform_refuses_another_feature_width():
         aggregator.transform(np.zeros((2, 3, 5)))
     with pytest.raises(ValueError, match="X has 5 features"):
         aggregator.transform(np.zeros((2, 5)))
+
+
+# -- items of very different sizes: the photos' rows, never items x the largest item --------
+
+
+@pytest.fixture(scope="module")
+def ragged_items(grocery_photos) -> list[list[str]]:
+    """Five items of one real shop photo and one item of seven."""
+    photos = [str(path) for path in grocery_photos[::40][:12]]
+    return [[photo] for photo in photos[:5]] + [photos[5:]]
+
+
+@pytest.fixture(scope="module")
+def small_random_embedder():
+    return CNNImageEmbedder(weights=None, random_state=0, resize_size=64, crop_size=64, backend="eager").fit()
+
+
+def test_a_pipeline_on_items_of_one_and_of_seven_photos_gives_the_mean_of_each_items_photos(
+    ragged_items, small_random_embedder
+):
+    pipeline = make_pipeline(clone(small_random_embedder), ItemAggregator("mean"))
+    rows = pipeline.fit_transform(ragged_items)
+    per_photo = small_random_embedder.transform([photo for item in ragged_items for photo in item])
+    expected = np.vstack([per_photo[:5], per_photo[5:].astype(np.float64).mean(axis=0)])
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert rows.shape == (6, 1280)
+
+
+def test_the_embedder_returns_the_photos_rows_and_pads_only_when_asked(ragged_items, small_random_embedder):
+    features = small_random_embedder.transform(ragged_items)
+    assert isinstance(features, RaggedPhotos)
+    assert features.values.shape == (12, 1280)  # 12 photos, not 6 items x 7
+    assert features.counts.tolist() == [1, 1, 1, 1, 1, 7]
+    padded = np.asarray(features)  # asked for: the NaN-padded array
+    assert padded.shape == features.shape == (6, 7, 1280)
+    assert np.isnan(padded[0, 1:]).all() and not np.isnan(padded[5]).any()
+    np.testing.assert_array_equal(padded[5], features[5])
+
+
+@pytest.mark.parametrize("method", ["mean", "max", "first"])
+def test_ragged_and_padded_photos_aggregate_alike(method):
+    rng = np.random.default_rng(0)
+    counts = [3, 0, 1, 5, 2]  # an item without a photo row too
+    values = rng.normal(size=(sum(counts), 4)).astype(np.float32)
+    values[1] = np.nan  # a photo that failed
+    values[4, 2] = np.nan  # a feature one photo lacks
+    values[5:10][[0, 1]] = np.nan
+    photos = RaggedPhotos(values, np.concatenate([[0], np.cumsum(counts)]))
+    ragged, padded = ItemAggregator(method, count_images=True), ItemAggregator(method, count_images=True)
+    np.testing.assert_array_equal(ragged.fit_transform(photos), padded.fit_transform(np.asarray(photos)))
+    # and the rows of selected items, as CrossFittedTransformer and cross-validation pick them
+    np.testing.assert_array_equal(np.asarray(photos[[3, 0]]), np.asarray(photos)[[3, 0]])

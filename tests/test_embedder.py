@@ -125,10 +125,13 @@ def test_multi_column_frame_is_several_photos_per_sample(fitted, synthetic_photo
     )
     features = fitted.transform(frame)
     single = fitted.transform(synthetic_photos[:3])
-    assert features.shape == (2, 2, 1280)
+    assert features.counts.tolist() == [2, 1]  # the photos' rows, no padding
     np.testing.assert_array_equal(features[0], single[:2])
-    np.testing.assert_array_equal(features[1, 0], single[2])
-    assert np.isnan(features[1, 1]).all()
+    np.testing.assert_array_equal(features[1], single[2:3])
+    padded = np.asarray(features)  # the padded array, when asked for
+    assert padded.shape == (2, 2, 1280)
+    np.testing.assert_array_equal(padded[1, 0], single[2])
+    assert np.isnan(padded[1, 1]).all()
 
 
 def test_a_single_path_is_refused_with_a_hint(fitted, synthetic_photos):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _corpus import BROKEN, CorpusFile, build_corpus, png_header_only, source_from_fixtures
+from _launcher import run_python
 from PIL import Image
 
+from skimgfeat import CNNImageEmbedder, ImageFeatureExtractor
 from skimgfeat.engine.image_loading import default_max_pixels, load_rgb_image, to_rgb
 from skimgfeat.engine.inputs import is_missing_path
+from skimgfeat.engine.preprocessing import Preprocessing
 from skimgfeat.exceptions import (
     CORRUPT,
     EMPTY,
@@ -125,6 +130,26 @@ def test_draft_decodes_a_large_jpeg_at_reduced_scale(tmp_path, source):
     assert load_rgb_image(path).size == (1200, 900)
 
 
+def test_the_embedder_decodes_a_camera_sized_jpeg_at_reduced_scale_and_stays_close_to_full_decoding(
+    tmp_path, imagenet_dir, shared_weights
+):
+    photos = []
+    for i, source in enumerate(sorted(imagenet_dir.glob("*.JPEG"))[::25]):  # 4 real photos, 3 MP each
+        with Image.open(source) as image:
+            photos.append(tmp_path / f"camera{i}.jpg")
+            image.convert("RGB").resize((2048, 1536), Image.Resampling.BICUBIC).save(photos[-1], quality=92)
+    recipe = Preprocessing(resize=256, crop=224, draft=True)
+    assert load_rgb_image(photos[0], draft_size=recipe.draft_size).size == (1024, 768)  # 1/2: 2x the target kept
+    assert load_rgb_image(photos[0], draft_size=(256, 256)).size == (512, 384)  # what 1x the target would allow
+    reduced = CNNImageEmbedder(weights=shared_weights, backend="eager").fit().transform(photos)  # the default
+    exact = CNNImageEmbedder(weights=shared_weights, backend="eager", draft=False).fit().transform(photos)
+    original = ImageFeatureExtractor(weights=shared_weights).embedder.set_params(backend="eager").transform(photos)
+    np.testing.assert_array_equal(original, exact)  # the original module's API decodes in full
+    cosine = (reduced * exact).sum(axis=1) / np.linalg.norm(reduced, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() >= 0.995  # the documented bound (measured on 200 photos of 5-10 MP: docs/performance.md)
+    assert not np.array_equal(reduced, exact)  # and it did decode differently
+
+
 # -- broken files: the reason and the file are named ---------------------------------
 
 
@@ -196,14 +221,36 @@ def test_a_named_pipe_is_refused_without_blocking_on_open(tmp_path):
     assert caught.value.reason == NOT_A_FILE
 
 
-def test_an_unreadable_file_is_named(tmp_path, source):
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their permissions")
-    path = tmp_path / "locked.png"
-    Image.fromarray(source).save(path)
-    path.chmod(0)
-    with pytest.raises(ImageLoadError, match="locked.png"):
-        load_rgb_image(path)
+UNREADABLE_CHILD = """
+import os, sys
+from skimgfeat.engine.image_loading import load_rgb_image
+from skimgfeat.exceptions import ImageLoadError
+if os.geteuid() == 0:  # root reads any file: drop to nobody, as a deployment's service user would be
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    load_rgb_image(sys.argv[1])
+except ImageLoadError as error:
+    print(error.reason, error.path, str(error), sep="\\n")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid"), reason="POSIX permissions")
+def test_an_unreadable_file_is_named(source):
+    # Under /tmp (world-traversable): the child, as another user, must reach the file and fail to open it.
+    folder = Path(tempfile.mkdtemp(prefix="skimgfeat-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "locked.png"
+        Image.fromarray(source).save(path)
+        path.chmod(0)
+        result = run_python(UNREADABLE_CHILD, str(path))
+        assert result.returncode == 0, result.stderr
+        reason, named, message = result.stdout.strip().split("\n")[-3:]
+        assert (reason, named) == (MISSING, str(path))  # the reason open() failures carry
+        assert "locked.png" in message and "Permission denied" in message
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_paths_may_be_str_pathlike_or_bytes(corpus):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from _launcher import run_python
+from _launcher import run_python, start_cli, start_python
 from test_cli import skimgfeat
 
 from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
@@ -133,8 +135,11 @@ def test_rows_added_later_are_found_as_if_they_had_been_built_in(kind, tmp_path)
     np.testing.assert_array_equal(grown.search_vectors(queries, 8, nprobe=16)[1],
                                   built.search_vectors(queries, 8, nprobe=16)[1])
     assert grown.similar([later["image_path"][5]], k=3).equals(built.similar([later["image_path"][5]], k=3))
-    with pytest.raises(ValueError, match="already in the index"):
-        grown.add(later.iloc[:3])
+    assert len(grown.add(later.iloc[:3])) == 1200  # an add run again adds nothing
+    changed = later.iloc[:3].copy()
+    changed[changed.filter(like="img_feature_").columns] = changed.filter(like="img_feature_").to_numpy()[::-1]
+    with pytest.raises(ValueError, match="already in the index with other features"):
+        grown.add(changed)
 
 
 def test_a_folder_of_parquet_parts_builds_the_index_of_the_whole_table(tmp_path):
@@ -180,6 +185,8 @@ def test_a_query_may_be_an_image_name_unless_two_rows_share_it():
         similar_items(SimilarityIndex.build(twice), [name])
     with pytest.raises(FileNotFoundError, match="image_name"):
         similar_items(index, ["nowhere.jpg"])
+    with pytest.raises(FileNotFoundError, match="is a folder: pass its photos"):
+        similar_items(index, [str(Path(__file__).parent)])
 
 
 def test_the_saved_index_answers_the_same_in_a_new_process(table_file, tmp_path):
@@ -206,7 +213,7 @@ def test_an_interrupted_change_leaves_the_previous_generation_in_use(table_file,
 
     with pytest.raises(OSError, match="disk full"):
         write_generation(tmp_path / "index", fails_halfway)
-    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["CURRENT", "gen-000001"]
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["CURRENT", "LOCK", "gen-000001"]
     assert len(SimilarityIndex.load(tmp_path / "index")) == 1200
 
 
@@ -238,3 +245,167 @@ def test_exact_search_works_without_faiss(table_file):
     result = run_python(script)
     assert result.stdout.strip() == "flat (2, 4)"
     assert "ImportError" in result.stderr and "skimgfeat[index]" in result.stderr
+
+
+# -- one writer at a time, readers never broken ---------------------------------------
+
+
+def test_two_index_adds_started_together_both_land(table_file, tmp_path):
+    """The second writer waits for the first: before the lock, both exited 0 and one's rows were lost."""
+    SimilarityIndex.build(table_file, kind="ivf", nlist=16).save(tmp_path / "index")
+    for day in (1, 2):
+        write_table(feature_table(400, seed=10 + day, prefix=f"day{day}"), tmp_path / f"day{day}.parquet",
+                    model_info=MODEL)
+    runs = [start_cli("index", "add", tmp_path / "index", tmp_path / f"day{day}.parquet") for day in (1, 2)]
+    for run in runs:
+        assert run.wait(120) == 0, run.output()[1]
+    index = SimilarityIndex.load(tmp_path / "index")
+    expected = set(pd.read_parquet(table_file)["image_path"])
+    for day in (1, 2):
+        expected |= set(pd.read_parquet(tmp_path / f"day{day}.parquet")["image_path"])
+    assert len(index) == 2000 and set(index.names) == expected
+
+
+def test_a_second_writer_that_gives_up_names_the_holder(table_file, tmp_path):
+    from skimgfeat.storage.generation_lock import WriterLock
+
+    SimilarityIndex.build(table_file).save(tmp_path / "index")
+    write_table(feature_table(10, seed=9, prefix="late"), tmp_path / "late.parquet", model_info=MODEL)
+    with WriterLock(tmp_path / "index"):
+        refused = skimgfeat("index", "add", tmp_path / "index", tmp_path / "late.parquet",
+                            env={"SKIMGFEAT_LOCK_WAIT": "0.3"})
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"process {os.getpid()}" in refused.stderr and "SKIMGFEAT_LOCK_WAIT" in refused.stderr
+    assert len(SimilarityIndex.load(tmp_path / "index")) == 1200
+
+
+READER = r"""
+import sys, time
+import numpy as np
+from skimgfeat import SimilarityIndex
+folder, stop_file = sys.argv[1], sys.argv[2]
+kept = SimilarityIndex.load(folder)  # one generation held for the whole run, as a server would
+queries = np.random.default_rng(0).random((5, 32)).astype("float32")
+answers = 0
+while True:
+    for index in (kept, SimilarityIndex.load(folder)):
+        distances, rows = index.search_vectors(queries, 10)
+        assert (rows < len(index.names)).all() and (rows >= 0).all(), rows
+        names = set(index.names[rows.ravel()])
+        assert len(index.similar([index.names[0]], k=3)) == 3
+        answers += 1
+    if __import__("os").path.exists(stop_file):
+        break
+    time.sleep(0.05)  # two cores for four readers and a writer
+print(answers, len(kept), len(SimilarityIndex.load(folder)))
+"""
+
+
+def test_readers_searching_while_a_writer_adds_generations_are_never_broken(table_file, tmp_path):
+    SimilarityIndex.build(table_file, kind="ivf", nlist=16).save(tmp_path / "index")
+    for day in range(4):
+        write_table(feature_table(50, seed=20 + day, prefix=f"d{day}"), tmp_path / f"d{day}.parquet",
+                    model_info=MODEL)
+    stop = tmp_path / "stop"
+    readers = [start_python(READER, tmp_path / "index", stop) for _ in range(4)]
+    for day in range(4):  # each add writes a generation, and retires the one before the previous
+        added = skimgfeat("index", "add", tmp_path / "index", tmp_path / f"d{day}.parquet")
+        assert added.returncode == 0, added.stderr
+    stop.touch()
+    for reader in readers:
+        code = reader.wait(120)
+        out, err = reader.output()
+        assert code == 0, err
+        answers, held, live = map(int, out.split())
+        assert answers > 0 and held == 1200 and live == 1400
+    # Generations no reader holds any more are retired by the next writer.
+    write_table(feature_table(5, seed=40, prefix="last"), tmp_path / "last.parquet", model_info=MODEL)
+    assert skimgfeat("index", "add", tmp_path / "index", tmp_path / "last.parquet").returncode == 0
+    assert sorted(path.name for path in (tmp_path / "index").glob("gen-*")) == ["gen-000005", "gen-000006"]
+
+
+def test_a_save_after_another_writer_switched_generations_is_refused(table_file, tmp_path):
+    SimilarityIndex.build(table_file, kind="ivf", nlist=16).save(tmp_path / "index")
+    slow = SimilarityIndex.load(tmp_path / "index", writable=True)
+    SimilarityIndex.load(tmp_path / "index").add(feature_table(30, seed=3, prefix="fast")).save()
+    slow.add(feature_table(30, seed=4, prefix="slow"))
+    with pytest.raises(IndexDirectoryError, match="another writer"):
+        slow.save()
+    assert len(SimilarityIndex.load(tmp_path / "index")) == 1230
+
+
+def test_a_search_while_rows_are_appended_never_returns_rows_past_the_names():
+    index = SimilarityIndex.build(feature_table(300), kind="ivf", nlist=16)
+    more = FeatureTableReader(feature_table(200, seed=6, prefix="more"), model_info=MODEL)
+    seen = []
+
+    def batches():
+        for number, batch in enumerate(more.batches(100)):
+            if number == 1:  # the first batch is in the vectors, not yet in the names
+                seen.append(index.search_vectors(batch.features, 5, nprobe=16)[1])
+                seen.append(index.range_search(batch.features, 0.01, nprobe=16)[2])
+            yield batch
+
+    index._append(batches())
+    assert len(seen[0]) and (seen[0] < 300).all() and (seen[1] < 300).all()
+    assert len(index) == 500
+
+
+def test_nprobe_is_per_search_not_set_on_the_shared_index():
+    import threading
+
+    table = feature_table(1200)
+    index = SimilarityIndex.build(table, kind="ivf", nlist=64, nprobe=1)
+    queries = features(feature_table(40, seed=1))
+    exact = exact_neighbours(table, queries, 5)[1]
+    errors, stop = [], threading.Event()
+
+    def narrow():
+        while not stop.is_set():
+            index.search_vectors(queries, 5, nprobe=1)
+
+    thread = threading.Thread(target=narrow)
+    thread.start()
+    try:
+        for _ in range(200):
+            rows = index.search_vectors(queries, 5, nprobe=64)[1]
+            errors.append(not np.array_equal(rows, exact))
+    finally:
+        stop.set()
+        thread.join()
+    assert not any(errors) and index._store._faiss.nprobe == 1
+
+
+def test_an_inverted_file_at_the_default_nprobe_recalls_near_ties_of_wide_photo_features():
+    """1280-wide non-negative features (MobileNetV2/EfficientNet width) in tight clusters: near-ties everywhere."""
+    rng = np.random.default_rng(0)
+    n_features, n_rows = 1280, 6000
+    centres = rng.exponential(1.0, (60, n_features)) * (rng.random((60, n_features)) < 0.35)
+    vectors = np.maximum(centres[rng.integers(0, 60, n_rows)] + rng.normal(0, 0.6, (n_rows, n_features)), 0)
+    table = pd.DataFrame(vectors.astype(np.float32), columns=[f"img_feature_{i}" for i in range(n_features)])
+    table.insert(0, "image_path", [f"lots/{i}_1.jpg" for i in range(n_rows)])
+    index = SimilarityIndex.build(table, kind="ivf")  # default nlist (77) and nprobe (8)
+    queries = vectors[:100] * np.exp(0.05 * rng.standard_normal((100, n_features)))
+    _, found = index.search_vectors(queries, 10)
+    _, expected = exact_neighbours(table, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, expected)])
+    assert (index.nprobe, index._store.nlist) == (8, 77)
+    assert found[:, 0].tolist() == list(range(100))  # each query's own photo first
+    assert recall >= 0.9, recall
+
+
+def test_sampling_a_dataset_of_many_parts_opens_one_part_at_a_time(tmp_path):
+    """1,000 Dask parts exceeded the usual limit of 1,024 open files: here 160 parts under a limit of 64."""
+    table = feature_table(320)
+    for part in range(160):
+        write_table(table.iloc[2 * part:2 * part + 2], tmp_path / "parts" / f"part-{part:04d}.parquet",
+                    model_info=MODEL)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "from skimgfeat.storage.io import FeatureTableReader\n"
+        "print(len(FeatureTableReader(sys.argv[1]).sample(300)))\n"
+    )
+    result = run_python(script, tmp_path / "parts")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "300"

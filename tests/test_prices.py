@@ -11,18 +11,28 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn
 from _launcher import run_python
 from conftest import SHARED, _require
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.linear_model import Ridge
+from sklearn.model_selection import GroupKFold
+from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skimgfeat import CNNImageEmbedder, CrossFittedTransformer, ItemAggregator, VisualComparables
+from skimgfeat import (
+    CNNImageEmbedder,
+    CrossFittedTransformer,
+    ItemAggregator,
+    OutOfFoldPredictor,
+    RaggedPhotos,
+    VisualComparables,
+)
 from skimgfeat.tabular.stacking import fold_splitter
 
 HOUSES = SHARED / "images" / "houses"
@@ -45,8 +55,8 @@ def small_embedder(shared_weights) -> CNNImageEmbedder:
 
 @pytest.fixture(scope="module")
 def photo_features(houses, small_embedder) -> np.ndarray:
-    """(16 houses, 4 photos, 1280) frozen features."""
-    return clone(small_embedder).fit().transform(houses["photos"])
+    """(16 houses, 4 photos, 1280) frozen features, padded (the array form users may pass)."""
+    return np.asarray(clone(small_embedder).fit().transform(houses["photos"]))
 
 
 def changed_target(y: np.ndarray, row: int) -> np.ndarray:
@@ -269,3 +279,80 @@ NOT_EQUAL_ON_PURPOSE = "fit_transform is out-of-fold, fit().transform() uses the
 )
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_comparables_and_crossfit_take_the_photos_rows_as_they_take_the_padded_array(houses, photo_features):
+    y = houses["log_price"].to_numpy()
+    ragged = RaggedPhotos.from_padded(photo_features)
+    comparables = VisualComparables(n_neighbors=3, cv=4, random_state=0)
+    np.testing.assert_allclose(
+        clone(comparables).fit_transform(ragged, y), clone(comparables).fit_transform(photo_features, y), rtol=1e-12
+    )
+    # each fold's photos come back ragged and in row order, never padded to the widest fold
+    passed_through = CrossFittedTransformer(FunctionTransformer(), cv=4, random_state=0).fit_transform(ragged, y)
+    assert isinstance(passed_through, RaggedPhotos)
+    np.testing.assert_array_equal(np.asarray(passed_through), photo_features)
+
+
+# -- groups: a lot listed twice never hands its price to its other listing ----------------------
+
+
+def relisted(houses, photo_features):
+    """Every house listed twice (a lot re-listed in a later sale): the same photos, almost the same price."""
+    features = np.nanmean(photo_features, axis=1)
+    X = np.vstack([features, features])
+    y = np.concatenate([houses["log_price"], houses["log_price"] + 0.01])
+    lots = np.concatenate([np.arange(16), np.arange(16)])
+    return X, y, lots
+
+
+def share_of_rows_moved_by_their_twins_price(step, X, y, groups=None) -> float:
+    """How often a row's out-of-fold feature moves when only the price of its other listing changes."""
+    before = clone(step).fit_transform(X, y, groups=groups)
+    moved = 0
+    for row in range(16):
+        changed = y.copy()
+        changed[row + 16] += 5.0  # the re-listing's price only
+        moved += not np.allclose(clone(step).fit_transform(X, changed, groups=groups)[row], before[row])
+    return moved / 16
+
+
+GROUPED_STEPS = {
+    "VisualComparables": VisualComparables(n_neighbors=3, cv=4, random_state=0),
+    "OutOfFoldPredictor": OutOfFoldPredictor(KNeighborsRegressor(n_neighbors=1), cv=4, random_state=0),
+    "CrossFittedTransformer": CrossFittedTransformer(VisualComparables(n_neighbors=1, cv=2), cv=4, random_state=0),
+}
+
+
+@pytest.mark.parametrize("name", GROUPED_STEPS)
+def test_without_groups_a_relisted_lot_leaks_its_price_and_with_them_it_does_not(houses, photo_features, name):
+    X, y, lots = relisted(houses, photo_features)
+    step = GROUPED_STEPS[name]
+    assert share_of_rows_moved_by_their_twins_price(step, X, y) >= 0.5  # the leak
+    assert share_of_rows_moved_by_their_twins_price(step, X, y, groups=lots) == 0  # none
+    # the same through a GroupKFold object as cv (which needs the groups at split time)
+    grouped = clone(step).set_params(cv=GroupKFold(4))
+    assert share_of_rows_moved_by_their_twins_price(grouped, X, y, groups=lots) == 0
+    with pytest.raises(ValueError, match="groups"):
+        clone(grouped).fit_transform(X, y)
+
+
+def test_comparables_of_a_relisted_lot_are_its_twins_price_unless_grouped(houses, photo_features):
+    X, y, lots = relisted(houses, photo_features)
+    twin = np.concatenate([np.arange(16, 32), np.arange(16)])
+    comparables = VisualComparables(n_neighbors=3, cv=4, random_state=0)
+    naive = comparables.fit_transform(X, y)[:, 0]
+    assert np.isclose(naive, y[twin]).mean() >= 0.5  # the identical picture takes all the weight
+    grouped = clone(comparables).fit_transform(X, y, groups=lots)[:, 0]
+    assert not np.isclose(grouped, y[twin]).any()
+
+
+def test_groups_reach_the_folds_through_metadata_routing_in_a_pipeline(houses, photo_features):
+    X, y, lots = relisted(houses, photo_features)
+    expected = VisualComparables(n_neighbors=3, cv=GroupKFold(4)).fit_transform(X, y, groups=lots)
+    with sklearn.config_context(enable_metadata_routing=True):
+        step = VisualComparables(n_neighbors=3, cv=GroupKFold(4)).set_fit_request(groups=True)
+        pipeline = make_pipeline(step, Ridge())
+        pipeline.fit(X, y, groups=lots)
+        np.testing.assert_allclose(pipeline[0].fit_transform(X, y, groups=lots), expected)
+        np.testing.assert_allclose(pipeline.predict(X), Ridge().fit(expected, y).predict(pipeline[0].transform(X)))

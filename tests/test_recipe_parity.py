@@ -59,7 +59,7 @@ def assert_same_inputs(embedder: CNNImageEmbedder, transform, photos) -> None:
 
 
 def embed(model_name, weights, photos, **params) -> tuple[CNNImageEmbedder, np.ndarray]:
-    embedder = CNNImageEmbedder(model_name, weights, backend="eager", batch_size=4, **params).fit()
+    embedder = CNNImageEmbedder(model_name, weights, backend="eager", batch_size=4, draft=False, **params).fit()
     return embedder, embedder.transform([str(p) for p in photos])
 
 

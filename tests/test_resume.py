@@ -84,7 +84,8 @@ def kill_after_checkpoint_parts(arguments: list[str], output: Path, n_parts: int
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(many_photos, uninterrupted, tmp_path):
     reference, full_run = uninterrupted
-    kill_after_checkpoint_parts(command(many_photos, tmp_path, "--checkpoint-every", "8"), tmp_path, n_parts=5)
+    kill_after_checkpoint_parts(command(many_photos, tmp_path, "--checkpoint-every", "8", "--checkpoint-seconds",
+                                        "600"), tmp_path, n_parts=5)
     parts = sorted((tmp_path / CHECKPOINT_DIR).glob("part-*.npz"))
     # A part holds --checkpoint-every rows (two batches of 4), not one batch.
     assert len(parts) >= 5 and [len(np.load(part)["image_path"]) for part in parts] == [8] * len(parts)
@@ -338,3 +339,30 @@ def test_ctrl_c_suggests_resume_only_to_the_commands_that_have_it():
         args = parser.parse_args(arguments)
         message = getattr(args, "on_interrupt", "interrupted")
         assert ("--resume" in message) == hasattr(args, "resume"), arguments
+
+
+def test_checkpoints_come_by_time_too_so_a_slow_run_killed_loses_little(many_photos, tmp_path):
+    """4,096 rows a part would be 80 s of work at 50 photos/s: a part also comes every --checkpoint-seconds."""
+    arguments = command(many_photos, tmp_path, "--checkpoint-every", "100000", "--checkpoint-seconds", "0.01")
+    kill_after_checkpoint_parts(arguments, tmp_path, n_parts=2)
+    parts = sorted((tmp_path / CHECKPOINT_DIR).glob("part-*.npz"))
+    saved = sum(len(np.load(part)["image_path"]) for part in parts)
+    assert len(parts) >= 2 and 0 < saved < N_PHOTOS  # far fewer rows than --checkpoint-every, kept by the clock
+
+
+def test_extract_into_a_folder_holding_another_runs_tables_is_refused_not_silently_replaced(many_photos, tmp_path):
+    """Day two: 20 new photos into day one's OUT replaced a 300-row table and its hashes by 20 rows."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, names in ((first, ["lot00_1.webp", "lot00_2.webp", "lot01_1.webp"]), (second, ["lot02_1.webp"])):
+        folder.mkdir()
+        for name in names:
+            shutil.copy(many_photos / name, folder / name)
+    assert run(command(first, tmp_path / "out", "--hashes")).returncode == 0
+    refused = run(command(second, tmp_path / "out", "--hashes"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds the tables of an earlier run with 3 photos" in refused.stderr and "--overwrite" in refused.stderr
+    assert len(pd.read_parquet(tmp_path / "out" / "image_features_raw.parquet")) == 3  # untouched
+    assert run(command(first, tmp_path / "out")).returncode == 0  # the same photos again: replaced, as before
+    replaced = run(command(second, tmp_path / "out", "--overwrite"))
+    assert replaced.returncode == 0, replaced.stderr
+    assert len(pd.read_parquet(tmp_path / "out" / "image_features_raw.parquet")) == 1

@@ -6,16 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.datasets import make_blobs
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skimgfeat import OutOfFoldPredictor
+from skimgfeat import CrossFittedTransformer, OutOfFoldPredictor
 
 # Like TargetEncoder, fit_transform(X, y) is out-of-fold and so differs from fit(X, y).transform(X):
 # the generic checks that demand they be equal must fail, and that difference is the point.
@@ -155,3 +157,46 @@ def test_fit_keeps_the_out_of_fold_predictions_and_fit_transform_fits_k_plus_one
     returned = OutOfFoldPredictor(CountingRidge(), cv=folds).fit_transform(X, y)
     assert CountingRidge.fits == 4 + 1
     np.testing.assert_array_equal(returned, stacker.oof_predictions_)
+
+
+# -- what scikit-learn's checks test after the comparison that fails on purpose ----------------
+# check_transformer_general and check_transformer_data_not_an_array stop at "fit_transform equals
+# fit().transform()", which an out-of-fold step must not satisfy; the checks behind it run here.
+
+OUT_OF_FOLD_STEPS = [
+    OutOfFoldPredictor(Ridge(), cv=3, random_state=0),
+    OutOfFoldPredictor(LogisticRegression(), cv=3, method="predict_proba", random_state=0),
+    CrossFittedTransformer(StandardScaler(), cv=3, random_state=0),
+]
+
+
+@pytest.fixture
+def blobs():
+    X, y = make_blobs(n_samples=30, centers=[[0, 0, 0], [1, 1, 1]], random_state=0, n_features=2, cluster_std=0.1)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.mark.parametrize("step", OUT_OF_FOLD_STEPS, ids=lambda step: repr(step)[:60])
+def test_out_of_fold_steps_are_deterministic_with_a_random_state(step, blobs):
+    X, y = blobs
+    first, second = clone(step).fit_transform(X, y), clone(step).fit_transform(X, y)
+    assert first.shape[0] == len(X)
+    np.testing.assert_array_equal(first, second)
+    fitted = clone(step).fit(X, y)
+    np.testing.assert_array_equal(fitted.transform(X), clone(step).fit(X, y).transform(X))
+
+
+@pytest.mark.parametrize("step", OUT_OF_FOLD_STEPS, ids=lambda step: repr(step)[:60])
+def test_out_of_fold_steps_refuse_another_feature_width(step, blobs):
+    X, y = blobs
+    fitted = clone(step).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        fitted.transform(X[:, :-1])
+
+
+@pytest.mark.parametrize("step", OUT_OF_FOLD_STEPS, ids=lambda step: repr(step)[:60])
+def test_out_of_fold_steps_take_lists_as_they_take_arrays(step, blobs):
+    X, y = blobs
+    np.testing.assert_allclose(clone(step).fit_transform(X.tolist(), y.tolist()), clone(step).fit_transform(X, y))
+    fitted = clone(step).fit(X, y)
+    np.testing.assert_allclose(fitted.transform(X.tolist()), fitted.transform(X))

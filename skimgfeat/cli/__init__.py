@@ -3,8 +3,10 @@
 Subcommands: ``extract`` (the original ``extract_all_image_features.py``; with
 ``--max-images 50`` the original ``test_image_features.py``), ``models``,
 ``sample-images``, ``index`` (a persistent similarity index: ``build``, ``add``,
-``info``), and the uses of a feature table: ``similar``, ``duplicates``,
-``quality`` and ``match`` (the same object in new photos); ``cache`` shows and prunes a feature cache folder. Run
+``info``), an archive folder (``ingest`` a day's photos, ``remove`` photos), and the
+uses of a feature table: ``similar``, ``duplicates``,
+``quality`` and ``match`` (the same object in new photos), ``serve`` (the archive in a
+browser); ``cache`` shows and prunes a feature cache folder. Run
 ``skimgfeat COMMAND --help`` for the options. One module per subcommand; each adds its
 parser with ``add_parser(commands, common)`` and sets its handler, and
 ``resumable=True`` when it has ``--resume`` (Ctrl-C then points to it).
@@ -19,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import admin, duplicates, extract, index, match, quality, similar
+from . import admin, duplicates, extract, index, ingest, match, quality, remove, serve, similar
 from .common import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -31,7 +33,7 @@ from .common import (
     exit_codes,
 )
 
-SUBCOMMANDS = (extract, admin, index, similar, duplicates, quality, match)
+SUBCOMMANDS = (extract, admin, index, ingest, remove, similar, duplicates, quality, match, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

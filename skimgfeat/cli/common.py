@@ -123,7 +123,9 @@ def add_image_folder_options(parser: argparse.ArgumentParser) -> None:
     """IMAGE_DIR, -o OUT, --pattern, --recursive, --max-images, --workers."""
     parser.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder of images")
     parser.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT", help="folder for the outputs")
-    parser.add_argument("--pattern", default="*.webp", help='glob pattern of the image files (default: "*.webp")')
+    parser.add_argument("--pattern", default=None,
+                        help="glob pattern of the image file names, in any case (default: every type Pillow decodes "
+                             "here: jpg, jpeg, png, webp, bmp, tiff, gif, ...)")
     parser.add_argument("--recursive", action="store_true", help="search sub-folders of IMAGE_DIR too (default: no)")
     parser.add_argument("--max-images", type=positive_int, default=None, metavar="N",
                         help="only the first N images in sorted order: a quick test run (e.g. 50)")
@@ -155,10 +157,12 @@ def input_images(args: argparse.Namespace) -> list[Path]:
         raise UsageError(f"image folder {os.fspath(args.image_dir)!r} does not exist or is not a folder")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"output folder {os.fspath(args.output_dir)!r} is a file")
-    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images)
+    paths = list_images(args.image_dir, args.pattern, recursive=args.recursive, max_images=args.max_images,
+                        case_sensitive=False)
     if not paths:
         where = "under" if args.recursive else "in"
-        raise UsageError(f"no file matching {args.pattern!r} {where} {os.fspath(args.image_dir)!r}")
+        wanted = "image file" if args.pattern is None else f"file matching {args.pattern!r}"
+        raise UsageError(f"no {wanted} {where} {os.fspath(args.image_dir)!r}")
     return paths
 
 

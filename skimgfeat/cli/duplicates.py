@@ -27,8 +27,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     duplicates = add_command(
         commands, common, "duplicates", "list copies of photos: groups in a feature table, or new photos in an archive",
         "Two stages: photos closer than --threshold in cosine distance are candidate pairs, then the copy "
-        "check compares their perceptual hashes, which a resized, recompressed, lightly cropped or re-exposed "
-        "copy keeps and a re-shoot of the same object does not. With --features (or --index), print as CSV on "
+        "check compares their perceptual hashes, which a resized, recompressed, cropped, mirrored, matted or "
+        "re-exposed copy keeps and a re-shoot of the same object does not; with the photos' local features "
+        "(`extract --local-features`) a hash match must also agree in content, else a stricter hash rule "
+        "decides. With --features (or --index), print as CSV on "
         "stdout "
         "(group,image_path,chained) every photo of the table that has a copy: groups are the connected "
         "copy pairs, numbered from 0 in table order; chained marks a group in which some two photos are not "
@@ -97,20 +99,60 @@ def run_duplicates(args: argparse.Namespace) -> int:
 
 
 def _group_table(args: argparse.Namespace, archive: Path) -> int:
-    from ..matching.duplicates import duplicate_groups, duplicate_pairs
+    from ..matching.duplicates import duplicate_groups, iter_duplicate_pairs
+    from ..storage.io import write_table_chunks
 
     with usage_errors():  # a missing or foreign table or index, a threshold out of range, a foreign hashes file
         index = _read_index(archive, args.image_dir)
         copy_check = _copy_check(args, index, archive, args.hashes)
-        pairs = duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
-                                copy_threshold=args.copy_threshold)
-        pairs = _same_object_verdicts(args, archive, pairs)
-    groups = duplicate_groups(pairs, key=index.key, order=index.names)
+        local_features = _local_features(args, archive, copy_check)
+        blocks = iter_duplicate_pairs(index, max_distance=args.threshold, copy_check=copy_check,
+                                      copy_threshold=args.copy_threshold, local_features=local_features,
+                                      same_object=local_features is not None)
+        # Each block of judged pairs is counted, written to --pairs and dropped: only the copies are kept.
+        tally = _Tally()
+        decisions = _decisions(archive)
+        blocks = map(tally.add, map(decisions, blocks))
+        if args.pairs is not None:
+            write_table_chunks(blocks, args.pairs)
+        else:
+            for _ in blocks:
+                pass
+    copies = tally.copies()
+    groups = duplicate_groups(copies, key=index.key, order=index.names)
     groups.to_csv(sys.stdout, index=False)
-    _report(args, pairs)
+    tally.report(args)
     if args.sheet is not None:
-        _draw(args.sheet, _group_sheet_rows(groups, pairs, index.key), index)
+        _draw(args.sheet, _group_sheet_rows(groups, copies, index.key), index)
     return EXIT_OK
+
+
+class _Tally:
+    """Counts the verdicts of blocks of pairs and keeps the copy pairs (and the unreadable ones' reasons)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.kept = []
+        self.unreadable: dict[str, None] = {}
+        self.hash_only = 0
+
+    def add(self, block):
+        from ..matching.copy_check import COPY, UNREADABLE
+
+        for verdict, count in block["verdict"].value_counts().items():
+            self.counts[verdict] = self.counts.get(verdict, 0) + int(count)
+        self.unreadable.update(dict.fromkeys(block.loc[block["verdict"] == UNREADABLE, "reason"]))
+        self.hash_only += int(block["reason"].str.endswith("hashes alone decided").sum())
+        self.kept.append(block[block["verdict"] == COPY][["image_a", "image_b", "feature_distance", "verdict"]])
+        return block
+
+    def copies(self):
+        import pandas as pd
+
+        return pd.concat(self.kept, ignore_index=True)
+
+    def report(self, args: argparse.Namespace) -> None:
+        _warn_and_count(args, self.counts, self.unreadable, self.hash_only)
 
 
 def _against_archive(args: argparse.Namespace) -> int:
@@ -123,17 +165,20 @@ def _against_archive(args: argparse.Namespace) -> int:
     with usage_errors():
         index = _read_index(args.against, args.image_dir)
         archive_hashes = _copy_check(args, index, args.against, args.hashes)
+        local_features = _local_features(args, args.against, archive_hashes)
         names, vectors, photos, new_hashes, failed = _new_photos(args, index)
         pairs = find_copies_against(index, names, vectors, photos=photos, max_distance=args.threshold,
                                     copy_check=new_hashes, archive_hashes=archive_hashes,
-                                    copy_threshold=args.copy_threshold)
+                                    copy_threshold=args.copy_threshold, local_features=local_features)
     if failed:  # new photos that could not be embedded: reported, never silently dropped
         pairs = pd.concat([pairs, pd.DataFrame({"image_a": list(failed), "image_b": "", "feature_distance": np.nan,
                                                 "copy_score": np.nan, "verdict": UNREADABLE,
                                                 "reason": list(failed.values())})], ignore_index=True)
+    pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
     found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score"]].to_csv(
+    decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
+    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
@@ -141,7 +186,9 @@ def _against_archive(args: argparse.Namespace) -> int:
                                     for name, photo in zip(names, photos))))
         sheet_rows = found.assign(query=found["image_path"].map(photo_of), distance=found["feature_distance"])
         sheet_rows["rank"] = sheet_rows.groupby("query").cumcount() + 1
-        _draw(args.sheet, sheet_rows.rename(columns={"duplicate_of": index.key}), index)
+        # The archive's photo under the key column (the new photo's image_path is the query): one column of
+        # that name, or the sheet labels every tile with the column's name and finds no photo.
+        _draw(args.sheet, sheet_rows.drop(columns="image_path").rename(columns={"duplicate_of": index.key}), index)
     return EXIT_OK
 
 
@@ -160,18 +207,44 @@ def _read_index(path: Path, image_dir: Path | None):
     return index
 
 
-def _same_object_verdicts(args: argparse.Namespace, archive: Path, pairs):
-    """Re-photographed objects told apart from other look-alikes, where the local features are at hand."""
-    from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
-    from ..matching.object_match import add_same_object_verdicts
+def _local_features(args: argparse.Namespace, archive: Path, copy_check):
+    """The archive's local features (--local-features, else local_features beside it), or None with a note.
 
+    With them a hash match is a copy only when the content agrees, and the other pairs
+    are verified as ``same_object`` or ``different``; without them the hashes alone decide,
+    by a stricter rule.
+    """
+    from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+
+    if copy_check is False:
+        return None
     folder = args.local_features
     if folder is None:
         beside = (archive if archive.is_dir() else archive.parent) / LOCAL_FEATURES_DIR
         folder = beside if beside.is_dir() else None
-    if folder is None or pairs.empty:
-        return pairs
-    return add_same_object_verdicts(pairs, LocalFeatureStore(folder))
+    if folder is None:
+        _note(args, f"no {LOCAL_FEATURES_DIR} beside {os.fspath(archive)}: the hashes alone decide, by a stricter "
+                    "rule that cannot tell framed works or objects on one backdrop apart (`skimgfeat extract "
+                    "--local-features` stores what confirms a copy by its content)")
+        return None
+    return LocalFeatureStore(folder)
+
+
+def _decisions(archive: Path):
+    """The reviewers' decisions as a function of a block of pairs (see :func:`_honour_decisions`)."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    store = DecisionStore.of(archive)
+    return lambda pairs: honour_decisions(pairs, store, same_verdict=COPY, found=COPY)
+
+
+def _honour_decisions(pairs, archive: Path):
+    """The reviewers' decisions (``skimgfeat serve``): pairs judged not the same dropped, the same ones kept."""
+    from ..matching.copy_check import COPY
+    from ..storage.decisions import DecisionStore, honour_decisions
+
+    return honour_decisions(pairs, DecisionStore.of(archive), same_verdict=COPY, found=COPY)
 
 
 def _hashes_beside(archive: Path) -> Path:
@@ -182,7 +255,7 @@ def _hashes_beside(archive: Path) -> Path:
 
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
     """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
-    from ..matching.copy_check import HASHES_FILE, PhotoHashes
+    from ..matching.copy_check import HASHES_FILE, OutdatedHashesError, PhotoHashes
 
     if args.no_copy_check:
         return False
@@ -191,7 +264,11 @@ def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path 
         return False
     hashes_file = hashes_file or _hashes_beside(table)
     if hashes_file.is_file():
-        return PhotoHashes.read(hashes_file)
+        try:
+            return PhotoHashes.read(hashes_file)
+        except OutdatedHashesError as error:
+            _note(args, f"{error}; until then the photos of candidate pairs are hashed now")
+            return True
     if args.hashes is not None:
         raise FileNotFoundError(f"hashes file {os.fspath(hashes_file)!r} does not exist")
     where = "in" if table.is_dir() else "beside"
@@ -205,19 +282,32 @@ def _new_photos(args: argparse.Namespace, index):
     import numpy as np
 
     from .. import embedder_from_model_info
-    from ..matching.copy_check import PhotoHashes
+    from ..matching.copy_check import OutdatedHashesError, PhotoHashes
 
     names, vectors, photos, hashes, failed = [], [], [], None, {}
+    for item in args.new:  # a folder is neither a photo nor a table: say what to pass (it used to exit 0)
+        if Path(item).is_dir():
+            raise UsageError(f"NEW {item!r} is a folder: pass its photos ({os.path.join(item, '*.jpg')}) or "
+                             "the feature table extract wrote for them (OUT/image_features_raw.parquet)")
     files = [item for item in args.new if Path(item).suffix.lower() not in TABLE_SUFFIXES]
     for table in (Path(item) for item in args.new if Path(item).suffix.lower() in TABLE_SUFFIXES):
         new = _read_index(table, None)
         index.check_model(new.model_info, what=os.fspath(table))
         names += list(new.names)
         vectors.append(new.vectors)
-        photos += [new.photo_path(name) for name in new.names]
+        table_photos = [new.photo_path(name) or Path(table.parent, name) for name in new.names]
+        photos += table_photos
         beside = _hashes_beside(table)
         if beside.is_file() and not args.no_copy_check:
-            read = PhotoHashes.read(beside)
+            try:
+                read = PhotoHashes.read(beside)
+            except OutdatedHashesError as error:
+                _note(args, f"{error}; until then its photos are hashed now")
+                continue
+            # Keyed by the photo's file, not its name: two tables may both hold a `0001.jpg`.
+            where = dict(zip(new.names, map(os.fspath, table_photos)))
+            known = read.contains(new.names)
+            read = PhotoHashes([where[name] for name in new.names[known]], *read.lookup(new.names[known]))
             hashes = read if hashes is None else hashes.merged(read)
     if files:
         embedder = embedder_from_model_info(index.model_info or {}, weights_from_env(args.weights),
@@ -229,7 +319,16 @@ def _new_photos(args: argparse.Namespace, index):
         vectors.append(embedded)
         photos += files
     copy_check = False if args.no_copy_check else (hashes if hashes is not None else True)
-    return names, np.concatenate(vectors), photos, copy_check, failed
+    return _unique_names(names, photos), np.concatenate(vectors), photos, copy_check, failed
+
+
+def _unique_names(names: list[str], photos: list) -> list[str]:
+    """The new photos' names, a name that two inputs share replaced by each photo's path (so both are told apart)."""
+    from collections import Counter
+
+    counts = Counter(names)
+    return [os.fspath(photo) if counts[name] > 1 and photo is not None else name
+            for name, photo in zip(names, photos)]
 
 
 def _reason(error) -> str:
@@ -241,16 +340,25 @@ def _reason(error) -> str:
 
 
 def _report(args: argparse.Namespace, pairs) -> None:
-    from ..matching.copy_check import COPY, DIFFERENT, UNREADABLE
+    from ..matching.copy_check import UNREADABLE
     from ..storage.io import write_table
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
-    counts = pairs["verdict"].value_counts()
-    for reason in dict.fromkeys(pairs.loc[pairs["verdict"] == UNREADABLE, "reason"]):
+    counts = {verdict: int(count) for verdict, count in pairs["verdict"].value_counts().items()}
+    unreadable = dict.fromkeys(pairs.loc[pairs["verdict"] == UNREADABLE, "reason"])
+    _warn_and_count(args, counts, unreadable, int(pairs["reason"].str.endswith("hashes alone decided").sum()))
+
+
+def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_only: int) -> None:
+    from ..matching.copy_check import COPY, DIFFERENT, SAME_OBJECT, UNREADABLE
+
+    for reason in unreadable:
         print(f"skimgfeat: warning: cannot read {reason}", file=sys.stderr)
-    _note(args, f"{len(pairs)} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}"
-                                                              for v in (COPY, DIFFERENT, UNREADABLE)))
+    shown = (COPY, *((SAME_OBJECT,) if counts.get(SAME_OBJECT) else ()), DIFFERENT, UNREADABLE)
+    _note(args, f"{sum(counts.values())} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in shown))
+    if hash_only:
+        _note(args, f"{hash_only} pairs without stored local features: the hashes alone decided them (see --pairs)")
 
 
 def _note(args: argparse.Namespace, message: str) -> None:

@@ -70,13 +70,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     extract.add_argument("--seed", type=int, default=0, help="seed of --weights none (default: 0)")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 32 on CPU)")
+    extract.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: 16 on CPU)")
+    extract.add_argument("--exact-decoding", action="store_true",
+                         help="decode every JPEG in full, as the original module did (default: a JPEG at least "
+                              "twice the resize target is decoded at a reduced scale, cosine >= 0.995 to full)")
     add_table_output_options(extract)
     add_checkpoint_options(extract)
     extract.add_argument("--hashes", action="store_true",
                          help="also write OUT/image_hashes.parquet: the perceptual hashes `skimgfeat duplicates` "
                               "checks copies with, computed once here instead of at every duplicates run")
     add_local_features_option(extract)
+    extract.add_argument("--overwrite", action="store_true",
+                         help="replace the tables of an earlier run in OUT even when this run has fewer photos "
+                              "(default: refused, exit 2)")
     extract.set_defaults(handler=run_extract)
 
 
@@ -101,6 +107,7 @@ def run_extract(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_checkpoint_options(args)
     paths = input_images(args)
+    _refuse_to_drop_rows(args, [path.relative_to(args.image_dir).as_posix() for path in paths])
     embedder = _fit_embedder(args)  # a bad model or weights file is refused before OUT is created
     with lock_output_folder(args.output_dir):
         run = CheckpointedRun(args, paths, _fingerprint(args, embedder), CHECKPOINT_DIR)
@@ -118,6 +125,34 @@ def run_extract(args: argparse.Namespace) -> int:
     return EXIT_IMAGES_FAILED if args.strict and result.failures else EXIT_OK
 
 
+def _refuse_to_drop_rows(args: argparse.Namespace, relative: list[str]) -> None:
+    """UsageError when OUT holds an earlier run's table with photos this run would drop (never silently).
+
+    Running again over the same photos (or more) replaces the tables with as many rows or
+    more; another folder's photos into the same OUT would replace a 300-row table by 20.
+    """
+    for suffix in (".parquet", ".csv"):
+        table = args.output_dir / f"{RAW_TABLE}{suffix}"
+        if not table.is_file() or getattr(args, "overwrite", False):
+            continue
+        try:
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                earlier = pq.read_table(table, columns=[IMAGE_PATH]).column(0).to_pylist()
+            else:
+                earlier = pd.read_csv(table, usecols=[IMAGE_PATH], dtype=str, keep_default_na=False)[IMAGE_PATH]
+        except Exception:  # noqa: BLE001 - an unreadable table is replaced, as before
+            continue
+        dropped = set(map(str, earlier)) - set(relative)
+        if dropped:
+            raise UsageError(
+                f"output folder {os.fspath(args.output_dir)!r} holds the tables of an earlier run with "
+                f"{len(dropped)} photos that are not among this run's {len(relative)} (e.g. {sorted(dropped)[0]!r}): "
+                "they would be replaced; choose a new output folder, or pass --overwrite (to grow a catalogue "
+                "day by day: skimgfeat ingest NEW_DIR --archive ARCHIVE)")
+
+
 def _fit_embedder(args: argparse.Namespace):
     from ..embedder import CNNImageEmbedder
     from ..registry import is_weights_file
@@ -131,6 +166,7 @@ def _fit_embedder(args: argparse.Namespace):
         on_error="nan",
         n_workers=args.workers,
         random_state=args.seed,
+        draft=not args.exact_decoding,
     )
     try:
         return embedder.fit()

@@ -75,13 +75,19 @@ def run_build(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     """Add rows and save a new generation."""
     from ..search.similarity import SimilarityIndex
+    from ..storage.generation_lock import WriterLock
 
     started = time.perf_counter()
-    with usage_errors():  # a broken index, a table of another model or key, rows already indexed
-        index = SimilarityIndex.load(args.index_dir, writable=True)
-        before = len(index)
-        index.add(args.features)
-        generation = index.save()
+    with usage_errors():  # a broken index, a table of another model or key, rows already indexed, a busy writer
+        # One writer at a time, from the read of the live generation to the switch to the
+        # next: two adds started together both land (the second waits for the first).
+        if not args.index_dir.is_dir():
+            SimilarityIndex.load(args.index_dir)  # says what is wrong with it
+        with WriterLock(args.index_dir):
+            index = SimilarityIndex.load(args.index_dir, writable=True)
+            before = len(index)
+            index.add(args.features)
+            generation = index.save()
     _summary(args, f"added {len(index) - before} rows, {len(index)} in all ({index.kind}) in "
                    f"{time.perf_counter() - started:.1f} s", generation)
     return EXIT_OK
@@ -95,7 +101,9 @@ def run_info(args: argparse.Namespace) -> int:
         folder, info = read_generation(args.index_dir)
     model = info.get("model_info") or {}
     shown = {"directory": str(args.index_dir), "generation": folder.name, "key": info.get("key"),
-             "n_rows": info.get("n_rows"), "n_skipped": info.get("n_skipped"), **info.get("index", {}),
+             "n_rows": info.get("n_rows"),
+             "n_live": info.get("n_live", info.get("n_rows")), "n_skipped": info.get("n_skipped"),
+             **info.get("index", {}),
              "requested_kind": info.get("requested_kind"), "model_name": model.get("model_name"),
              "weights": model.get("weights"), "written_at": info.get("written_at"), "files": info.get("files")}
     print(json.dumps(shown, indent=2, default=str))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import MISSING, ImageLoadError
+from .ragged import RaggedPhotos
 
 
 def is_missing_path(path: Any) -> bool:
@@ -39,7 +40,8 @@ class ImageInput:
         One list of paths per sample. In single mode each list has exactly one entry
         (which may be a missing marker, reported as a failed image).
     multi : bool
-        Several photos per sample: transform returns a 3-D array.
+        Several photos per sample: transform returns their rows grouped by sample
+        (:class:`~skimgfeat.RaggedPhotos`).
     index : pandas.Index or None
         The input's index, for pandas output.
     """
@@ -70,14 +72,24 @@ class ImageInput:
             if path_key(path) is None
         ]
 
-    def layout(self, paths: list, width: int, dtype=np.float32) -> Layout:
+    def layout(self, paths: list, width: int, dtype=np.float32, ragged: bool = False) -> Layout:
         """The NaN-filled result array and where each of ``paths`` (:meth:`unique_paths`) goes in it.
 
-        Single mode: ``(n_samples, width)``; multi mode: ``(n_samples, max_images, width)``
-        NaN-padded. Missing paths stay NaN rows.
+        Single mode: ``(n_samples, width)``. Multi mode: ``(n_samples, max_images, width)``
+        NaN-padded, or with ``ragged`` one row per listed photo, sample after sample
+        (``Layout.offsets`` says where each sample starts): memory in proportion to the
+        photos. Missing paths stay NaN rows.
         """
-        shape = (len(self.samples), max(1, self.max_images())) if self.multi else (len(self.samples), 1)
-        out = np.full((*shape, width) if self.multi else (shape[0], width), np.nan, dtype=dtype)
+        if self.multi and ragged:
+            counts = np.fromiter((len(sample) for sample in self.samples), dtype=np.intp, count=len(self.samples))
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
+            shape, out = (int(offsets[-1]), 1), np.full((int(offsets[-1]), width), np.nan, dtype=dtype)
+            slot_of = _ragged_slots(offsets)
+        else:
+            offsets = None
+            shape = (len(self.samples), max(1, self.max_images())) if self.multi else (len(self.samples), 1)
+            out = np.full((*shape, width) if self.multi else (shape[0], width), np.nan, dtype=dtype)
+            slot_of = _padded_slots(shape[1])
         first: dict = {}
         copies: list[tuple[int, int]] = []
         for i, sample in enumerate(self.samples):
@@ -85,14 +97,22 @@ class ImageInput:
                 key = path_key(path)
                 if key is None:
                     continue
-                slot = i * shape[1] + j
+                slot = slot_of(i, j)
                 if key in first:
                     copies.append((first[key], slot))  # a photo listed twice is embedded once
                 else:
                     first[key] = slot
         rows = np.asarray([first[path_key(path)] for path in paths], dtype=np.intp)
         source, target = (np.asarray(side, dtype=np.intp) for side in zip(*copies)) if copies else (rows[:0],) * 2
-        return Layout(out, rows, source, target)
+        return Layout(out, rows, source, target, offsets)
+
+
+def _padded_slots(width: int):
+    return lambda sample, photo: sample * width + photo
+
+
+def _ragged_slots(offsets: np.ndarray):
+    return lambda sample, photo: int(offsets[sample]) + photo
 
 
 @dataclass(frozen=True)
@@ -107,16 +127,18 @@ class Layout:
     rows: np.ndarray
     copy_from: np.ndarray
     copy_to: np.ndarray
+    offsets: np.ndarray | None = None  # ragged multi mode: where each sample's rows start in ``out``
 
     @property
     def rows_view(self) -> np.ndarray:
         """``out`` as one row per place (a view, no copy)."""
         return self.out.reshape(-1, self.out.shape[-1])
 
-    def complete(self) -> np.ndarray:
+    def complete(self) -> np.ndarray | RaggedPhotos:
+        """The filled result: ``out``, or (ragged) its rows grouped by sample."""
         view = self.rows_view
         view[self.copy_to] = view[self.copy_from]
-        return self.out
+        return self.out if self.offsets is None else RaggedPhotos(self.out, self.offsets)
 
 
 def _key(path) -> str:

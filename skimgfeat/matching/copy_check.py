@@ -1,17 +1,33 @@
-"""Copy check: is one photo a copy of another (resized, recompressed, cropped, re-exposed)?
+"""Copy check: is one photo a copy of another (resized, recompressed, cropped, mirrored, framed)?
 
 CNN features say what a photo shows; two shots of one shelf taken moments apart show the
 same thing and sit as close as a harshly re-encoded copy. A perceptual hash looks at the
 photo's structure instead: a copy keeps it, a re-shoot moves it. Each photo gets
-:data:`N_HASHES` 64-bit DCT perceptual hashes (``imagehash.phash``): the whole photo and
-nine windows covering :data:`WINDOW_SIDE` of each side on a 3 x 3 grid of offsets, so a
-copy cropped by a few percent still lines up with one window of its original. The copy
-distance of two photos is the smallest Hamming distance between any hash of one and any
-hash of the other; at most :data:`COPY_THRESHOLD` bits means a copy.
+:data:`N_HASHES` 64-bit DCT perceptual hashes (``imagehash.phash``), see
+:func:`photo_hashes`: the whole photo; nine windows covering :data:`WINDOW_SIDE` of each
+side on a 3 x 3 grid (a copy cropped from one corner); two centred windows
+(:data:`CENTRED_SIDES`: a copy cropped around its middle); the photo with a plain border
+(a mat, a margin) trimmed off; and the whole photo mirrored. The copy distance of two
+photos is the smallest Hamming distance between any hash of one and any hash of the
+other (:func:`copy_distance`).
+
+Hashes alone cannot tell two drawings behind one mat apart, nor two small objects on one
+studio backdrop: frame, mat and backdrop fill the picture and its hash. So a hash match
+is a *candidate* copy and
+
+* with the photos' local features (``extract --local-features``), it is a copy only when
+  the content agrees (:func:`content_agrees`): the keypoints of both photos match under
+  one similarity (a copy is resized, cropped or mirrored, never seen at an
+  angle), and most keypoints where the photos overlap are among the matches: two
+  drawings in one frame share the frame's keypoints, not the drawing's;
+* without them, the hash rule is stricter (:func:`hash_only_threshold`): the threshold
+  scales with how much the photo's own hashes move when the window moves (its texture),
+  and it cannot tell look-alikes whose structure is all frame or backdrop apart.
 
 The functions here are what other modules call (:func:`copy_distance`,
-:data:`COPY_THRESHOLD`, :class:`PhotoHashes`); the verdicts they share are
-:data:`COPY`, :data:`DIFFERENT` and :data:`UNREADABLE`.
+:func:`copy_thresholds`, :func:`content_agrees`, :func:`is_copy`, :data:`COPY_THRESHOLD`,
+:class:`PhotoHashes`); the verdicts they share are :data:`COPY`, :data:`DIFFERENT` and
+:data:`UNREADABLE`.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +45,37 @@ from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
 from ..schema import ERROR, IMAGE_PATH
 
-# Chosen by benchmarks/duplicate_threshold.py (see benchmarks/README.md): copies and re-shoots of real photos.
+# Chosen by benchmarks/duplicate_threshold.py on its tune split (see benchmarks/README.md).
 COPY_THRESHOLD = 8
 WINDOW_SIDE = 0.92
-N_HASHES = 10
+CENTRED_SIDES = (0.84, 0.76)
+N_HASHES = 14
 HASH_BITS = 64
 HASHES_FILE = "image_hashes.parquet"
+# Version 2: 14 hashes (centred windows, trimmed border, mirror); version 1 (no version recorded): 10.
+HASHES_VERSION = 2
+
+# Which hash is which (rows of photo_hashes).
+WHOLE = 0
+GRID = slice(1, 10)
+CENTRED = slice(10, 12)
+TRIMMED = 12
+MIRRORED = 13
 
 COPY = "copy"
 DIFFERENT = "different"
 UNREADABLE = "unreadable"
+SAME_OBJECT = "same_object"  # another photo of the same object (local features, not a copy)
 
 _HASH_COLUMNS = [f"phash_{i}" for i in range(N_HASHES)]
 # Hashes look at a 32 x 32 grey picture: decoding past 128 pixels buys nothing.
 _DECODE_SIZE = (128, 128)
+# A border is plain when its pixels stay within this many grey levels of its median (after a light blur).
+_BORDER_TOLERANCE = 14
+
+
+class OutdatedHashesError(ValueError):
+    """A hashes file written by an earlier version of skimgfeat (other hashes): hash again."""
 
 
 def photo_hashes(image) -> np.ndarray:
@@ -54,16 +88,20 @@ def photo_hashes(image) -> np.ndarray:
     Returns
     -------
     ndarray of shape (N_HASHES,), dtype uint64
-        The whole picture first, then the nine windows row by row.
+        :data:`WHOLE` the whole picture; :data:`GRID` the nine windows row by row;
+        :data:`CENTRED` the centred windows; :data:`TRIMMED` the picture without its
+        plain border (the whole picture when it has none); :data:`MIRRORED` the whole
+        picture flipped left to right.
 
     Examples
     --------
     >>> from PIL import Image
     >>> hashes = photo_hashes(Image.linear_gradient("L").resize((120, 90)))
     >>> hashes.shape, hashes.dtype.name
-    ((10,), 'uint64')
+    ((14,), 'uint64')
     """
     import imagehash
+    from PIL import ImageOps
 
     grey = image.convert("L")
     width, height = grey.size
@@ -72,8 +110,42 @@ def photo_hashes(image) -> np.ndarray:
     for top in np.linspace(0, height - window_h, 3).round().astype(int):
         for left in np.linspace(0, width - window_w, 3).round().astype(int):
             boxes.append((int(left), int(top), int(left) + window_w, int(top) + window_h))
-    bits = np.stack([imagehash.phash(grey.crop(box)).hash.ravel() for box in boxes])
+    for side in CENTRED_SIDES:
+        keep_w, keep_h = max(1, round(width * side)), max(1, round(height * side))
+        left, top = (width - keep_w) // 2, (height - keep_h) // 2
+        boxes.append((left, top, left + keep_w, top + keep_h))
+    boxes.append(_content_box(grey))
+    pictures = [grey.crop(box) for box in boxes] + [ImageOps.mirror(grey)]
+    bits = np.stack([imagehash.phash(picture).hash.ravel() for picture in pictures])
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def _content_box(grey) -> tuple[int, int, int, int]:
+    """The box inside a plain border (a mat, a margin of one tone); the whole picture when there is none.
+
+    The border's tone is the median of the outermost pixels; the box holds every pixel
+    further from it than :data:`_BORDER_TOLERANCE` grey levels. A box under a quarter of
+    the picture is noise on a plain picture, not content: the whole picture then.
+    """
+    from PIL import ImageFilter
+
+    pixels = np.asarray(grey.filter(ImageFilter.BoxBlur(1)), dtype=np.int16)
+    height, width = pixels.shape
+    whole = (0, 0, width, height)
+    if height < 8 or width < 8:
+        return whole
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    tone = np.median(ring)
+    if np.mean(np.abs(ring - tone) <= _BORDER_TOLERANCE) < 0.9:  # no plain border all round
+        return whole
+    content = np.abs(pixels - tone) > _BORDER_TOLERANCE
+    rows, columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if not len(rows):
+        return whole
+    box = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+    if (box[2] - box[0]) * (box[3] - box[1]) < 0.25 * width * height:
+        return whole
+    return box
 
 
 def hash_photo(path: str | os.PathLike) -> np.ndarray:
@@ -95,22 +167,300 @@ def copy_distance(hashes_a, hashes_b) -> np.ndarray:
     Returns
     -------
     int or ndarray of shape (n_pairs,)
-        0 for the same picture; a copy is at most :data:`COPY_THRESHOLD`.
+        0 for the same picture; a copy is at most its :func:`copy_thresholds`.
 
     Examples
     --------
     >>> import numpy as np
     >>> a = np.zeros(N_HASHES, dtype=np.uint64)
-    >>> b = a.copy(); b[3] = 0b1011  # one window of b differs from every hash of a by 3 bits
-    >>> b[[0, 1, 2, 4, 5, 6, 7, 8, 9]] = np.uint64(2**64 - 1)
+    >>> b = np.full(N_HASHES, 2**64 - 1, dtype=np.uint64); b[3] = 0b1011  # one window of b is 3 bits from a
     >>> int(copy_distance(a, b))
     3
+    """
+    distance, _ = copy_match(hashes_a, hashes_b)
+    return distance
+
+
+def copy_match(hashes_a, hashes_b, *, block_pairs: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`copy_distance` and, per pair, whether its best match mirrors one photo.
+
+    ``mirrored`` is True where a hash of one photo mirrored (:data:`MIRRORED`) matches
+    better than any two hashes the same way round: a mirrored copy, whose local
+    features only match once one photo is flipped. Pairs are scored ``block_pairs`` at a
+    time (memory: a block's ``N_HASHES**2`` distances, never all pairs').
     """
     a, b = np.asarray(hashes_a, dtype=np.uint64), np.asarray(hashes_b, dtype=np.uint64)
     single = a.ndim == 1
     a, b = np.atleast_2d(a), np.atleast_2d(b)
-    distances = np.bitwise_count(a[:, :, None] ^ b[:, None, :]).min(axis=(1, 2)).astype(int)
-    return distances[0] if single else distances
+    if a.shape != b.shape:
+        raise ValueError(f"need the hashes of both photos of each pair, got {a.shape} and {b.shape}")
+    distance = np.empty(len(a), dtype=np.int64)
+    mirrored = np.empty(len(a), dtype=bool)
+    one_mirrored = np.zeros((a.shape[1], a.shape[1]), dtype=bool)
+    if a.shape[1] == N_HASHES:
+        one_mirrored[MIRRORED, :] = one_mirrored[:, MIRRORED] = True
+        one_mirrored[MIRRORED, MIRRORED] = False
+    for start in range(0, len(a), block_pairs):
+        stop = start + block_pairs
+        bits = np.bitwise_count(a[start:stop, :, None] ^ b[start:stop, None, :])
+        straight = np.where(one_mirrored, HASH_BITS, bits).min(axis=(1, 2))
+        flipped = np.where(one_mirrored, bits, HASH_BITS).min(axis=(1, 2))
+        distance[start:stop] = np.minimum(straight, flipped)
+        mirrored[start:stop] = flipped < straight
+    return (int(distance[0]), bool(mirrored[0])) if single else (distance, mirrored)
+
+
+def hash_texture(hashes) -> np.ndarray:
+    """How far a photo's hash moves when its window moves: median bits between the whole and the grid windows.
+
+    A photo of fine detail changes many bits when the window shifts by 4 %; a plain one
+    (a white-background product shot, a mat and frame, a studio backdrop) changes few, so
+    two different such photos also agree within few bits.
+
+    Parameters
+    ----------
+    hashes : array-like of shape (N_HASHES,) or (n_photos, N_HASHES), uint64
+
+    Returns
+    -------
+    float or ndarray of shape (n_photos,)
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    single = hashes.ndim == 1
+    hashes = np.atleast_2d(hashes)
+    moved = np.bitwise_count(hashes[:, GRID] ^ hashes[:, WHOLE, None])
+    texture = np.median(moved, axis=1)
+    return float(texture[0]) if single else texture
+
+
+def copy_thresholds(hashes_a, hashes_b, *, copy_threshold: int = COPY_THRESHOLD,
+                    confirmed: bool = True) -> np.ndarray:
+    """The largest copy distance of a copy, per pair: ``copy_threshold`` scaled by the plainer photo's texture.
+
+    Parameters
+    ----------
+    hashes_a, hashes_b : array-like of shape (n_pairs, N_HASHES) or (N_HASHES,)
+    copy_threshold : int, default=COPY_THRESHOLD
+        The threshold of a photo of ordinary texture (:data:`TEXTURE_REFERENCE` bits).
+    confirmed : bool, default=True
+        Whether the local features will confirm the content (:func:`content_agrees`);
+        False: the stricter rule of :func:`hash_only_threshold`.
+
+    Returns
+    -------
+    int or ndarray of shape (n_pairs,)
+    """
+    texture = np.minimum(hash_texture(hashes_a), hash_texture(hashes_b))
+    scale = np.clip(texture / TEXTURE_REFERENCE, TEXTURE_FLOOR, 1.0)
+    limit = copy_threshold if confirmed else hash_only_threshold(copy_threshold)
+    thresholds = np.floor(limit * scale).astype(np.int64)
+    return int(thresholds) if np.ndim(thresholds) == 0 else thresholds
+
+
+def hash_only_threshold(copy_threshold: int = COPY_THRESHOLD) -> int:
+    """The threshold when hashes alone decide (no local features): :data:`HASH_ONLY_SHARE` of ``copy_threshold``."""
+    return int(np.floor(copy_threshold * HASH_ONLY_SHARE))
+
+
+def content_agrees(verification) -> bool:
+    """Whether a verified pair of photos shows the same picture: the content check of a hash match.
+
+    Parameters
+    ----------
+    verification : PairVerification
+        From :func:`~skimgfeat.matching.verification.verify_pair` (its guided match is read
+        when there is one), with :attr:`coverage` filled by :func:`verify_copy`.
+
+    Returns
+    -------
+    bool
+        At least :data:`MIN_COPY_INLIERS` inliers under one similarity (rotation, one
+        scale, shift: within :data:`SIMILARITY_TOLERANCE` pixels) covering at least
+        :data:`MIN_COPY_COVERAGE` of the keypoints where the photos overlap, and at
+        most :data:`MAX_UNMATCHED` of those keypoints in a patch where nothing matches.
+    """
+    return verification is not None and verification.agrees
+
+
+def is_copy(hashes_a, hashes_b, verification: CopyVerification | None = None, *,
+            copy_threshold: int = COPY_THRESHOLD) -> bool:
+    """The copy verdict of one pair: hashes within the pair's threshold, confirmed by content when it can be.
+
+    Parameters
+    ----------
+    hashes_a, hashes_b : array-like of shape (N_HASHES,) or None
+        The photos' hashes; None for a photo that could not be hashed (no copy).
+    verification : CopyVerification or None
+        The pair's content check (:func:`verify_copy`); None when the local features are
+        not at hand: then the stricter hash-only rule decides.
+    copy_threshold : int, default=COPY_THRESHOLD
+    """
+    if hashes_a is None or hashes_b is None:
+        return False
+    confirmed = verification is not None
+    threshold = copy_thresholds(hashes_a, hashes_b, copy_threshold=copy_threshold, confirmed=confirmed)
+    if copy_distance(hashes_a, hashes_b) > threshold:
+        return False
+    return content_agrees(verification) if confirmed else True
+
+
+@dataclass(frozen=True)
+class CopyVerification:
+    """The content check of one pair of photos (:func:`verify_copy`).
+
+    Attributes
+    ----------
+    inliers : int
+        Keypoint matches explained by one transform (the guided match's, when there is one).
+    coverage : float
+        Inliers over the keypoints of the photo with fewer of them where the two overlap
+        (each photo's keypoints that the transform carries inside the other); 0 when the
+        similarity explains none.
+    similarity : bool
+        A similarity explains the matches: no mirror, both directions scaled alike,
+        no perspective (a copy is resized and cropped, not photographed again at an angle).
+    mirrored : bool
+        One photo was flipped before matching (the hashes said it is a mirrored copy).
+    unmatched : float
+        The share of those keypoints lying in a patch where almost nothing matches
+        (:func:`_unmatched_share`): another drawing in the same frame, another object
+        on the same backdrop. 1 when no similarity explains the matches.
+    """
+
+    inliers: int
+    coverage: float
+    similarity: bool
+    mirrored: bool = False
+    unmatched: float = 1.0
+
+    @property
+    def agrees(self) -> bool:
+        return (self.similarity and self.inliers >= MIN_COPY_INLIERS and self.coverage >= MIN_COPY_COVERAGE
+                and self.unmatched <= MAX_UNMATCHED)
+
+    @classmethod
+    def none(cls, mirrored: bool = False) -> CopyVerification:
+        return cls(0, 0.0, False, mirrored, 1.0)
+
+
+def verify_copy(a, b, *, mirrored: bool = False, verification=None) -> CopyVerification:
+    """Match two photos' local features and measure how much of their content one similarity explains.
+
+    Parameters
+    ----------
+    a, b : LocalFeatures
+        From :func:`~skimgfeat.matching.local_features.detect_local_features` or a
+        :class:`~skimgfeat.matching.local_features.LocalFeatureStore`; for a mirrored pair,
+        ``a`` detected on the flipped photo.
+    mirrored : bool, default=False
+        Recorded in the result.
+    verification : PairVerification or None
+        ``verify_pair(a, b)`` when the caller has it already.
+
+    Returns
+    -------
+    CopyVerification
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimgfeat.matching.local_features import detect_local_features
+    >>> rng = np.random.default_rng(0)
+    >>> photo = (rng.random((240, 320)) * 255).astype(np.uint8)
+    >>> content_agrees(verify_copy(detect_local_features(photo), detect_local_features(photo[20:, 30:])))
+    True
+    """
+    from .verification import verify_pair
+
+    verification = verify_pair(a, b) if verification is None else verification
+    best = verification.guided if verification.guided is not None else verification
+    if best.homography is None or best.inliers < 3:
+        return CopyVerification(best.inliers, 0.0, False, mirrored, 1.0)
+    # The matches the homography kept, refitted as a similarity (rotation, one scale, shift; no mirror): a copy is
+    # resized, cropped and turned, never seen at another angle. Those the similarity explains are the copy's inliers.
+    points_a, points_b = best.points_a * a.scale, best.points_b * b.scale
+    similarity, kept = _similarity_inliers(points_a, points_b)
+    if similarity is None or not kept.any():
+        return CopyVerification(0, 0.0, False, mirrored, 1.0)
+    forward = np.vstack([similarity, [0.0, 0.0, 1.0]])
+    overlap_a = _inside(_mapped(a.points, forward), b.image_size)
+    overlap_b = _inside(_mapped(b.points, np.linalg.inv(forward)), a.image_size)
+    # The photo with fewer keypoints where the two overlap: the other's extra keypoints (finer detail of a larger
+    # original) have no partner in a copy either.
+    if overlap_a.sum() <= overlap_b.sum():
+        features, overlap, inlier_points = a, overlap_a, points_a[kept]
+    else:
+        features, overlap, inlier_points = b, overlap_b, points_b[kept]
+    points = features.points[overlap]
+    inliers = int(kept.sum())
+    coverage = min(1.0, inliers / max(1, len(points)))
+    return CopyVerification(inliers, coverage, True, mirrored, _unmatched_share(points, inlier_points))
+
+
+def _similarity_inliers(points_a: np.ndarray, points_b: np.ndarray):
+    """A similarity mapping ``points_a`` onto ``points_b`` (2 x 3, RANSAC) and which pairs it explains."""
+    from .local_features import import_cv2
+
+    cv2 = import_cv2()
+    transform, mask = cv2.estimateAffinePartial2D(points_a.astype(np.float32), points_b.astype(np.float32),
+                                                  method=cv2.RANSAC, ransacReprojThreshold=SIMILARITY_TOLERANCE)
+    if transform is None or mask is None:
+        return None, np.zeros(len(points_a), dtype=bool)
+    return transform, mask.ravel().astype(bool)
+
+
+def _unmatched_share(points: np.ndarray, inlier_points: np.ndarray) -> float:
+    """The share of ``points`` in a patch where almost nothing matches: content that one photo has and the other not.
+
+    A patch is a keypoint's :data:`PATCH_KEYPOINTS` nearest keypoints; it is unmatched
+    when fewer than :data:`PATCH_MIN_MATCHED` of them are inliers. A copy loses detail
+    evenly; another drawing behind the same mat, or another object on the same
+    backdrop, leaves a patch of the picture where nothing matches.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(points) < PATCH_KEYPOINTS:
+        return 0.0
+    is_inlier = np.zeros(len(points), dtype=bool)
+    if len(inlier_points):
+        distance, nearest = cKDTree(points).query(inlier_points)
+        is_inlier[nearest[distance < 0.5]] = True
+    _, patches = cKDTree(points).query(points, k=PATCH_KEYPOINTS)
+    return float(np.mean(is_inlier[patches].mean(axis=1) < PATCH_MIN_MATCHED))
+
+
+def _mapped(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    if not len(points):
+        return np.empty((0, 2))
+    moved = np.c_[points, np.ones(len(points))] @ homography.T
+    return moved[:, :2] / moved[:, 2:3]
+
+
+def _inside(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Which points land inside the picture, away from its edges by :data:`EDGE_MARGIN` pixels.
+
+    A keypoint by the edge of a crop lost part of its patch: its descriptor changed,
+    however exact the copy.
+    """
+    width, height = image_size
+    margin = EDGE_MARGIN
+    return ((points[:, 0] >= margin) & (points[:, 0] < width - margin) & (points[:, 1] >= margin)
+            & (points[:, 1] < height - margin))
+
+
+# The content check (chosen on the tune split of benchmarks/duplicate_threshold.py).
+MIN_COPY_INLIERS = 8
+MIN_COPY_COVERAGE = 0.2
+MAX_UNMATCHED = 0.05
+MIN_KEYPOINTS = 30  # a photo with fewer keypoints cannot confirm anything: the hash-only rule decides
+PATCH_KEYPOINTS = 24
+PATCH_MIN_MATCHED = 0.1
+EDGE_MARGIN = 16  # pixels of the detection frame: about the size of an AKAZE descriptor's patch
+SIMILARITY_TOLERANCE = 4.0  # pixels of the detection frame
+# The texture scaling and the hash-only rule (chosen on the tune split, too).
+TEXTURE_REFERENCE = 12.0
+TEXTURE_FLOOR = 0.5
+HASH_ONLY_SHARE = 0.75
 
 
 class PhotoHashes:
@@ -123,7 +473,8 @@ class PhotoHashes:
     Parameters
     ----------
     names : sequence of str
-        One name per photo, as the feature table's ``image_path``.
+        One name per photo, as the feature table's ``image_path`` (a name given twice
+        keeps its last hashes).
     hashes : array-like of shape (n_photos, N_HASHES), uint64
         Rows of unreadable photos are ignored.
     errors : sequence of str or None
@@ -138,9 +489,11 @@ class PhotoHashes:
     """
 
     def __init__(self, names: Sequence[str], hashes, errors: Sequence[str] | None = None) -> None:
-        self.names = np.asarray([str(name) for name in names], dtype=object)
-        self.hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(self.names), N_HASHES)
-        self.errors = np.asarray([""] * len(self.names) if errors is None else [str(e) for e in errors], dtype=object)
+        names = np.asarray([str(name) for name in names], dtype=object)
+        hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(names), N_HASHES)
+        errors = np.asarray([""] * len(names) if errors is None else [str(e) for e in errors], dtype=object)
+        last = ~pd.Index(names).duplicated(keep="last")  # a name given twice: its last hashes, as merged() keeps
+        self.names, self.hashes, self.errors = names[last], hashes[last], errors[last]
         self._index = pd.Index(self.names)
 
     def __len__(self) -> int:
@@ -230,6 +583,11 @@ class PhotoHashes:
         if not path.is_file():
             raise FileNotFoundError(f"hashes file {os.fspath(path)!r} does not exist")
         table = pd.read_parquet(path)
+        if f"phash_{N_HASHES - 1}" not in table.columns and "phash_0" in table.columns:
+            stored = sum(str(column).startswith("phash_") for column in table.columns)
+            raise OutdatedHashesError(
+                f"{os.fspath(path)!r} holds the hashes of an earlier skimgfeat ({stored} per photo, this version "
+                f"uses {N_HASHES}): run `skimgfeat extract --hashes` again")
         missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in table.columns]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file: no column {missing[0]!r}")

@@ -6,30 +6,55 @@ distance (:data:`DEFAULT_CANDIDATE_DISTANCE`), found by the index's own pair sea
 in memory, or a FAISS index directory).
 The copy check (:mod:`skimgfeat.matching.copy_check`) then compares the photos' perceptual
 hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same shelf
-moments later does not, although both sit as close in feature space. Only pairs passing
-both are duplicates. Without the copy check, one feature threshold decides
+moments later does not, although both sit as close in feature space. A hash match is
+confirmed by the photos' content when their local features are at hand
+(:func:`~skimgfeat.matching.copy_check.verify_copy`: two drawings behind one mat share their
+hashes, not their keypoints); without them a stricter hash rule decides. Only pairs
+passing both stages are duplicates. Without the copy check, one feature threshold decides
 (:data:`DEFAULT_DUPLICATE_THRESHOLD`), as before.
+
+Candidate pairs are judged :data:`DEFAULT_BLOCK_PAIRS` at a time
+(:func:`iter_duplicate_pairs`): memory is the candidate rows and one block, whatever
+the number of pairs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .copy_check import COPY, COPY_THRESHOLD, DIFFERENT, N_HASHES, UNREADABLE, PhotoHashes, copy_distance
+from ..exceptions import ImageLoadError
+from .copy_check import (
+    COPY,
+    COPY_THRESHOLD,
+    DIFFERENT,
+    MIN_KEYPOINTS,
+    N_HASHES,
+    SAME_OBJECT,
+    UNREADABLE,
+    CopyVerification,
+    PhotoHashes,
+    content_agrees,
+    copy_match,
+    copy_thresholds,
+    verify_copy,
+)
 
 if TYPE_CHECKING:  # the index arrives built: importing it here would import torch for `skimgfeat --help`
     from ..search.similarity import SimilarityIndex
+    from .local_features import LocalFeatures, LocalFeatureStore
 
 # Chosen by benchmarks/duplicate_threshold.py on generated copies of real photos (see benchmarks/README.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.1
 DEFAULT_CANDIDATE_DISTANCE = 0.3
+DEFAULT_BLOCK_PAIRS = 65536
 
 PAIR_COLUMNS = ("image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason")
+LOCAL_COLUMNS = ("inliers", "copy_coverage", "copy_unmatched")
 
 
 def duplicate_pairs(
@@ -38,6 +63,8 @@ def duplicate_pairs(
     max_distance: float | None = None,
     copy_check: bool | PhotoHashes = True,
     copy_threshold: int = COPY_THRESHOLD,
+    local_features: LocalFeatureStore | None = None,
+    same_object: bool = False,
     n_workers: int | None = None,
 ) -> pd.DataFrame:
     """Every candidate pair of rows of ``index``, with the copy check's verdict.
@@ -55,7 +82,16 @@ def duplicate_pairs(
         photo they lack, or every photo when True, is hashed now. False: every
         candidate pair is a copy.
     copy_threshold : int, default=COPY_THRESHOLD
-        Largest copy distance (bits) of a copy.
+        Largest copy distance (bits) of a copy, for a photo of ordinary texture
+        (:func:`~skimgfeat.matching.copy_check.copy_thresholds`).
+    local_features : LocalFeatureStore or None
+        The photos' local features (``extract --local-features``): a hash match is a
+        copy only when the content agrees
+        (:func:`~skimgfeat.matching.copy_check.verify_copy`). None, or a photo they lack: the
+        stricter hash-only rule, said in ``reason``.
+    same_object : bool, default=False
+        With ``local_features``: verify the pairs that are not copies and call those
+        showing one object ``same_object``.
     n_workers : int or None
         Threads hashing photos now.
 
@@ -64,8 +100,13 @@ def duplicate_pairs(
     DataFrame
         :data:`PAIR_COLUMNS`: the two names (table order), ``feature_distance``,
         ``copy_score`` (copy distance in bits, NaN without the check or when a photo
-        is unreadable), ``verdict`` (``"copy"``, ``"different"`` or ``"unreadable"``)
-        and ``reason`` (why a photo could not be read, else empty).
+        is unreadable), ``verdict`` (``"copy"``, ``"different"``, ``"unreadable"``, and
+        ``"same_object"`` with ``same_object``) and ``reason`` (why a photo could not be
+        read, or why the hashes alone decided; else empty). With ``local_features``
+        also :data:`LOCAL_COLUMNS`: ``inliers``, and for the pairs whose hashes matched
+        ``copy_coverage`` (the share of the overlapping keypoints matched under one
+        near-similarity transform, 0 when the transform is not one) and
+        ``copy_unmatched`` (the share of them in a patch where nothing matches), else NaN.
 
     Examples
     --------
@@ -76,9 +117,45 @@ def duplicate_pairs(
       image_a image_b verdict
     0       a       b    copy
     """
-    rows_a, rows_b, distances, scores, verdicts, reasons = _scored_rows(
-        index, max_distance, copy_check, copy_threshold, n_workers)
-    return _pair_table(index.names[rows_a], index.names[rows_b], distances, scores, verdicts, reasons)
+    blocks = list(iter_duplicate_pairs(index, max_distance=max_distance, copy_check=copy_check,
+                                       copy_threshold=copy_threshold, local_features=local_features,
+                                       same_object=same_object, n_workers=n_workers))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def iter_duplicate_pairs(
+    index: SimilarityIndex,
+    *,
+    max_distance: float | None = None,
+    copy_check: bool | PhotoHashes = True,
+    copy_threshold: int = COPY_THRESHOLD,
+    local_features: LocalFeatureStore | None = None,
+    same_object: bool = False,
+    n_workers: int | None = None,
+    block_pairs: int = DEFAULT_BLOCK_PAIRS,
+) -> Iterator[pd.DataFrame]:
+    """:func:`duplicate_pairs` as tables of at most ``block_pairs`` pairs, in pair order.
+
+    Memory is the candidate pairs' row numbers (20 bytes a pair), the hashes of the
+    photos in them and one block of judged pairs: write each block away (``skimgfeat
+    duplicates --pairs``) and keep only the copies to group them. At least one table
+    is yielded (empty when there is no candidate).
+    """
+    max_distance = _radius(max_distance, copy_check)
+    rows_a, rows_b, distances = _candidate_pairs(index, max_distance)
+    if copy_check is False:
+        for start in _block_starts(len(rows_a), block_pairs):
+            stop = start + block_pairs
+            yield _unchecked_pairs(index.names[rows_a[start:stop]], index.names[rows_b[start:stop]],
+                                   distances[start:stop])
+        return
+    used = np.unique(np.concatenate([rows_a, rows_b]))
+    hashes = _hashes_for(index, index.names[used], copy_check, n_workers)
+    side = _Side.of_index(index, hashes, used, local_features)
+    judge = _PairJudge(side, side, copy_threshold, same_object)
+    for start in _block_starts(len(rows_a), block_pairs):
+        stop = start + block_pairs
+        yield judge(rows_a[start:stop], rows_b[start:stop], distances[start:stop])
 
 
 def duplicate_groups(
@@ -131,8 +208,9 @@ def find_duplicates(
     *,
     copy_check: bool | PhotoHashes = False,
     copy_threshold: int = COPY_THRESHOLD,
+    local_features: LocalFeatureStore | None = None,
 ) -> pd.DataFrame:
-    """Groups of duplicate photos: :func:`duplicate_pairs` grouped by :func:`duplicate_groups`.
+    """Groups of duplicate photos: :func:`iter_duplicate_pairs` grouped by :func:`duplicate_groups`.
 
     Parameters
     ----------
@@ -145,6 +223,8 @@ def find_duplicates(
         False: features alone decide. True or the photos' hashes: the two-stage
         decision of ``skimgfeat duplicates`` (photos the hashes lack are hashed now).
     copy_threshold : int, default=COPY_THRESHOLD
+    local_features : LocalFeatureStore or None
+        Confirms hash matches by content, see :func:`duplicate_pairs`.
 
     Returns
     -------
@@ -164,9 +244,14 @@ def find_duplicates(
     2      1          b    False
     3      1          d    False
     """
-    rows_a, rows_b, _, _, verdicts, _ = _scored_rows(index, threshold, copy_check, copy_threshold, None)
-    accepted = verdicts == COPY
-    return _components(rows_a[accepted], rows_b[accepted], index.names, index.key)
+    row_of = {name: row for row, name in enumerate(index.names)}
+    first, second = [], []
+    for block in iter_duplicate_pairs(index, max_distance=threshold, copy_check=copy_check,
+                                      copy_threshold=copy_threshold, local_features=local_features):
+        copies = block[block["verdict"] == COPY]
+        first.append(copies["image_a"].map(row_of).to_numpy(dtype=np.int64))
+        second.append(copies["image_b"].map(row_of).to_numpy(dtype=np.int64))
+    return _components(np.concatenate(first), np.concatenate(second), index.names, index.key)
 
 
 def find_copies_against(
@@ -179,6 +264,8 @@ def find_copies_against(
     copy_check: bool | PhotoHashes = True,
     archive_hashes: bool | PhotoHashes = True,
     copy_threshold: int = COPY_THRESHOLD,
+    local_features: LocalFeatureStore | None = None,
+    new_local_features: Callable[[int], LocalFeatures | None] | None = None,
     n_workers: int | None = None,
 ) -> pd.DataFrame:
     """Which new photos already exist in an archive: candidate pairs (new, archived) with verdicts.
@@ -194,21 +281,30 @@ def find_copies_against(
     vectors : array-like of shape (n_new, n_features)
         Their features, from the network that made the archive's. NaN rows are skipped.
     photos : sequence of path or None
-        The new photos' files (default: ``names``), for hashing.
+        The new photos' files (default: ``names``), for hashing and for their local
+        features. Hashes in ``copy_check`` are looked up by these paths (as strings), so
+        two new photos of one name from different folders keep their own.
     max_distance : float or None
         See :func:`duplicate_pairs`.
     copy_check : bool or PhotoHashes, default=True
-        The new photos' hashes, True to hash them now, False for features alone.
+        The new photos' hashes, keyed by ``photos`` (else by ``names``); True to hash
+        them now, False for features alone.
     archive_hashes : bool or PhotoHashes, default=True
         The archive's hashes (its ``image_hashes.parquet``); photos they lack are hashed now.
     copy_threshold : int, default=COPY_THRESHOLD
+    local_features : LocalFeatureStore or None
+        The archive's local features: with them a hash match is confirmed by content.
+    new_local_features : callable or None
+        The local features of new photo ``i`` (None if unknown); default: detected from
+        its file when a hash match needs them.
     n_workers : int or None
 
     Returns
     -------
     DataFrame
-        :data:`PAIR_COLUMNS`, ``image_a`` the new photo, ``image_b`` the archived one,
-        nearest first for each new photo.
+        :data:`PAIR_COLUMNS` (and :data:`LOCAL_COLUMNS` with ``local_features``),
+        ``image_a`` the new photo, ``image_b`` the archived one, nearest first for each
+        new photo.
 
     Examples
     --------
@@ -219,44 +315,197 @@ def find_copies_against(
       image_a image_b verdict
     0     new       a    copy
     """
-    names = [str(name) for name in names]
+    names = np.asarray([str(name) for name in names], dtype=object)
     vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
     if len(vectors) != len(names):
         raise ValueError(f"need one feature row per new photo, got {len(names)} names and {len(vectors)} rows")
-    photos = names if photos is None else list(photos)
+    photos = list(names) if photos is None else list(photos)
+    keys = np.asarray([os.fspath(photo) if photo is not None else f"\0{name}" for photo, name in zip(photos, names)],
+                      dtype=object)
     max_distance = _radius(max_distance, copy_check)
     valid = np.flatnonzero(~np.isnan(vectors).any(axis=1))
     queries, rows_b, distances = _range_pairs(index, vectors[valid], max_distance)
     rows_a = valid[queries]
-    names_a = np.asarray(names, dtype=object)[rows_a]
-    names_b = index.names[rows_b]
     if copy_check is False:
-        return _unchecked_pairs(names_a, names_b, distances)
-    wanted = sorted(set(rows_a.tolist()))
+        return _unchecked_pairs(names[rows_a], index.names[rows_b], distances)
+    wanted = np.unique(rows_a)
     new_hashes = copy_check if isinstance(copy_check, PhotoHashes) else None
-    missing = [row for row in wanted if new_hashes is None or names[row] not in new_hashes]
-    computed = PhotoHashes.compute([photos[row] for row in missing], [names[row] for row in missing],
-                                   n_workers=n_workers)
+    if new_hashes is not None:  # hashes keyed by name (an archive's own sidecar) serve where the file's key is absent
+        by_name = ~new_hashes.contains(keys) & new_hashes.contains(names)
+        keys[by_name] = names[by_name]
+    missing = [row for row in wanted if new_hashes is None or keys[row] not in new_hashes]
+    computed = PhotoHashes.compute([photos[row] for row in missing], keys[missing], n_workers=n_workers)
     new_hashes = computed if new_hashes is None else new_hashes.merged(computed)
-    old_hashes = _hashes_for(index, index.names[np.unique(rows_b)], archive_hashes, n_workers)
-    verdicts = _copy_verdicts(rows_a, np.asarray(names, dtype=object), new_hashes, rows_b, index.names, old_hashes,
-                              copy_threshold)
-    return _pair_table(names_a, names_b, distances, *verdicts)
+    archived = np.unique(rows_b)
+    old_hashes = _hashes_for(index, index.names[archived], archive_hashes, n_workers)
+    new_side = _Side(names, keys, new_hashes, wanted,
+                     photo=lambda row: photos[row],
+                     features=(new_local_features or _detected(photos, local_features))
+                     if local_features is not None else None)
+    archive_side = _Side.of_index(index, old_hashes, archived, local_features)
+    return _PairJudge(new_side, archive_side, copy_threshold, same_object=False)(rows_a, rows_b, distances)
 
 
 # -- the two stages -------------------------------------------------------------------
 
 
-def _scored_rows(index: SimilarityIndex, max_distance, copy_check, copy_threshold: int, n_workers):
-    """(rows_a, rows_b, feature distance, copy score, verdict, reason) arrays of the candidate pairs."""
-    max_distance = _radius(max_distance, copy_check)
-    rows_a, rows_b, distances = _candidate_pairs(index, max_distance)
-    if copy_check is False:
-        return (rows_a, rows_b, distances, np.full(len(rows_a), np.nan), np.full(len(rows_a), COPY, dtype=object),
-                np.full(len(rows_a), "", dtype=object))
-    hashes = _hashes_for(index, index.names[np.unique(np.concatenate([rows_a, rows_b]))], copy_check, n_workers)
-    return (rows_a, rows_b, distances,
-            *_copy_verdicts(rows_a, index.names, hashes, rows_b, index.names, hashes, copy_threshold))
+class _Side:
+    """One side of the candidate pairs: names, hashes and (optionally) local features, by row.
+
+    ``features(row)`` gives the row's stored local features (None when there are none);
+    ``photo(row)`` its file (None when unknown), read for a mirrored pair.
+    """
+
+    def __init__(self, names: np.ndarray, keys: np.ndarray, hashes: PhotoHashes, used: np.ndarray, *,
+                 photo: Callable[[int], str | os.PathLike | None],
+                 features: Callable[[int], LocalFeatures | None] | None) -> None:
+        self.names = names
+        self.table = np.zeros((len(names), N_HASHES), dtype=np.uint64)
+        self.errors = np.full(len(names), "", dtype=object)
+        if len(used):
+            self.table[used], self.errors[used] = hashes.lookup(keys[used])
+        self.photo = photo
+        self.features = features
+
+    @classmethod
+    def of_index(cls, index: SimilarityIndex, hashes: PhotoHashes, used: np.ndarray,
+                 local_features: LocalFeatureStore | None) -> _Side:
+        names = index.names
+
+        def stored(row: int):
+            name = names[row]
+            return local_features[name] if name in local_features else None
+
+        return cls(names, names, hashes, used, photo=lambda row: index.photo_path(names[row]),
+                   features=stored if local_features is not None else None)
+
+
+class _PairJudge:
+    """The verdicts of blocks of candidate pairs ``(side_a row, side_b row)``."""
+
+    def __init__(self, a: _Side, b: _Side, copy_threshold: int, same_object: bool) -> None:
+        self.a, self.b = a, b
+        self.copy_threshold = copy_threshold
+        self.same_object = same_object and b.features is not None
+        self.local = b.features is not None
+
+    def __call__(self, rows_a: np.ndarray, rows_b: np.ndarray, distances: np.ndarray) -> pd.DataFrame:
+        a, b = self.a, self.b
+        errors_a, errors_b = a.errors[rows_a], b.errors[rows_b]
+        readable = (errors_a == "") & (errors_b == "")
+        scores = np.full(len(rows_a), np.nan)
+        mirrored = np.zeros(len(rows_a), dtype=bool)
+        thresholds = np.zeros(len(rows_a), dtype=np.int64)
+        strict_of = np.full(len(rows_a), -1, dtype=np.int64)
+        if readable.any():
+            hashes_a, hashes_b = a.table[rows_a[readable]], b.table[rows_b[readable]]
+            scores[readable], mirrored[readable] = copy_match(hashes_a, hashes_b)
+            thresholds[readable] = copy_thresholds(hashes_a, hashes_b, copy_threshold=self.copy_threshold)
+            strict_of[readable] = copy_thresholds(hashes_a, hashes_b, copy_threshold=self.copy_threshold,
+                                                  confirmed=False)
+        verdicts = np.full(len(rows_a), DIFFERENT, dtype=object)
+        verdicts[~readable] = UNREADABLE
+        reasons = np.full(len(rows_a), "", dtype=object)
+        for i in np.flatnonzero(~readable):
+            sides = ((a.names[rows_a[i]], errors_a[i]), (b.names[rows_b[i]], errors_b[i]))
+            reasons[i] = "; ".join(f"{name}: {error}" for name, error in sides if error)
+        inliers = np.zeros(len(rows_a), dtype=np.int64)
+        coverage = np.full(len(rows_a), np.nan)
+        unmatched = np.full(len(rows_a), np.nan)
+        strict_match = readable & (scores <= strict_of)
+        if not self.local:  # hashes alone: the stricter rule
+            verdicts[strict_match] = COPY
+        else:
+            hash_match = readable & (scores <= thresholds)
+            for i in np.flatnonzero(hash_match | (readable & self.same_object)):
+                verdicts[i], reasons[i], inliers[i], coverage[i], unmatched[i] = self._one(
+                    rows_a[i], rows_b[i], bool(hash_match[i]), bool(mirrored[i]), bool(strict_match[i]))
+        table = _pair_table(a.names[rows_a], b.names[rows_b], distances, scores, verdicts, reasons)
+        if self.local:
+            table["inliers"] = inliers
+            table["copy_coverage"] = coverage
+            table["copy_unmatched"] = unmatched
+        return table
+
+    def _one(self, row_a: int, row_b: int, hash_match: bool, mirrored: bool, strict_match: bool):
+        """(verdict, reason, inliers, copy coverage, copy unmatched) of one readable pair."""
+        features_a, features_b, missing = self._features(row_a, row_b, mirrored and hash_match)
+        if missing:
+            verdict = COPY if hash_match and strict_match else DIFFERENT
+            return verdict, f"{missing}: hashes alone decided", 0, np.nan, np.nan
+        from .verification import is_same_object, verify_pair
+
+        verification = verify_pair(features_a, features_b)
+        copy = CopyVerification.none()
+        evidence = (np.nan, np.nan)
+        if hash_match:
+            copy = verify_copy(features_a, features_b, mirrored=mirrored, verification=verification)
+            evidence = (copy.coverage, copy.unmatched)
+            if content_agrees(copy):
+                return COPY, "", copy.inliers, *evidence
+        if mirrored and hash_match and self.same_object:  # the same-object check reads the photos as they are
+            verification = verify_pair(self.a.features(row_a), features_b)
+        if self.same_object and is_same_object(verification):
+            return SAME_OBJECT, "", int(verification.inliers), *evidence
+        # A hash match that is no copy: the content check's own inliers say why.
+        return DIFFERENT, "", int(copy.inliers if hash_match else verification.inliers), *evidence
+
+    def _features(self, row_a: int, row_b: int, flip_a: bool):
+        """(features of a, possibly of its mirror image; features of b; what is missing, or "")."""
+        features_a, features_b = self.a.features(row_a), self.b.features(row_b)
+        for name, features in ((self.a.names[row_a], features_a), (self.b.names[row_b], features_b)):
+            if features is None:
+                return None, None, f"no local features for {name}"
+            if features.error:
+                return None, None, f"{name} had no local features ({features.error})"
+            if len(features) < MIN_KEYPOINTS:  # a thumbnail, a blank: nothing for the content check to read
+                return None, None, f"{name} has {len(features)} keypoints"
+        if flip_a:
+            features_a = _mirrored_features(self.a.photo(row_a), features_a)
+            if features_a is None:
+                return None, None, f"no photo of {self.a.names[row_a]} to mirror"
+        return features_a, features_b, ""
+
+
+def _mirrored_features(photo, stored):
+    """The local features of ``photo`` flipped left to right (detected now, with the stored ones' frame size)."""
+    from PIL import ImageOps
+
+    from ..engine.image_loading import load_rgb_image
+    from .local_features import detect_local_features
+
+    if photo is None:
+        return None
+    try:
+        with load_rgb_image(photo) as image:
+            flipped = ImageOps.mirror(image.convert("L"))
+    except ImageLoadError:
+        return None
+    return detect_local_features(flipped, max_side=max(stored.image_size) or 512)
+
+
+def _detected(photos: Sequence, store: LocalFeatureStore) -> Callable[[int], LocalFeatures | None]:
+    """Local features of new photo files, detected once each when a pair needs them (store's settings)."""
+    from .local_features import detect_local_features
+
+    cache: dict[int, LocalFeatures | None] = {}
+    settings = store.settings
+
+    def features(row: int):
+        if row not in cache:
+            photo = photos[row]
+            try:
+                cache[row] = None if photo is None else detect_local_features(
+                    photo, max_keypoints=settings["max_keypoints"], max_side=settings["max_side"])
+            except ImageLoadError:
+                cache[row] = None
+        return cache[row]
+
+    return features
+
+
+def _block_starts(n_pairs: int, block_pairs: int) -> range:
+    return range(0, max(n_pairs, 1), max(1, int(block_pairs)))
 
 
 def _components(a: np.ndarray, b: np.ndarray, names: np.ndarray, key: str) -> pd.DataFrame:
@@ -311,38 +560,6 @@ def _hashes_for(index: SimilarityIndex, names, given, n_workers) -> PhotoHashes:
     todo = names if known is None else names[~known.contains(names)]
     computed = PhotoHashes.compute([index.photo_path(name) for name in todo], todo, n_workers=n_workers)
     return computed if known is None else known.merged(computed)
-
-
-def _copy_verdicts(rows_a, names_a, hashes_a: PhotoHashes, rows_b, names_b, hashes_b: PhotoHashes,
-                   copy_threshold: int):
-    """(copy score, verdict, reason) of each candidate pair ``(names_a[rows_a[i]], names_b[rows_b[i]])``.
-
-    Hashes are looked up once per photo, then gathered per pair by row: a table has far
-    more candidate pairs than photos.
-    """
-    table_a, errors_a = _by_row(rows_a, names_a, hashes_a)
-    table_b, errors_b = _by_row(rows_b, names_b, hashes_b)
-    pair_errors_a, pair_errors_b = errors_a[rows_a], errors_b[rows_b]
-    readable = (pair_errors_a == "") & (pair_errors_b == "")
-    scores = np.full(len(rows_a), np.nan)
-    scores[readable] = copy_distance(table_a[rows_a[readable]], table_b[rows_b[readable]])
-    verdicts = np.full(len(rows_a), DIFFERENT, dtype=object)
-    verdicts[scores <= copy_threshold] = COPY
-    verdicts[~readable] = UNREADABLE
-    reasons = np.full(len(rows_a), "", dtype=object)
-    for i in np.flatnonzero(~readable):
-        sides = ((names_a[rows_a[i]], pair_errors_a[i]), (names_b[rows_b[i]], pair_errors_b[i]))
-        reasons[i] = "; ".join(f"{name}: {error}" for name, error in sides if error)
-    return scores, verdicts, reasons
-
-
-def _by_row(rows, names, hashes: PhotoHashes):
-    """(hashes, errors) aligned with ``names``, filled for the ``rows`` in use."""
-    used = np.unique(rows)
-    table = np.zeros((len(names), N_HASHES), dtype=np.uint64)
-    errors = np.full(len(names), "", dtype=object)
-    table[used], errors[used] = hashes.lookup(names[used])
-    return table, errors
 
 
 def _unchecked_pairs(names_a, names_b, distances) -> pd.DataFrame:

@@ -15,6 +15,7 @@ millions of rows, which :meth:`SimilarityIndex.save` keeps in an index directory
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..aggregation import ItemAggregator
 from ..embedder import fitted_embedder_from_model_info
 from ..exceptions import IndexDirectoryError, ModelMismatchError
 from ..schema import FEATURE_PREFIX, IMAGE_NAME, IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
+from ..storage.generation_lock import release, writer_lock_held
 from ..storage.io import BATCH_ROWS, FeatureBatch, FeatureTableReader, model_mismatch
 from ..storage.vector_index import (
     EXACT_MAX_ROWS,
@@ -33,13 +35,17 @@ from ..storage.vector_index import (
     VectorIndex,
     choose_kind,
     default_nlist,
-    read_generation,
+    faiss_module,
+    live_generation_number,
+    normalise,
+    open_generation,
     training_rows,
     write_generation,
 )
 
 KEY_COLUMNS = (IMAGE_PATH, ITEM_ID)
 SEARCH_COLUMNS = ("query", "rank", "distance")
+REMOVED_FILE = "removed.npy"  # the row numbers of removed photos (tombstones until a compaction)
 class SimilarityIndex:
     """Named feature vectors searchable by cosine distance, in memory or in an index directory.
 
@@ -128,6 +134,11 @@ class SimilarityIndex:
         self._raw = None
         self._row_of = None
         self._neighbours = None
+        self._removed = np.zeros(len(self.names), dtype=bool)  # True: removed, never returned
+        self.generation = None  # the generation number it was loaded from or saved as
+        self._folder = None  # that generation's folder
+        self._info = None
+        self._lease = None  # holds the generation on disk while this index uses it
 
     # -- construction -------------------------------------------------------------
 
@@ -280,9 +291,18 @@ class SimilarityIndex:
         IndexDirectoryError
             The folder is missing, truncated, or not a skimgfeat index.
         """
+
+        folder, info, lease = open_generation(directory)
+        try:
+            return cls._from_generation(directory, folder, info, lease, writable)
+        except BaseException:
+            release(lease)
+            raise
+
+    @classmethod
+    def _from_generation(cls, directory, folder: Path, info: dict, lease, writable: bool) -> SimilarityIndex:
         import pyarrow.parquet as pq
 
-        folder, info = read_generation(directory)
         try:
             store = VectorIndex.read(folder, info["index"], writable=writable)
         except ImportError:
@@ -298,18 +318,30 @@ class SimilarityIndex:
         identities = {name: rows.column(name).to_numpy(zero_copy_only=False).astype(object)
                       for name in rows.column_names}
         index = cls.__new__(cls)
+        image_dir = info.get("image_dir")
+        if image_dir is not None and not Path(image_dir).is_absolute():
+            image_dir = Path(directory) / image_dir  # an archive's photos move with it
         index._setup(store, identities, key=info["key"], model_info=info.get("model_info"),
-                     image_dir=info.get("image_dir"), n_skipped=int(info.get("n_skipped", 0)),
+                     image_dir=image_dir, n_skipped=int(info.get("n_skipped", 0)),
                      requested_kind=info.get("requested_kind", store.kind), directory=directory)
+        if (folder / REMOVED_FILE).is_file():
+            removed = np.load(folder / REMOVED_FILE, allow_pickle=False)
+            index._removed[removed] = True
+        index.generation, index._folder, index._info, index._lease = int(info["generation"]), folder, info, lease
         if index.key == ITEM_ID and index.image_dir is not None:
             index.photos = _photos_of_items(index.image_dir)
         return index
 
-    def save(self, directory: str | os.PathLike | None = None) -> Path:
+    def save(self, directory: str | os.PathLike | None = None, *, extra_info: dict | None = None,
+             write_more=None) -> Path:
         """Write the index as a new generation of ``directory`` (default: where it was loaded from).
 
         Atomic: the generation is complete on disk before ``CURRENT`` names it, so a
-        save that is interrupted leaves the previous generation in use.
+        save that is interrupted leaves the previous generation in use. Under the
+        folder's writer lock; an index loaded from ``directory`` is refused
+        (IndexDirectoryError) when another writer switched generations since it was
+        loaded: its rows would be lost. ``extra_info`` adds keys to ``index.json``;
+        ``write_more(folder)`` writes more files into the generation (an archive's).
 
         Returns
         -------
@@ -322,17 +354,33 @@ class SimilarityIndex:
         directory = self.directory if directory is None else Path(directory)
         if directory is None:
             raise ValueError("save needs a directory: this index was not loaded from one")
+        extra = dict(extra_info or {})
+        image_dir = None if self.image_dir is None else os.fspath(self.image_dir)
+        if image_dir is not None and extra.get("relative_image_dir"):
+            image_dir = extra.pop("relative_image_dir")
+        extra.pop("relative_image_dir", None)
 
         def write_files(folder: Path) -> dict:
             self._store.write(folder)
             rows = pa.table({name: pa.array(values, type=pa.string()) for name, values in self._identities.items()})
             pq.write_table(rows, folder / ROWS_FILE)
+            if self._removed.any():
+                np.save(folder / REMOVED_FILE, np.flatnonzero(self._removed).astype(np.int64))
+            if write_more is not None:
+                write_more(folder)
             return {"index": self._store.parameters(), "requested_kind": self.requested_kind, "key": self.key,
-                    "n_rows": len(self), "n_skipped": self.n_skipped, "model_info": self.model_info,
-                    "image_dir": None if self.image_dir is None else os.fspath(self.image_dir)}
+                    "n_rows": len(self._store), "n_live": len(self), "n_skipped": self.n_skipped,
+                    "model_info": self.model_info, "image_dir": image_dir, **extra}
 
-        generation = write_generation(directory, write_files)
+        with writer_lock_held(directory):
+            live = live_generation_number(directory)
+            if self.generation is not None and Path(directory) == Path(self.directory) and live != self.generation:
+                raise IndexDirectoryError(directory, f"was changed by another writer after this index was loaded "
+                                                     f"(generation {live} is live, this one was loaded from "
+                                                     f"{self.generation}); load it again and repeat the change")
+            generation = write_generation(directory, write_files)
         self.directory = directory
+        self.generation = int(generation.name[4:])
         return generation
 
     def add(self, features, *, batch_rows: int = BATCH_ROWS) -> SimilarityIndex:
@@ -367,6 +415,69 @@ class SimilarityIndex:
         self._append(reader.batches(batch_rows), check_new=True)
         return self
 
+    @classmethod
+    def empty(cls, n_features: int, *, columns: Sequence[str] = (IMAGE_PATH, IMAGE_NAME),
+              model_info: dict | None = None, image_dir=None, kind: str = "auto") -> SimilarityIndex:
+        """An index of no rows yet, keyed by ``image_path``, with these identity ``columns``.
+
+        Rows come with :meth:`add_rows`; an ``"auto"`` index turns into ``"ivf-sq8"``
+        when it passes 50,000 rows.
+        """
+        index = cls.__new__(cls)
+        identities = {name: np.empty(0, dtype=object) for name in dict.fromkeys([IMAGE_PATH, *columns])}
+        index._setup(VectorIndex(int(n_features), "flat" if kind == "auto" else kind), identities, key=IMAGE_PATH,
+                     model_info=model_info, image_dir=image_dir, n_skipped=0, requested_kind=kind)
+        return index
+
+    def add_rows(self, identities: dict, vectors) -> SimilarityIndex:
+        """Index rows given in memory: ``identities`` maps each identity column to one string per row.
+
+        Columns of the index missing from ``identities`` are filled (``image_name`` from
+        the path, others empty). Rows already indexed (by key) are refused; NaN rows are
+        skipped. Returns self.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        identities = {name: np.asarray([str(value) for value in values], dtype=object)
+                      for name, values in identities.items()}
+        if len(identities[self.key]) != len(vectors):
+            raise ValueError(f"need one feature row per {self.key}, got {len(identities[self.key])} and "
+                             f"{len(vectors)}")
+        if not len(vectors):
+            return self
+        if vectors.shape[1] != self._store.n_features:
+            raise ValueError(f"the rows have {vectors.shape[1]} features, the index {self._store.n_features}")
+        self._make_writable()
+        if self.requested_kind == "auto" and self._store.kind == "flat" and \
+                len(self._store) + len(vectors) > EXACT_MAX_ROWS:
+            self._grow_into_inverted_file(FeatureTableReader(_frame(identities, vectors, self.key)))
+        self._append([FeatureBatch(identities, vectors)], check_new=True)
+        return self
+
+    def compacted(self) -> SimilarityIndex:
+        """A copy without the removed rows (vectors, names and identities): what a compaction saves.
+
+        An inverted file keeps its trained lists: its live rows are decoded and added again.
+        """
+        keep = np.flatnonzero(~self.removed)
+        store = VectorIndex(self._store.n_features, self._store.kind, nlist=self._store.nlist,
+                            nprobe=self._store.nprobe, pq_m=self._store.pq_m)
+        if store.kind != "flat":
+            faiss = faiss_module()
+            source = self._store._faiss if not self._store.mapped else \
+                VectorIndex.read(self._folder, self._info["index"], writable=True)._faiss
+            store._faiss = faiss.clone_index(source)
+            store._faiss.reset()
+            store._faiss.make_direct_map()
+        for start in range(0, len(keep), BATCH_ROWS):
+            store.add(self._store.reconstruct_rows(keep[start:start + BATCH_ROWS]))
+        index = SimilarityIndex.__new__(SimilarityIndex)
+        index._setup(store, {name: values[keep] for name, values in self._identities.items()}, key=self.key,
+                     model_info=self.model_info, image_dir=self.image_dir, n_skipped=self.n_skipped,
+                     requested_kind=self.requested_kind, directory=self.directory)
+        index.photos = {name: photo for name, photo in self.photos.items() if name in set(index.names)}
+        index.generation, index._folder, index._info = self.generation, self._folder, self._info
+        return index
+
     # -- queries ------------------------------------------------------------------
 
     @property
@@ -387,7 +498,38 @@ class SimilarityIndex:
         return pd.DataFrame(self._identities)
 
     def __len__(self) -> int:
-        return len(self.names)
+        """The rows that can be found (removed photos left out)."""
+        return len(self.names) - int(self._removed.sum())
+
+    @property
+    def removed(self) -> np.ndarray:
+        """A boolean mask over the row numbers: True for removed rows (never returned)."""
+        return _padded(self._removed, len(self.names))
+
+    def remove_rows(self, rows) -> int:
+        """Remove rows by number: never returned again (their vectors stay until :meth:`compacted`).
+
+        Returns how many were removed now (rows removed before are not counted).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        removed = self.removed.copy()
+        before = int(removed.sum())
+        removed[rows] = True
+        self._removed = removed
+        self._row_of = None
+        self._neighbours = None
+        return int(removed.sum()) - before
+
+    def close(self) -> None:
+        """Let the generation this index was loaded from go (a writer may then retire it)."""
+        release(self._lease)
+        self._lease = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit anything may be gone
+            pass
 
     def __contains__(self, name) -> bool:
         return str(name) in self._rows()
@@ -425,9 +567,10 @@ class SimilarityIndex:
     def check_model(self, model_info: dict | None, what: str = "the query") -> None:
         """Refuse features embedded by another model than the index's (ModelMismatchError).
 
-        Features without model info, or an index without it, are accepted.
+        Features without model info, or an index without it, are accepted. Both are
+        compared as JSON holds them (a fitted embedder's tuples are a saved index's lists).
         """
-        reason = model_mismatch(self.model_info, model_info)
+        reason = model_mismatch(_as_json(self.model_info), _as_json(model_info))
         if reason is not None:
             raise ModelMismatchError(f"{what} was embedded by another model than the index: {reason}")
 
@@ -438,7 +581,9 @@ class SimilarityIndex:
         distance ``inf``. ``nprobe`` overrides the lists visited (inverted-file kinds).
         """
         _check_k(k)
-        return self._store.search(vectors, k, nprobe=nprobe)
+        n_rows, removed = len(self.names), self.removed  # what a concurrent add cannot change under us
+        distances, rows = self._store.search(vectors, k, nprobe=nprobe, exclude=removed)
+        return _within(distances, rows, n_rows)
 
     def range_search(
         self, vectors, max_distance: float, *, nprobe: int | None = None
@@ -449,7 +594,14 @@ class SimilarityIndex:
         with their cosine distances likewise.
         """
         _check_distance(max_distance)
-        return self._store.range_search(vectors, max_distance, nprobe=nprobe)
+        n_rows, removed = len(self.names), self.removed
+        lims, distances, rows = self._store.range_search(vectors, max_distance, nprobe=nprobe, exclude=removed)
+        if len(rows) and rows.max() >= n_rows:  # rows added by another thread after the names were read
+            kept = rows < n_rows
+            queries = np.repeat(np.arange(len(lims) - 1), np.diff(lims))[kept]
+            lims = np.concatenate([[0], np.cumsum(np.bincount(queries, minlength=len(lims) - 1))]).astype(np.int64)
+            distances, rows = distances[kept], rows[kept]
+        return lims, distances, rows
 
     def neighbour_pairs(
         self, max_distance: float, *, nprobe: int | None = None
@@ -471,7 +623,10 @@ class SimilarityIndex:
         ([0], [2])
         """
         _check_distance(max_distance)
-        return self._store.neighbour_pairs(max_distance, nprobe=nprobe)
+        n_rows, removed = len(self.names), self.removed
+        first, second, distance = self._store.neighbour_pairs(max_distance, nprobe=nprobe)
+        kept = (second < n_rows) & ~removed[np.minimum(first, n_rows - 1)] & ~removed[np.minimum(second, n_rows - 1)]
+        return first[kept], second[kept], distance[kept]
 
     def search(
         self,
@@ -509,7 +664,7 @@ class SimilarityIndex:
                 [None if name is None or name not in self else self.row_of(name) for name in exclude]
         result = []
         if len(self) and len(vectors):
-            distances, rows = self._store.search(vectors, k + 1)
+            distances, rows = self.search_vectors(vectors, k + 1)
             for label, skip, row_distances, found in zip(labels, exclude_rows, distances, rows):
                 kept = [(d, row) for d, row in zip(row_distances, found) if row >= 0 and row != skip][:k]
                 result += [(label, rank, self.names[row], float(d)) for rank, (d, row) in enumerate(kept, start=1)]
@@ -544,7 +699,8 @@ class SimilarityIndex:
 
     def _rows(self) -> dict:
         if self._row_of is None:
-            self._row_of = {name: row for row, name in enumerate(self.names)}
+            removed = self.removed
+            self._row_of = {name: row for row, name in enumerate(self.names) if not removed[row]}
         return self._row_of
 
     def _append(self, batches: Iterable[FeatureBatch], check_new: bool = False) -> None:
@@ -554,16 +710,17 @@ class SimilarityIndex:
         raw = [self._raw] if self._raw is not None else None
         for batch in batches:
             valid = ~np.isnan(batch.features).any(axis=1)
-            keys = batch.identities[self.key][valid]
             if known is not None:
-                repeated = [name for name in keys if name in known]
-                if repeated:
-                    raise ValueError(f"{len(repeated)} rows of the new table are already in the index, e.g. "
-                                     f"{repeated[0]!r}: add only new photos")
+                valid &= ~self._already_indexed(batch, known)
+            keys = batch.identities[self.key][valid]
             self._store.add(batch.features[valid])
             for name, values in parts.items():
-                values.append(batch.identities[name][valid] if name in batch.identities else
-                              np.asarray([Path(path).name for path in keys], dtype=object))
+                if name in batch.identities:
+                    values.append(batch.identities[name][valid])
+                elif name == IMAGE_NAME:
+                    values.append(np.asarray([Path(path).name for path in keys], dtype=object))
+                else:  # a column of an archive's rows that a plain table lacks
+                    values.append(np.full(len(keys), "", dtype=object))
             if raw is not None:
                 raw.append(batch.features[valid])
             self.n_skipped += int((~valid).sum())
@@ -574,11 +731,33 @@ class SimilarityIndex:
         self._row_of = None
         self._neighbours = None
 
+    def _already_indexed(self, batch: FeatureBatch, known: dict) -> np.ndarray:
+        """Which rows of ``batch`` are indexed already with the same features (an add run again: skipped).
+
+        The same name with other features is refused: the photo changed, and its old
+        row must be removed first (an archive's intake replaces it).
+        """
+        keys = batch.identities[self.key]
+        repeated = np.asarray([name in known for name in keys], dtype=bool)
+        if not repeated.any():
+            return repeated
+        rows = [known[name] for name in keys[repeated]]
+        stored = normalise(self._store.reconstruct_rows(rows))
+        given = normalise(batch.features[repeated])
+        tolerance = 0.02 if self._store.kind == "ivf-pq" else 1e-3  # what the codes may change
+        differ = np.flatnonzero(~(1.0 - np.einsum("ij,ij->i", stored, given) <= tolerance))
+        if len(differ):
+            name = keys[repeated][differ[0]]
+            raise ValueError(f"{len(differ)} rows of the new table are already in the index with other features, "
+                             f"e.g. {name!r}: add only new photos (a changed photo: remove its row first)")
+        return repeated
+
     def _make_writable(self) -> None:
         """Read a memory-mapped store into memory before it changes."""
         if self._store.mapped and self._store.kind != "flat":  # a flat one copies itself on add
-            folder, info = read_generation(self.directory)
-            self._store = VectorIndex.read(folder, info["index"], writable=True)
+            # The generation it was loaded from, never the live one: another writer may
+            # have switched since, and its rows would not match these names.
+            self._store = VectorIndex.read(self._folder, self._info["index"], writable=True)
 
     def _grow_into_inverted_file(self, reader: FeatureTableReader) -> None:
         """An ``auto`` index passing the exact limit: train an ``ivf-sq8`` one and move every row into it."""
@@ -598,6 +777,33 @@ class SimilarityIndex:
         if self._neighbours is None:
             self._neighbours = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.vectors)
         return self._neighbours
+
+
+def _as_json(value):
+    return None if value is None else json.loads(json.dumps(value, default=str))
+
+
+def _padded(mask: np.ndarray, n: int) -> np.ndarray:
+    if len(mask) >= n:
+        return mask[:n]
+    return np.concatenate([mask, np.zeros(n - len(mask), dtype=bool)])
+
+
+def _within(distances: np.ndarray, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search results without rows past ``n_rows`` (added by another thread after the names were read)."""
+    beyond = rows >= n_rows
+    if beyond.any():
+        rows, distances = rows.copy(), distances.copy()
+        rows[beyond], distances[beyond] = -1, np.inf
+        order = np.argsort(beyond, axis=1, kind="stable")
+        rows, distances = np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)
+    return distances, rows
+
+
+def _frame(identities: dict, vectors: np.ndarray, key: str) -> pd.DataFrame:
+    frame = pd.DataFrame(vectors, columns=[f"{FEATURE_PREFIX}{i}" for i in range(vectors.shape[1])])
+    frame.insert(0, key, identities[key])
+    return frame
 
 
 def _reader(features, model_info: dict | None) -> FeatureTableReader:
@@ -680,6 +886,9 @@ def similar_items(
     rows = [_indexed_row(index, label) for label in labels]
     files = [label for label, row in zip(labels, rows) if row is None]
     for label in files:
+        if os.path.isdir(label):
+            raise FileNotFoundError(f"query {label!r} is a folder: pass its photos ({os.path.join(label, '*.jpg')}), "
+                                    f"or names of the {index.key} column")
         if not os.path.isfile(label):
             names = f"{index.key} or image_name" if IMAGE_NAME in index._identities else index.key
             raise FileNotFoundError(f"query {label!r} is neither an image file nor a {names} of the table")

@@ -16,11 +16,13 @@ nanoseconds. So
 
 Entries are written to a temporary name and renamed, so a reader never sees half a
 vector; an entry that is empty or damaged anyway (what a power cut can leave after a
-rename that was not made durable) is a miss. :meth:`FeatureCache.fill` is the whole
-protocol: read the hits, then, before computing a missing entry, take an exclusive
-``flock`` on ``ENTRY.lock``: parallel workers (grid-search folds with ``n_jobs``, two
-runs at once) compute each photo once, the others wait for its entry (for at most
-``wait_timeout`` seconds, then compute it themselves). Locks die with their process, so
+rename that was not made durable) is a miss. The cache is a store; the embedding loop
+(:func:`skimgfeat.engine.embedding.fill_through_cache`) asks it: read the hits
+(:meth:`FeatureCache.get`), then, before computing a missing entry, take an exclusive
+``flock`` on ``ENTRY.lock`` (:meth:`FeatureCache.claim`): parallel workers (grid-search
+folds with ``n_jobs``, two runs at once) compute each photo once, the others wait for its
+entry (:meth:`FeatureCache.wait`, at most ``WAIT_TIMEOUT`` seconds, then compute it
+themselves) and it is stored with :meth:`FeatureCache.put`. Locks die with their process, so
 a killed worker never blocks the others. A cache that cannot be written costs a
 warning, never the computed features.
 
@@ -33,7 +35,7 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +54,6 @@ KEY_SCHEME = "3"
 CLAIM_CHUNK = 256
 # How long to wait for another process computing an entry before computing it here.
 WAIT_TIMEOUT = 600.0
-
-# What computes missing entries: given positions into the paths, yield blocks of
-# (positions, vectors, positions that failed); failed rows are not stored.
-Compute = Callable[[list[int]], Iterable[tuple[Sequence[int], np.ndarray, set[int]]]]
 
 
 def _digest(text: str) -> str:
@@ -139,67 +137,6 @@ class FeatureCache:
         except OSError:
             pass  # a read-only cache still serves hits
         return vector
-
-    def fill(
-        self,
-        paths: Sequence,
-        out: np.ndarray,
-        compute: Compute,
-        rows: np.ndarray | None = None,
-        progress: Callable[[int], None] | None = None,
-        wait_timeout: float = WAIT_TIMEOUT,
-    ) -> int:
-        """Fill ``out[rows[i]]`` with the vector of ``paths[i]``: from the cache, else by ``compute``.
-
-        ``rows`` defaults to ``0 ... len(paths) - 1``.
-
-        Keys are taken from the files before anything is decoded, so a file changed
-        meanwhile never gets these vectors under the key of its new version. Missing
-        entries are claimed ``CLAIM_CHUNK`` at a time; what another process is computing
-        is waited for (at most ``wait_timeout`` seconds each) and computed here when it
-        did not get stored. ``progress(n)`` is told of every ``n`` rows filled. Returns
-        how many rows ``compute`` produced.
-        """
-        progress = progress or (lambda n: None)
-        rows = np.arange(len(paths)) if rows is None else np.asarray(rows)
-        keys = self.keys(paths)
-        misses = []
-        for i, key in enumerate(keys):
-            vector = self.get(key)
-            if vector is None:
-                misses.append(i)
-            else:
-                out[rows[i]] = vector
-        progress(len(paths) - len(misses))
-        writable = True
-
-        def run(positions_to_compute: list[int]) -> None:
-            nonlocal writable
-            for positions, vectors, failed in compute(positions_to_compute) if positions_to_compute else ():
-                out[rows[np.asarray(positions)]] = vectors
-                for position, vector in zip(positions, vectors):
-                    if writable and position not in failed:
-                        writable = self.put(keys[position], vector)  # one warning, then no more tries
-                progress(len(positions))
-
-        computed, elsewhere = 0, []
-        for start in range(0, len(misses), CLAIM_CHUNK):
-            chunk = misses[start : start + CLAIM_CHUNK]
-            with self.claim([keys[i] for i in chunk]) as claimed:
-                mine = [chunk[k] for k in sorted(claimed)]
-                run(mine)
-            computed += len(mine)
-            elsewhere += [row for k, row in enumerate(chunk) if k not in claimed]
-        left = []
-        for position in elsewhere:  # another process was computing these: take its results
-            vector = self.wait(keys[position], wait_timeout)
-            if vector is None:
-                left.append(position)
-            else:
-                out[rows[position]] = vector
-                progress(1)
-        run(left)
-        return computed + len(left)
 
     def put(self, key: str | None, vector: np.ndarray) -> bool:
         """Store one vector; False (with a warning) when the cache cannot be written."""

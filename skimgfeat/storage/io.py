@@ -312,14 +312,15 @@ class FeatureTableReader:
             return features[~np.isnan(features).any(axis=1)]
         import pyarrow.parquet as pq
 
-        handles = [pq.ParquetFile(file, pre_buffer=False) for file in self.files]
-        groups = [(handle, group) for handle in handles for group in range(handle.metadata.num_row_groups)]
+        # One part open at a time: a dataset of 1,000 parts would exceed the usual 1,024 open files.
+        groups = [(file, group) for file in self.files for group in range(pq.read_metadata(file).num_row_groups)]
         blocks, total = [], 0
         for position in rng.permutation(len(groups)):
             if total >= n_rows:
                 break
-            handle, group = groups[position]
-            table = handle.read_row_group(group, columns=self.feature_columns)
+            file, group = groups[position]
+            with pq.ParquetFile(file, pre_buffer=False) as handle:
+                table = handle.read_row_group(group, columns=self.feature_columns)
             features = _float32_matrix(table.columns)
             features = features[~np.isnan(features).any(axis=1)]
             blocks.append(features[: n_rows - total])

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import IndexDirectoryError
+from .generation_lock import READERS_FILE, WriterLock, hold_generation, holds_writer_lock, release, retire
 from .io import _fsync, _fsync_folder, atomic_path
+from .kill_points import kill_point
 
 KINDS = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
 EXACT_MAX_ROWS = 50_000
@@ -44,6 +46,9 @@ CURRENT = "CURRENT"
 INFO_FILE = "index.json"
 ROWS_FILE = "rows.parquet"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
+# What an archive keeps beside the generations (skimgfeat.archive): the folder is still an index.
+_ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features", "image_hashes.parquet", "reports",
+                              "features", "pending"})
 # Parts each row visits when all pairs are sought: a near-duplicate lies in its original's part or a next one.
 PAIR_NPROBE = 2
 # Scores of one query block against all rows are held at once: at most this many floats (64 MB).
@@ -180,6 +185,7 @@ class VectorIndex:
         self._blocks: list[np.ndarray] = []  # flat: added vectors, joined on first use
         self._faiss = None  # inverted-file kinds: the FAISS index once trained
         self.mapped = False  # read-only, memory-mapped from an index directory
+        self.source: Path | None = None  # the file it was read from
 
     # -- building ---------------------------------------------------------------------
 
@@ -230,6 +236,7 @@ class VectorIndex:
             raise ValueError("vectors with NaN cannot be indexed (leave failed photos out)")
         if not len(vectors):
             return
+        self.mapped = False  # changed: written anew, not linked to the file it was read from
         if self.kind == "flat":
             self._blocks.append(vectors)
             return
@@ -266,11 +273,15 @@ class VectorIndex:
 
     # -- queries ----------------------------------------------------------------------
 
-    def search(self, queries, k: int, *, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries, k: int, *, nprobe: int | None = None, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest rows of each query: cosine distances and row numbers, nearest first.
 
         Returns arrays of shape (n_queries, k); where fewer than ``k`` rows are found
-        the row is -1 and the distance ``inf``.
+        the row is -1 and the distance ``inf``. ``nprobe`` is this search's alone (FAISS
+        search parameters): searches in other threads keep theirs. ``exclude``: a boolean
+        mask over the rows (True: never returned), e.g. removed photos.
         """
         queries = normalise(queries)
         n_queries = len(queries)
@@ -279,8 +290,7 @@ class VectorIndex:
         if not len(self) or not n_queries:
             return distances, rows
         if self.kind != "flat":
-            with self._probing(nprobe):
-                scores, found = self._faiss.search(queries, k)
+            scores, found = self._faiss.search(queries, k, params=self._search_parameters(nprobe, exclude))
             valid = found >= 0
             distances[valid] = _distance(scores[valid])
             rows[valid] = found[valid]
@@ -289,21 +299,29 @@ class VectorIndex:
         kept = min(k, len(vectors))
         for start, stop in _blocks(n_queries, max(1, _BLOCK_FLOATS // len(vectors))):
             scores = queries[start:stop] @ vectors.T
+            if exclude is not None:
+                scores[:, _padded(exclude, len(vectors))] = -np.inf
             top = np.argpartition(-scores, kept - 1, axis=1)[:, :kept] if kept < len(vectors) else \
                 np.broadcast_to(np.arange(len(vectors)), scores.shape)
             top_scores = np.take_along_axis(scores, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")
             rows[start:stop, :kept] = np.take_along_axis(top, order, axis=1)
             distances[start:stop, :kept] = _distance(np.take_along_axis(top_scores, order, axis=1))
+        if exclude is not None:
+            gone = np.isinf(distances) | (rows >= 0) & _padded(exclude, len(vectors))[np.maximum(rows, 0)]
+            rows[gone], distances[gone] = -1, np.inf
+            order = np.argsort(gone, axis=1, kind="stable")  # the rows left first, nearest first
+            rows, distances = np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)
         return distances, rows
 
     def range_search(
-        self, queries, max_distance: float, *, nprobe: int | None = None
+        self, queries, max_distance: float, *, nprobe: int | None = None, exclude: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row within ``max_distance`` (cosine) of each query, FAISS style.
 
         Returns ``(lims, distances, rows)``: the results of query ``i`` are
         ``distances[lims[i]:lims[i+1]]`` and ``rows[lims[i]:lims[i+1]]``, nearest first.
+        ``exclude``: as for :meth:`search`.
         """
         queries = normalise(queries)
         limits, distance_parts, row_parts = [np.zeros(1, dtype=np.int64)], [], []
@@ -312,6 +330,8 @@ class VectorIndex:
             vectors = self._flat()
             for start, stop in _blocks(len(queries), max(1, _BLOCK_FLOATS // max(len(vectors), 1))):
                 scores = queries[start:stop] @ vectors.T
+                if exclude is not None:
+                    scores[:, _padded(exclude, len(vectors))] = -np.inf
                 query, row = np.nonzero(scores >= 1.0 - max_distance)
                 distance = _distance(scores[query, row])
                 order = np.lexsort((distance, query))
@@ -321,17 +341,18 @@ class VectorIndex:
                 distance_parts.append(distance[order])
                 row_parts.append(row[order].astype(np.int64))
         else:
-            with self._probing(nprobe):
-                for start, stop in _blocks(len(queries), 4096):
-                    lims, scores, found = self._faiss.range_search(queries[start:stop], 1.0 - max_distance)
-                    lims = lims.astype(np.int64)
-                    query = np.repeat(np.arange(stop - start), np.diff(lims))
-                    distance = _distance(scores)
-                    order = np.lexsort((distance, query))
-                    limits.append(total + lims[1:])
-                    total += len(order)
-                    distance_parts.append(distance[order])
-                    row_parts.append(found[order].astype(np.int64))
+            parameters = self._search_parameters(nprobe, exclude)
+            for start, stop in _blocks(len(queries), 4096):
+                lims, scores, found = self._faiss.range_search(queries[start:stop], 1.0 - max_distance,
+                                                               params=parameters)
+                lims = lims.astype(np.int64)
+                query = np.repeat(np.arange(stop - start), np.diff(lims))
+                distance = _distance(scores)
+                order = np.lexsort((distance, query))
+                limits.append(total + lims[1:])
+                total += len(order)
+                distance_parts.append(distance[order])
+                row_parts.append(found[order].astype(np.int64))
         return (np.concatenate(limits), _join(distance_parts, np.float32), _join(row_parts, np.int64))
 
     def neighbour_pairs(
@@ -408,6 +429,14 @@ class VectorIndex:
     def write(self, folder: Path) -> None:
         """Write the vectors into ``folder`` (block by block for the exact kind)."""
         path = folder / self.vectors_file
+        if self.mapped and self.source is not None:
+            # Unchanged since read from a generation: files of a generation are never
+            # changed in place, so the new one may share it (a hard link, instant).
+            try:
+                os.link(self.source, path)
+                return
+            except OSError:
+                pass  # another file system, or no hard links: write it
         if self.kind == "flat":
             stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                                shape=(len(self), self.n_features))
@@ -433,10 +462,12 @@ class VectorIndex:
                                  f"({parameters['n_rows']}, {index.n_features}) float32")
             index._blocks = [vectors]
             index.mapped = not writable
+            index.source = path
             return index
         faiss = faiss_module()
         index._faiss = faiss.read_index(os.fspath(path), 0 if writable else faiss.IO_FLAG_MMAP)
         index.mapped = not writable
+        index.source = path
         if index._faiss.ntotal != parameters["n_rows"] or index._faiss.d != index.n_features:
             raise ValueError(f"holds {index._faiss.ntotal} rows of {index._faiss.d} features, index.json says "
                              f"{parameters['n_rows']} of {index.n_features}")
@@ -450,24 +481,22 @@ class VectorIndex:
             self._blocks = [joined]
         return self._blocks[0]
 
-    def _probing(self, nprobe: int | None):
-        return _Probing(self._faiss, nprobe)
+    def _search_parameters(self, nprobe: int | None, exclude: np.ndarray | None):
+        """FAISS parameters of one search: its ``nprobe`` and the rows it must not return.
 
-
-class _Probing:
-    """Temporarily another ``nprobe`` for the FAISS index."""
-
-    def __init__(self, index, nprobe: int | None) -> None:
-        self.index, self.nprobe, self.saved = index, nprobe, None
-
-    def __enter__(self):
-        if self.nprobe is not None:
-            self.saved = self.index.nprobe
-            self.index.nprobe = int(self.nprobe)
-
-    def __exit__(self, *exc) -> None:
-        if self.saved is not None:
-            self.index.nprobe = self.saved
+        Passed with the call, never set on the shared FAISS index, so that searches in
+        other threads keep their own. The selector's bitmap is kept alive on the object.
+        """
+        faiss = faiss_module()
+        nprobe = int(nprobe or self.nprobe or self._faiss.nprobe)
+        if exclude is None or not exclude.any():
+            return faiss.SearchParametersIVF(nprobe=nprobe)
+        keep = ~_padded(exclude, len(self))
+        bitmap = np.packbits(keep, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+        parameters = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+        parameters._keep_alive = (bitmap, selector)
+        return parameters
 
 
 class _Pairs:
@@ -498,6 +527,13 @@ def _group_rows(labels: np.ndarray, n_groups: int, values: np.ndarray | None = N
     return [values[order[bounds[i]:bounds[i + 1]]] for i in range(n_groups)]
 
 
+def _padded(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` cut or extended with False to ``n`` rows (rows added after it was made are kept)."""
+    if len(mask) >= n:
+        return mask[:n]
+    return np.concatenate([mask, np.zeros(n - len(mask), dtype=bool)])
+
+
 def _distance(scores: np.ndarray) -> np.ndarray:
     """Cosine distance from inner products of unit vectors, clipped to [0, 2] (quantised codes overshoot)."""
     return np.clip(1.0 - scores, 0.0, 2.0).astype(np.float32)
@@ -525,7 +561,13 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
     ``write_files(folder)`` writes the generation's files into an empty folder and
     returns the ``index.json`` content (without the format keys and file sizes, added
     here). The folder is flushed and renamed into place, then ``CURRENT`` is replaced
-    atomically; older generations but the previous one are removed afterwards.
+    atomically. Older generations but the previous one are removed afterwards, except
+    those a reader still holds (:func:`open_generation`); leftovers of writers that were
+    killed are removed too.
+
+    The writer lock of ``directory`` (:class:`~skimgfeat.storage.generation_lock.WriterLock`)
+    is taken here unless this process holds it already: a writer that reads the live
+    generation before writing the next holds it from the read on.
 
     Returns
     -------
@@ -535,13 +577,17 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise IndexDirectoryError(directory, "is a file, not a folder")
-    directory.mkdir(parents=True, exist_ok=True)
-    generations = _generations(directory)
+    if not holds_writer_lock(directory):
+        with WriterLock(directory):
+            return write_generation(directory, write_files)
     if not (directory / CURRENT).is_file() and any(
-        not entry.name.startswith(".") for entry in directory.iterdir()
+        not entry.name.startswith(".") and entry.name not in _ARCHIVE_ENTRIES and not _GENERATION.match(entry.name)
+        for entry in directory.iterdir()
     ):
         raise IndexDirectoryError(directory, "is a non-empty folder that is not a skimgfeat index; "
                                              "choose a new or empty folder")
+    _remove_leftovers(directory)
+    generations = _generations(directory)
     number = max(generations, default=0) + 1
     name = f"gen-{number:06d}"
     staging = directory / f".{name}.{os.getpid()}.tmp"
@@ -549,7 +595,9 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
     staging.mkdir()
     try:
         info = write_files(staging)
-        sizes = {entry.name: entry.stat().st_size for entry in sorted(staging.iterdir())}
+        (staging / READERS_FILE).touch()
+        sizes = {entry.name: entry.stat().st_size for entry in sorted(staging.iterdir())
+                 if entry.name != READERS_FILE}
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": number,
                 "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **info, "files": sizes}
@@ -557,39 +605,87 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
         for entry in staging.iterdir():
             _fsync(entry)
         _fsync_folder(staging)
-        try:
-            os.rename(staging, directory / name)
-        except OSError as error:
-            raise IndexDirectoryError(directory, f"another process wrote {name} meanwhile; run again") from error
+        kill_point("generation-staged")
+        os.rename(staging, directory / name)
         _fsync_folder(directory)
+        kill_point("generation-renamed")
         with atomic_path(directory / CURRENT) as temporary:
             temporary.write_text(name + "\n", encoding="utf-8")
+        kill_point("current-written")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in generations:
         if old < number - 1:
-            shutil.rmtree(directory / f"gen-{old:06d}", ignore_errors=True)
+            trash = directory / f".retired-{old:06d}.{os.getpid()}.tmp"
+            if retire(directory / f"gen-{old:06d}", trash):
+                shutil.rmtree(trash, ignore_errors=True)
     return directory / name
+
+
+def live_generation_number(directory: str | os.PathLike) -> int | None:
+    """The number of the generation ``CURRENT`` names (None: no index there yet)."""
+    try:
+        name = (Path(directory) / CURRENT).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    match = _GENERATION.match(name)
+    return int(match.group(1)) if match else None
 
 
 def read_generation(directory: str | os.PathLike) -> tuple[Path, dict]:
     """The live generation's folder and its ``index.json``; IndexDirectoryError if unusable.
 
     Checks that ``CURRENT`` names an existing generation, that ``index.json`` is this
-    package's, and that every file has the size recorded when it was written.
+    package's, and that every file has the size recorded when it was written. Holds
+    nothing: a writer may retire the generation two writes later. A reader that keeps
+    using it calls :func:`open_generation`.
+    """
+    folder, info, lease = open_generation(directory)
+    release(lease)
+    return folder, info
+
+
+def open_generation(directory: str | os.PathLike) -> tuple[Path, dict, int | None]:
+    """As :func:`read_generation`, and a lease that keeps the generation on disk until released.
+
+    Returns ``(folder, info, lease)``; pass the lease to
+    :func:`skimgfeat.storage.generation_lock.release` when done with the folder. A
+    writer that switches generations meanwhile does not disturb the reader: the reader
+    keeps its generation whole, and reads ``CURRENT`` again when its generation was
+    retired between reading ``CURRENT`` and taking the lease.
     """
     directory = Path(directory)
     if not directory.exists():
         raise IndexDirectoryError(directory, "does not exist (build one with `skimgfeat index build`)")
     if not directory.is_dir():
         raise IndexDirectoryError(directory, "is a file, not an index folder")
-    current = directory / CURRENT
-    if not current.is_file():
-        raise IndexDirectoryError(directory, "has no CURRENT file: not a skimgfeat index")
-    name = current.read_text(encoding="utf-8", errors="replace").strip()
-    folder = directory / name
-    if not _GENERATION.match(name) or not folder.is_dir():
-        raise IndexDirectoryError(directory, f"CURRENT names {name[:40]!r}, which is not a generation folder here")
+    for _ in range(100):
+        current = directory / CURRENT
+        if not current.is_file():
+            raise IndexDirectoryError(directory, "has no CURRENT file: not a skimgfeat index")
+        name = current.read_text(encoding="utf-8", errors="replace").strip()
+        folder = directory / name
+        if not _GENERATION.match(name):
+            raise IndexDirectoryError(directory, f"CURRENT names {name[:40]!r}, which is not a generation folder here")
+        try:
+            lease = hold_generation(folder)
+        except FileNotFoundError:
+            if live_generation_number(directory) == int(name[4:]):
+                raise IndexDirectoryError(directory, f"CURRENT names {name[:40]!r}, which is not a generation "
+                                                     "folder here") from None
+            continue  # retired meanwhile: a newer generation is live
+        try:
+            return folder, _checked_info(directory, folder), lease
+        except BaseException:
+            release(lease)
+            raise
+    raise IndexDirectoryError(directory, "changes faster than it can be read (100 generations in a row)")
+
+
+def _checked_info(directory: Path, folder: Path) -> dict:
+    if not folder.is_dir():
+        raise IndexDirectoryError(directory, f"CURRENT names {folder.name[:40]!r}, which is not a generation "
+                                             "folder here")
     try:
         info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -605,7 +701,18 @@ def read_generation(directory: str | os.PathLike) -> tuple[Path, dict]:
         if path.stat().st_size != size:
             raise IndexDirectoryError(path, f"has {path.stat().st_size} bytes, {size} were written: truncated "
                                             "or altered")
-    return folder, info
+    return info
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """What writers that were killed left (only the lock holder calls this): staging and retired
+    folders, and generations renamed into place that ``CURRENT`` never named."""
+    live = live_generation_number(directory) or 0
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif (match := _GENERATION.match(entry.name)) and int(match.group(1)) > live and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _generations(directory: Path) -> list[int]:

@@ -9,7 +9,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .stacking import fold_splitter
+from ..engine.ragged import RaggedPhotos, is_ragged
+from .stacking import fold_indices, fold_splitter
 
 # Below this cosine distance a neighbour is the same picture: it gets all the weight.
 SAME_PICTURE = 1e-6
@@ -33,9 +34,10 @@ class VisualComparables(TransformerMixin, BaseEstimator):
     * ``fit`` keeps all training rows and their targets, and ``transform(X)`` looks for
       the neighbours of new rows among all of them.
 
-    Several photos per item: pass the embedder's ``(n_items, n_photos, n_features)``
-    output, or ``ItemAggregator``'s one row per item, or per-photo-slot columns side by
-    side (e.g. bathroom, bedroom, frontal, kitchen). Each photo is scaled to unit length
+    Several photos per item: pass the embedder's output (the photos' rows grouped by
+    item, :class:`~skimgfeat.RaggedPhotos`, or a NaN-padded ``(n_items, n_photos,
+    n_features)`` array), or ``ItemAggregator``'s one row per item, or per-photo-slot
+    columns side by side (e.g. bathroom, bedroom, frontal, kitchen). Each photo is scaled to unit length
     and the photos of an item are averaged (NaN photos skipped) before the cosine.
 
     Parameters
@@ -113,13 +115,16 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self.algorithm = algorithm
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y) -> VisualComparables:
+    def fit(self, X, y, groups=None) -> VisualComparables:
         """Keep the training rows' feature directions and targets.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, n_photos, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : ignored
+            Accepted so that ``fit`` and ``fit_transform`` take the same arguments:
+            only ``fit_transform``'s folds use them.
 
         Returns
         -------
@@ -132,13 +137,20 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self._index = None
         return self
 
-    def fit_transform(self, X, y) -> np.ndarray:
+    def fit_transform(self, X, y, groups=None) -> np.ndarray:
         """Out-of-fold comparables of the training rows; also keep all rows for ``transform``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, n_photos, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
 
         Returns
         -------
@@ -149,8 +161,9 @@ class VisualComparables(TransformerMixin, BaseEstimator):
         self.fit(X, y)
         directions, targets = self._training_rows(X, y)
         out = np.full((len(directions), targets.shape[1]), np.nan)
-        splitter = fold_splitter(self.cv, targets, shuffle=self.shuffle, random_state=self.random_state)
-        for train, test in splitter.split(directions, targets):
+        splitter = fold_splitter(self.cv, targets, shuffle=self.shuffle, random_state=self.random_state,
+                                 groups=groups)
+        for train, test in fold_indices(splitter, directions, targets, groups):
             valid = train[~np.isnan(directions[train]).any(axis=1)]
             out[test] = self._comparables(directions[test], directions[valid], targets[valid])
         return out
@@ -213,25 +226,25 @@ class VisualComparables(TransformerMixin, BaseEstimator):
 
     def _directions(self, X, reset: bool) -> np.ndarray:
         """One unit-length row per item: photos scaled to unit length, averaged, scaled again."""
-        features = check_array(X, allow_nd=True, ensure_all_finite="allow-nan", dtype=np.float64)
-        if features.ndim not in (2, 3):
-            raise ValueError(
-                f"X must be 2-D (items x features) or 3-D (items x photos x features), got {features.ndim}-D"
-            )
+        if is_ragged(X):
+            n_features = X.n_features
+        else:
+            X = check_array(X, allow_nd=True, ensure_all_finite="allow-nan", dtype=np.float64)
+            if X.ndim not in (2, 3):
+                raise ValueError(
+                    f"X must be 2-D (items x features) or 3-D (items x photos x features), got {X.ndim}-D"
+                )
+            n_features = X.shape[-1]
         if reset:
-            self.n_features_in_ = features.shape[-1]
-        elif features.shape[-1] != self.n_features_in_:
+            self.n_features_in_ = n_features
+        elif n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {features.shape[-1]} features, but VisualComparables is expecting "
+                f"X has {n_features} features, but VisualComparables is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        if features.ndim == 3:
-            photos = _unit(features)
-            valid = ~np.isnan(photos).any(axis=2, keepdims=True)
-            count = valid.sum(axis=1)
-            summed = np.where(valid, photos, 0.0).sum(axis=1)
-            features = np.where(count > 0, summed / np.maximum(count, 1), np.nan)
-        return _unit(features)
+        if is_ragged(X) or X.ndim == 3:
+            return _unit(_mean_photo_direction(X if is_ragged(X) else RaggedPhotos.from_padded(X)))
+        return _unit(X)
 
     def _comparables(self, queries, directions, targets, use_fitted_index: bool = False) -> np.ndarray:
         out = np.full((len(queries), targets.shape[1]), np.nan)
@@ -257,6 +270,21 @@ def _unit(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norms > 0, features / norms, np.nan)
+
+
+def _mean_photo_direction(photos: RaggedPhotos) -> np.ndarray:
+    """Per item, the mean of its photos scaled to unit length (photos with a NaN skipped; none: NaN)."""
+    units = _unit(photos.values.astype(np.float64))
+    valid = ~np.isnan(units).any(axis=1)
+    rows = np.flatnonzero(valid)
+    items = photos.item_of_row[rows]
+    summed = np.zeros((photos.n_items, photos.n_features))
+    if len(rows):
+        present, starts = np.unique(items, return_index=True)  # items of the rows are sorted
+        summed[present] = np.add.reduceat(units[rows], starts, axis=0)
+    count = np.bincount(items, minlength=photos.n_items)[:, None]
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, summed / np.maximum(count, 1), np.nan)
 
 
 def _search_exact(queries: np.ndarray, directions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ from sklearn.utils import _safe_indexing, get_tags
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
-from .stacking import fold_splitter
+from ..engine.ragged import RaggedPhotos, is_ragged
+from .stacking import fold_indices, fold_splitter
 
 
 class CrossFittedTransformer(TransformerMixin, BaseEstimator):
@@ -91,13 +92,15 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None, **fit_params) -> CrossFittedTransformer:
+    def fit(self, X, y=None, groups=None, **fit_params) -> CrossFittedTransformer:
         """Fit one clone of the transformer on all rows (no out-of-fold outputs: one fit).
 
         Parameters
         ----------
         X : the transformer's input, indexable by rows
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : ignored
+            Only ``fit_transform``'s folds use them.
         **fit_params : dict
             Passed to the transformer's ``fit``.
 
@@ -110,39 +113,44 @@ class CrossFittedTransformer(TransformerMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_transform(self, X, y=None, **fit_params):
+    def fit_transform(self, X, y=None, groups=None, **fit_params):
         """Out-of-fold outputs of the training rows; also fit the final clone on all rows.
 
         Parameters
         ----------
         X : the transformer's input, indexable by rows
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
         **fit_params : dict
             Passed to the transformer's ``fit`` (per-row arrays are split with the rows).
 
         Returns
         -------
         features : array or DataFrame, as the transformer returns
-            Row i transformed by a clone fitted on the folds without row i. 3-D outputs
-            (photos per row) are NaN-padded to the widest fold.
+            Row i transformed by a clone fitted on the folds without row i. Photos per
+            row (:class:`~skimgfeat.RaggedPhotos`) stay ragged; 3-D arrays
+            are NaN-padded to the widest fold.
         """
         if hasattr(X, "__array__") and not hasattr(X, "__getitem__"):
             X = np.asarray(X)  # array-likes that cannot be indexed by rows
         n_rows = _n_rows(X)
         positions, parts = [], []
-        folds = list(
-            fold_splitter(self.cv, y, shuffle=self.shuffle, random_state=self.random_state).split(
-                np.zeros((n_rows, 1)), y
-            )
-        )
+        splitter = fold_splitter(self.cv, y, shuffle=self.shuffle, random_state=self.random_state, groups=groups)
+        folds = fold_indices(splitter, np.zeros((n_rows, 1)), y, groups)
         covered = np.sort(np.concatenate([test for _, test in folds]))
         if not np.array_equal(covered, np.arange(n_rows)):
             raise ValueError("cv must put every row in exactly one test fold (a partition, as KFold does)")
         for train, test in folds:
             fold = clone(self.transformer).fit(
-                _safe_indexing(X, train), _rows(y, train), **_split_params(fit_params, train, n_rows)
+                _rows(X, train), _rows(y, train), **_split_params(fit_params, train, n_rows)
             )
-            parts.append(fold.transform(_safe_indexing(X, test)))
+            parts.append(fold.transform(_rows(X, test)))
             positions.append(test)
         self.transformer_ = clone(self.transformer).fit(X, y, **fit_params)
         self.n_splits_ = len(folds)
@@ -195,7 +203,9 @@ def _n_rows(X) -> int:
 
 
 def _rows(values, rows):
-    return None if values is None else _safe_indexing(values, rows)
+    if values is None:
+        return None
+    return values.take(rows) if is_ragged(values) else _safe_indexing(values, rows)
 
 
 def _split_params(params: dict, rows: np.ndarray, n_rows: int) -> dict:
@@ -218,6 +228,8 @@ def _reassemble(parts: list, positions: np.ndarray):
     order = np.argsort(positions, kind="stable")
     if all(isinstance(part, pd.DataFrame) for part in parts):
         return pd.concat(parts).iloc[order]
+    if all(is_ragged(part) for part in parts):  # photos per row, never padded
+        return RaggedPhotos.concatenate(parts).take(order)
     arrays = [np.asarray(part) for part in parts]
     if arrays[0].ndim == 3:  # photos per row: folds may differ in their most photos per row
         width = max(array.shape[1] for array in arrays)

@@ -6,11 +6,18 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone, is_classifier
-from sklearn.model_selection import KFold, StratifiedKFold, check_cv, cross_val_predict
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    check_cv,
+    cross_val_predict,
+)
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 METHODS = ("predict", "predict_proba", "decision_function")
 
@@ -116,13 +123,20 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     @_fit_context(prefer_skip_nested_validation=False)  # the inner estimator validates its own
-    def fit(self, X, y, **fit_params) -> OutOfFoldPredictor:
+    def fit(self, X, y, groups=None, **fit_params) -> OutOfFoldPredictor:
         """Compute the out-of-fold predictions of the training rows, then refit on all rows.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
         **fit_params : dict
             Passed to the estimator's ``fit``.
 
@@ -133,21 +147,29 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
         X, y = validate_data(self, X, y, ensure_all_finite=self._ensure_all_finite(), multi_output=True)
         if is_classifier(self.estimator):
             check_classification_targets(y)
+        folds = fold_indices(self._folds(y, groups), X, y, groups)
         out_of_fold = cross_val_predict(
-            clone(self.estimator), X, y, cv=self._folds(y), method=self.method, n_jobs=self.n_jobs, params=fit_params
+            clone(self.estimator), X, y, cv=folds, method=self.method, n_jobs=self.n_jobs, params=fit_params
         )
         self.oof_predictions_ = _as_columns(out_of_fold)
         self.n_features_out_ = self.oof_predictions_.shape[1]
         self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
         return self
 
-    def fit_transform(self, X, y, **fit_params) -> np.ndarray:
+    def fit_transform(self, X, y, groups=None, **fit_params) -> np.ndarray:
         """Fit (see :meth:`fit`); return the out-of-fold predictions of the training rows.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels (the lot, the item, the object a row shows): rows of one
+            group always land in the same fold, so a re-listed lot never hands its
+            own target to its other listing. With an int ``cv`` they select
+            :class:`~sklearn.model_selection.GroupKFold`; a group splitter passed as
+            ``cv`` receives them. Routed by scikit-learn's metadata routing too
+            (``set_fit_request(groups=True)``).
         **fit_params : dict
             Passed to the estimator's ``fit``.
 
@@ -158,7 +180,7 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
             column per target, or per class with ``predict_proba``. A copy of
             ``oof_predictions_``.
         """
-        return self.fit(X, y, **fit_params).oof_predictions_.copy()
+        return self.fit(X, y, groups, **fit_params).oof_predictions_.copy()
 
     def transform(self, X) -> np.ndarray:
         """Predict new rows with the estimator fitted on all training rows.
@@ -206,13 +228,14 @@ class OutOfFoldPredictor(TransformerMixin, BaseEstimator):
     def _ensure_all_finite(self) -> bool | str:
         return "allow-nan" if get_tags(self.estimator).input_tags.allow_nan else True
 
-    def _folds(self, y):
+    def _folds(self, y, groups=None):
         return fold_splitter(
-            self.cv, y, classifier=is_classifier(self.estimator), shuffle=self.shuffle, random_state=self.random_state
+            self.cv, y, classifier=is_classifier(self.estimator), shuffle=self.shuffle, random_state=self.random_state,
+            groups=groups,
         )
 
 
-def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True, random_state=None):
+def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True, random_state=None, groups=None):
     """The cross-validation splitter behind every out-of-fold step of the package.
 
     Shared by :class:`OutOfFoldPredictor`, :class:`~skimgfeat.CrossFittedTransformer` and
@@ -223,8 +246,10 @@ def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True,
     ----------
     cv : int, cross-validation generator or iterable
         An int gives :class:`~sklearn.model_selection.KFold` (or
-        :class:`~sklearn.model_selection.StratifiedKFold` when ``classifier``), shuffled
-        when ``shuffle``; anything else goes through :func:`~sklearn.model_selection.check_cv`.
+        :class:`~sklearn.model_selection.StratifiedKFold` when ``classifier``), or with
+        ``groups`` :class:`~sklearn.model_selection.GroupKFold` (or
+        :class:`~sklearn.model_selection.StratifiedGroupKFold`), shuffled when
+        ``shuffle``; anything else goes through :func:`~sklearn.model_selection.check_cv`.
     y : array-like or None, default=None
         The target, for stratification.
     classifier : bool, default=False
@@ -233,6 +258,8 @@ def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True,
         Shuffle the rows before splitting (only when ``cv`` is an int).
     random_state : int, RandomState instance or None, default=None
         Seeds the shuffling.
+    groups : array-like or None, default=None
+        Group labels: only whether there are any matters here (pass them to ``split``).
 
     Returns
     -------
@@ -246,8 +273,25 @@ def fold_splitter(cv, y=None, *, classifier: bool = False, shuffle: bool = True,
     """
     if not isinstance(cv, (int, np.integer)) or isinstance(cv, bool):
         return check_cv(cv, y, classifier=classifier)
-    splitter = StratifiedKFold if classifier else KFold
+    if groups is not None:
+        splitter = StratifiedGroupKFold if classifier else GroupKFold
+    else:
+        splitter = StratifiedKFold if classifier else KFold
     return splitter(n_splits=int(cv), shuffle=shuffle, random_state=random_state if shuffle else None)
+
+
+def fold_indices(splitter, X, y=None, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) rows of ``splitter`` on X; ``groups`` go to ``split`` when given.
+
+    A splitter that needs groups (``GroupKFold``) and gets none says so, naming the
+    parameter, rather than splitting a group across folds.
+    """
+    if groups is None:
+        return list(splitter.split(X, y))
+    groups = np.asarray(groups)
+    if len(groups) != _num_samples(X):
+        raise ValueError(f"groups has {len(groups)} labels but X has {_num_samples(X)} rows")
+    return list(splitter.split(X, y, groups))
 
 
 def _as_columns(predictions) -> np.ndarray:

@@ -1,0 +1,418 @@
+"""The daily intake: new photos into an archive in one step, and a report of what they are in it.
+
+:func:`ingest` copies the photos the archive does not have yet (by identity and by
+content), embeds them, hashes them, stores their local features, adds them to the index
+as one new generation, and reports for every photo of the intake folder its archived
+copies and the archived photos of the same object. Whatever kills it, running it again
+finishes the intake with no row lost or doubled: each step is skipped where its result
+is already on disk, and the rows become visible all at once when ``CURRENT`` switches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..embedder import embedder_from_model_info
+from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.duplicates import COPY, find_copies_against
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
+from ..matching.object_match import ObjectMatcher
+from ..schema import ITEM_ID
+from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
+from ..storage.generation_lock import WriterLock
+from ..storage.io import atomic_path
+from ..storage.kill_points import kill_point
+from ..storage.vector_index import CURRENT
+from .folder import (
+    CONTENT_SHA256,
+    INTAKE,
+    LOTS_FILE,
+    PHOTOS_DIR,
+    REPORTS_DIR,
+    ROW_COLUMNS,
+    SOURCE,
+    carry_forward,
+    check_archive_folder,
+    item_of,
+    removed_photos,
+    today,
+    write_settings,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# What happened to each photo of the intake folder.
+ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE, REMOVED = "added", "replaced", "already archived", \
+    "identical file", "unreadable", "removed earlier"
+SAME_OBJECT = "same_object"
+REPORT_COLUMNS = ("image_path", "source", "status", "match", "match_item_id", "verdict", "feature_distance",
+                  "copy_score", "inliers")
+DEFAULT_REPORT_K = 10
+
+
+@dataclass
+class IngestResult:
+    """What one intake did."""
+
+    intake: str
+    statuses: dict[str, int]
+    report: pd.DataFrame
+    report_path: Path | None
+    generation: int | None
+    n_rows: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def n_added(self) -> int:
+        return self.statuses.get(ADDED, 0) + self.statuses.get(REPLACED, 0)
+
+
+def list_photos(folder: str | os.PathLike) -> list[Path]:
+    """The image files under ``folder`` (sub-folders too), sorted by relative path; a clear error otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file: give the folder of the new photos" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"intake folder {os.fspath(folder)!r} {what}")
+    photos = sorted((path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
+                     and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.relative_to(folder).as_posix())
+    if not photos:
+        raise FileNotFoundError(f"no photo ({', '.join(IMAGE_SUFFIXES)}) under {os.fspath(folder)!r}")
+    return photos
+
+
+def content_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest(
+    new_dir: str | os.PathLike,
+    archive: str | os.PathLike,
+    *,
+    embedder=None,
+    weights: str | os.PathLike | None = None,
+    intake: str | None = None,
+    item_rule: str | None = None,
+    lots: str | os.PathLike | pd.DataFrame | None = None,
+    hashes: bool = True,
+    local_features: bool = True,
+    report: str | os.PathLike | None = None,
+    report_k: int = DEFAULT_REPORT_K,
+    wait: float | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> IngestResult:
+    """Add the photos of ``new_dir`` the archive lacks, and report what each photo of it is in the archive.
+
+    Parameters
+    ----------
+    new_dir : path
+        The intake folder (sub-folders included).
+    archive : path
+        The archive folder; made by the first intake (new or empty folder).
+    embedder : fitted CNNImageEmbedder or None
+        Embeds the new photos. None: the network recorded in the archive (``weights``
+        replacing its weights file). A new archive needs one.
+    intake : str or None
+        The intake's name, the first part of each new photo's identity
+        (``INTAKE/relative path``). Default: today's date (UTC).
+    item_rule : str or None
+        A regular expression giving the item id of a file name (its group ``item``, else
+        its first group, else the match); kept in the archive for later intakes.
+        Default: the one kept, else the stem up to the last underscore.
+    lots : path, DataFrame or None
+        A lot table (CSV or Parquet) keyed by ``item_id``: attached to the archive (it
+        replaces the one attached before) and joined to the report's matches.
+    hashes, local_features : bool
+        Store the copy-check hashes and the local features of the new photos (the
+        report's ``copy`` and ``same_object`` verdicts need them; local features need
+        OpenCV).
+    report : path or None
+        Where to write the report (CSV). Default: ``ARCHIVE/reports/INTAKE.csv``.
+    report_k : int
+        Archived photos verified per new photo for ``same_object``.
+    wait : float or None
+        Seconds to wait for another writer (default: ``SKIMGFEAT_LOCK_WAIT`` or 600).
+    on_progress : callable or None
+        Called with a step name and a count of photos done.
+
+    Returns
+    -------
+    IngestResult
+    """
+    archive = Path(archive)
+    photos = list_photos(new_dir)
+    with WriterLock(archive, wait):
+        return _ingest_locked(Path(new_dir), photos, archive, embedder=embedder, weights=weights,
+                              intake=intake or today(), item_rule=item_rule, lots=lots, hashes=hashes,
+                              local_features=local_features, report=report, report_k=report_k,
+                              on_progress=on_progress or (lambda step, n: None))
+
+
+def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder, weights, intake, item_rule, lots,
+                   hashes, local_features, report, report_k, on_progress) -> IngestResult:
+    settings = check_archive_folder(archive)
+    if "/" in intake or intake in ("", ".", ".."):
+        raise ValueError(f"intake name {intake!r} must be one folder name (e.g. a date)")
+    item_rule = item_rule or (settings or {}).get("item_rule")
+    if item_rule:
+        _check_rule(item_rule)
+    lot_table = _read_lots(lots)
+    if settings is None or (item_rule and settings.get("item_rule") != item_rule):
+        # First of all: a folder that an interrupted first intake left is still known as an archive.
+        write_settings(archive, {**(settings or {}), "item_rule": item_rule,
+                                 "created_at": (settings or {}).get("created_at", today())})
+        kill_point("settings-written")
+    index = SimilarityIndex.load(archive) if (archive / CURRENT).is_file() else None
+    if embedder is None:
+        if index is None:
+            raise ValueError(f"{os.fspath(archive)!r} is a new archive: say which network embeds its photos")
+        embedder = _recorded_embedder(index.model_info, weights)
+    model_info = json.loads(json.dumps(embedder.model_info_, default=str))  # as index.json will hold it
+    if index is not None:
+        index.check_model(model_info, what="the embedder")
+
+    # What each photo is: new, a changed version of an archived one, or already there.
+    sources = [path.relative_to(new_dir).as_posix() for path in photos]
+    identities = [f"{intake}/{source}" for source in sources]
+    digests = [content_sha256(path) for path in photos]
+    on_progress("read", len(photos))
+    live_rows = {} if index is None else index._rows()
+    archived_sha = {} if index is None else _live_digests(index)
+    row_sha = {} if index is None else dict(zip(index.names, index._identities[CONTENT_SHA256]))
+    taken_down = set(removed_photos(None if index is None else index._folder)[CONTENT_SHA256])
+    status, replaced_rows, todo = {}, [], []
+    for number, (identity, digest) in enumerate(zip(identities, digests)):
+        if identity in live_rows and row_sha.get(identity) == digest:
+            status[identity] = ARCHIVED
+        elif digest in taken_down:
+            status[identity] = REMOVED  # removed on purpose: the same file never comes back
+        elif digest in archived_sha and archived_sha[digest] != identity:
+            status[identity] = IDENTICAL
+        elif digest in {digests[i] for i in todo}:
+            status[identity] = IDENTICAL  # twice in this intake: the first is added
+        else:
+            status[identity] = REPLACED if identity in live_rows else ADDED
+            if identity in live_rows:
+                replaced_rows.append(live_rows[identity])
+            todo.append(number)
+
+    # The archive's own copy of each new photo (atomic: a copy is whole or absent).
+    copies = []
+    for number in todo:
+        target = archive / PHOTOS_DIR / identities[number]
+        if not (target.is_file() and content_sha256(target) == digests[number]):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as temporary:
+                shutil.copy2(photos[number], temporary)
+        copies.append(target)
+        on_progress("copied", 1)
+        kill_point("photo-copied")
+    new_names = [identities[number] for number in todo]
+
+    features = np.asarray(embedder.transform([os.fspath(path) for path in copies]), dtype=np.float32) if copies \
+        else np.empty((0, embedder.n_features_out_), dtype=np.float32)
+    failures = _failures(embedder, new_names, features)
+    failed = {name for name, _ in failures}
+    for name in failed:
+        status[name] = UNREADABLE
+    on_progress("embedded", len(copies))
+    kill_point("embedded")
+
+    stored_hashes = PhotoHashes.read(archive / HASHES_FILE) if (archive / HASHES_FILE).is_file() else None
+    if hashes and copies:
+        computed = PhotoHashes.compute(copies, new_names)
+        stored_hashes = computed if stored_hashes is None else stored_hashes.merged(computed)
+        stored_hashes.write(archive / HASHES_FILE)  # atomically
+        kill_point("hashes-written")
+    store = None
+    if local_features and copies:
+        write_local_features(copies, archive / LOCAL_FEATURES_DIR, image_dir=archive / PHOTOS_DIR,
+                             on_progress=lambda n: on_progress("local features", n))
+        kill_point("local-features-written")
+    if (archive / LOCAL_FEATURES_DIR).is_dir():
+        store = LocalFeatureStore(archive / LOCAL_FEATURES_DIR)
+
+    # One new generation: the new rows, the replaced ones removed, the lot table.
+    changed = bool(todo) or lot_table is not None
+    if changed:
+        if index is None:
+            index = SimilarityIndex.empty(features.shape[1], columns=ROW_COLUMNS, model_info=model_info,
+                                          image_dir=archive / PHOTOS_DIR)
+        index.remove_rows(replaced_rows)
+        keep = [i for i, name in enumerate(new_names) if name not in failed]
+        index.add_rows({
+            IMAGE_PATH: [new_names[i] for i in keep],
+            IMAGE_NAME: [Path(new_names[i]).name for i in keep],
+            ITEM_ID: [item_of(new_names[i], item_rule) for i in keep],
+            CONTENT_SHA256: [digests[todo[i]] for i in keep],
+            SOURCE: [os.fspath(photos[todo[i]].resolve()) for i in keep],
+            INTAKE: [intake] * len(keep),
+        }, features[keep])
+        previous = index._folder
+
+        def write_lots(folder: Path) -> None:
+            if lot_table is not None:
+                lot_table.to_parquet(folder / LOTS_FILE, index=False)
+            carry_forward(previous, folder)
+
+        counts = {name: sum(1 for value in status.values() if value == name) for name in set(status.values())}
+        index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
+            "action": "ingest", "intake": intake, **counts}}, write_more=write_lots)
+        index.image_dir = archive / PHOTOS_DIR
+        on_progress("indexed", len(keep))
+
+    statuses = {name: sum(1 for value in status.values() if value == name) for name in
+                (ADDED, REPLACED, ARCHIVED, IDENTICAL, REMOVED, UNREADABLE)}
+    table = intake_report(index, identities, [photo.as_posix() for photo in photos], status, digests,
+                          hashes=stored_hashes, local_features=store, k=report_k,
+                          lots=_lots_of(index, lot_table))
+    report_path = Path(report) if report is not None else archive / REPORTS_DIR / f"{intake}.csv"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(report_path) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    kill_point("report-written")
+    return IngestResult(intake, statuses, table, report_path, None if index is None else index.generation,
+                        0 if index is None else len(index), failures)
+
+
+def _check_rule(rule: str) -> None:
+    try:
+        re.compile(rule)
+    except re.error as error:
+        raise ValueError(f"item rule {rule!r} is not a regular expression: {error}") from None
+
+
+def _recorded_embedder(model_info: dict | None, weights):
+    return embedder_from_model_info(model_info or {}, weights, on_error="nan").fit()
+
+
+def _failures(embedder, names: list[str], features: np.ndarray) -> list[tuple[str, str]]:
+    """(identity, reason) of the photos the last transform could not read (their rows are NaN)."""
+    reasons = {os.path.basename(str(getattr(error, "path", ""))): str(error) for error in
+               getattr(embedder, "errors_", None) or []}
+    failed = np.flatnonzero(np.isnan(features).any(axis=1)) if len(features) else []
+    return [(names[row], reasons.get(os.path.basename(names[row]), "could not be read")) for row in failed]
+
+
+def _live_digests(index: SimilarityIndex) -> dict[str, str]:
+    """Content digest -> identity of the first live row with it."""
+    removed = index.removed
+    found: dict[str, str] = {}
+    for row, (name, digest) in enumerate(zip(index.names, index._identities[CONTENT_SHA256])):
+        if digest and not removed[row]:
+            found.setdefault(digest, name)
+    return found
+
+
+def _read_lots(lots) -> pd.DataFrame | None:
+    if lots is None:
+        return None
+    if isinstance(lots, pd.DataFrame):
+        table = lots.copy()
+    else:
+        path = Path(lots)
+        if path.is_dir():
+            raise ValueError(f"lot table {os.fspath(path)!r} is a folder: give a CSV or Parquet file keyed by item_id")
+        if not path.is_file():
+            raise FileNotFoundError(f"lot table {os.fspath(path)!r} does not exist")
+        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype={ITEM_ID: str})
+    if ITEM_ID not in table.columns:
+        raise ValueError(f"the lot table has no {ITEM_ID} column (it has {', '.join(map(str, table.columns))})")
+    table[ITEM_ID] = table[ITEM_ID].astype(str)
+    return table.drop_duplicates(ITEM_ID, keep="last").reset_index(drop=True)
+
+
+def _lots_of(index: SimilarityIndex | None, given: pd.DataFrame | None) -> pd.DataFrame | None:
+    if given is not None:
+        return given
+    if index is None or index._folder is None or not (index._folder / LOTS_FILE).is_file():
+        return None
+    return pd.read_parquet(index._folder / LOTS_FILE)
+
+
+def intake_report(index: SimilarityIndex | None, identities: list[str], sources: list[str], status: dict,
+                  digests: list[str], *, hashes: PhotoHashes | None, local_features: LocalFeatureStore | None,
+                  k: int = DEFAULT_REPORT_K, lots: pd.DataFrame | None = None) -> pd.DataFrame:
+    """For each photo of an intake: its status, and the archived photos it is a ``copy`` of or shows the
+    ``same_object`` as, with the feature distance, the copy score, the inliers and the match's lot columns.
+
+    A photo with neither appears once, without a match. Built with the functions of
+    ``duplicates --against`` (:func:`~skimgfeat.matching.duplicates.find_copies_against`) and
+    ``match --against`` (:class:`~skimgfeat.matching.object_match.ObjectMatcher`).
+    """
+    rows = []
+    in_index = [] if index is None else [name for name in identities if name in index]
+    by_digest = {} if index is None else _live_digests(index)
+    if in_index:
+        vectors = index._vectors_of([index.row_of(name) for name in in_index])
+        copies = find_copies_against(index, in_index, vectors, photos=[index.photo_path(name) for name in in_index],
+                                     copy_check=hashes if hashes is not None else False,
+                                     archive_hashes=hashes if hashes is not None else True)
+        copies = copies[(copies["image_a"] != copies["image_b"]) & (copies["verdict"] == COPY)]
+        for pair in copies.itertuples(index=False):
+            rows.append((pair.image_a, pair.image_b, COPY, pair.feature_distance, pair.copy_score, np.nan))
+        if local_features is not None:
+            rows += _same_object_rows(index, in_index, local_features, hashes, k)
+    found = pd.DataFrame(rows, columns=["image_path", "match", "verdict", "feature_distance", "copy_score",
+                                        "inliers"])
+    # One line per (photo, match): a copy found by both keeps the copy check's score and the inliers.
+    found = found.sort_values(["image_path", "match", "copy_score"], na_position="last")
+    found = found.groupby(["image_path", "match"], sort=False, as_index=False).agg(
+        verdict=("verdict", lambda values: COPY if COPY in set(values) else SAME_OBJECT),
+        feature_distance=("feature_distance", "min"), copy_score=("copy_score", "min"),
+        inliers=("inliers", "max"))
+    lines = []
+    for identity, source, digest in zip(identities, sources, digests):
+        state = status[identity]
+        name = identity
+        if state == IDENTICAL:
+            name = by_digest.get(digest, identity)
+            lines.append((identity, source, state, name, COPY, 0.0, 0.0, np.nan))
+            continue
+        matches = found[found["image_path"] == identity]
+        if not len(matches):
+            lines.append((identity, source, state, "", "", np.nan, np.nan, np.nan))
+        for match in matches.itertuples(index=False):
+            lines.append((identity, source, state, match.match, match.verdict, match.feature_distance,
+                          match.copy_score, match.inliers))
+    table = pd.DataFrame(lines, columns=["image_path", "source", "status", "match", "verdict", "feature_distance",
+                                         "copy_score", "inliers"])
+    items = {} if index is None else dict(zip(index.names, index._identities[ITEM_ID]))
+    table.insert(4, "match_item_id", [items.get(match, "") if match else "" for match in table["match"]])
+    order = {COPY: 0, SAME_OBJECT: 1, "": 2}
+    table = table.assign(_order=table["verdict"].map(order)).sort_values(
+        ["image_path", "_order", "feature_distance"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    if lots is not None:
+        lot_columns = lots.rename(columns={column: f"lot_{column}" for column in lots.columns if column != ITEM_ID})
+        table = table.merge(lot_columns.rename(columns={ITEM_ID: "match_item_id"}), on="match_item_id", how="left")
+    return table
+
+
+def _same_object_rows(index, names, local_features, hashes, k) -> list[tuple]:
+    """(photo, match, verdict, distance, copy score, inliers) of the verified matches of each photo."""
+    matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes)
+    rows = []
+    for name in names:
+        if name not in local_features:
+            continue  # unreadable: no local features, no same-object answer
+        try:
+            matches = matcher.match([name])
+        except FileNotFoundError:  # a candidate without local features: verify the others
+            continue
+        for match in matches.itertuples(index=False):
+            if match.verdict in (COPY, SAME_OBJECT):
+                rows.append((name, getattr(match, IMAGE_PATH), match.verdict, match.feature_distance, np.nan,
+                             match.inliers))
+    return rows
