@@ -23,13 +23,24 @@ half, from the command's CSV:
 * **recall**: share of the 4 other photos of the query's object returned as ``same_object``/``copy``;
 * **precision**: share of the ``same_object``/``copy`` rows that are photos of the query's object;
 * **top-1**: share of queries whose first row is a verified photo of their own object;
-* **cost**: the command's wall time, and per query after the start (the wall time of
-  the same command with one query subtracted). The first run also makes the instance
+* **cost**: the command's wall time and CPU time (of the child process: what the load of
+  other programs does not inflate), and per query after the start (those of the same
+  command with one query subtracted). The first run also makes the instance
   index (``ARCHIVE/instance_index``), timed on its own.
 
 Thresholds are chosen on objects 1-25 only; objects 26-50 are held out. Usage::
 
     python benchmarks/object_match.py [--archive DIR] [--halves 1 2] [--out results.json]
+
+``--scale N`` measures the instance index at archive scale instead: a vocabulary of up to
+512 x 512 words trained on 2,000,000 descriptors of the archive, then an inverted file of
+N synthetic photos x 1,000 descriptors (each word's list as long as the archive's word
+frequencies make it, photo numbers and 64-bit signatures drawn at random) written to
+``--workdir`` (12 bytes a descriptor: 12 GB at N = 1,000,000), loaded memory-mapped as
+``match`` loads it, and searched with 20 real phone photos (wall time per search, the
+first one cold)::
+
+    python benchmarks/object_match.py --scale 1000000 --workdir /tmp/instance-1m
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,6 +72,12 @@ def skimgfeat(*args, **kwargs) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).with_name("skimgfeat")), *map(str, args)]
     env = {**os.environ, "SKIMGFEAT_WEIGHTS": str(WEIGHTS)}
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False, **kwargs)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: what the commands cost, whatever the load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_archive(archive: Path) -> float:
@@ -97,15 +115,110 @@ def score(found: pd.DataFrame, queries: list[str]) -> dict:
             "catalogue_missed": [Path(q).name for q, hit in zip(queries, catalogue) if not hit]}
 
 
+def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 20) -> dict:
+    """The instance index's search time at ``n_photos`` synthetic photos (see the module's docstring)."""
+    import numpy as np
+
+    from skimgfeat.matching.instance_index import InstanceIndex
+    from skimgfeat.matching.local_features import LocalFeatureStore
+    from skimgfeat.storage.vector_index import write_generation
+
+    store = LocalFeatureStore(archive / "local_features")
+    results: dict = {"photos": n_photos, "load_before": os.getloadavg()}
+    started = time.perf_counter()
+    vocabulary = archive / "vocabulary-512"  # trained once, kept with the archive
+    if (vocabulary / "CURRENT").is_file():
+        index = InstanceIndex.load(vocabulary, mmap=False)
+    else:
+        index = InstanceIndex(branching=512, training_descriptors=2_000_000)
+        index.fit_vocabulary(store.training_descriptors(index.training_descriptors, index.max_words))
+        index.save(vocabulary)
+        results["vocabulary_seconds"] = time.perf_counter() - started
+    results["words"] = index.n_words_
+    sample = store.training_descriptors(500_000, index.max_words, seed=1)
+    frequency = np.bincount(index.words(sample), minlength=index.n_words_) / len(sample)
+    rng = np.random.default_rng(0)
+    lengths = rng.poisson(n_photos * index.max_words * frequency)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    photos_holding = n_photos * (1 - np.exp(-index.max_words * frequency))
+    idf = np.log((n_photos + 1) / np.maximum(photos_holding, 1)).astype(np.float32)
+    norm = np.sqrt(index.max_words * np.sum(frequency * idf.astype(np.float64) ** 2))
+    started = time.perf_counter()
+
+    def write_files(staging: Path) -> dict:
+        fixed = {"top": index.top_, "children": index.children_, "child_start": index.child_start_,
+                 "child_count": index.child_count_, "signature_bits": index.signature_bits_, "offsets": offsets,
+                 "removed": np.zeros(n_photos, bool), "idf": idf, "norms": np.full(n_photos, norm, np.float32)}
+        for name, values in fixed.items():
+            np.save(staging / f"{name}.npy", values)
+        photo = np.lib.format.open_memmap(staging / "postings_photo.npy", "w+", np.int32, (int(offsets[-1]),))
+        signature = np.lib.format.open_memmap(staging / "postings_signature.npy", "w+", np.uint64,
+                                              (int(offsets[-1]),))
+        block = 50_000_000
+        for start in range(0, int(offsets[-1]), block):
+            stop = min(start + block, int(offsets[-1]))
+            photo[start:stop] = rng.integers(0, n_photos, stop - start, dtype=np.int32)
+            signature[start:stop] = rng.integers(0, 2**64, stop - start, dtype=np.uint64)
+        photo.flush()
+        signature.flush()
+        del photo, signature
+        (staging / "names.json").write_text(json.dumps([f"synthetic/{i:07d}.jpg" for i in range(n_photos)]))
+        return {"kind": "instance", "instance_format_version": 1, "params": index.get_params(),
+                "n_photos": n_photos, "n_words": index.n_words_, "n_postings": int(offsets[-1]), "source": {}}
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    write_generation(workdir, write_files)
+    results["write_seconds"] = time.perf_counter() - started
+    results["postings"] = int(offsets[-1])
+    results["bytes"] = sum(path.stat().st_size for path in workdir.rglob("*") if path.is_file())
+    started = time.perf_counter()
+    loaded = InstanceIndex.load(workdir)
+    results["load_seconds"] = time.perf_counter() - started
+    queries = [f"objects/dvd{i:03d}_{camera}.jpg" for i in range(26, 51, 5) for camera in ("canon", "droid", "e63",
+                                                                                           "palm")][:n_queries]
+    seconds, cpu = [], []
+    for query in queries:
+        features = store[query]
+        started, started_cpu = time.perf_counter(), time.process_time()
+        loaded.search(features, k=100)
+        seconds.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    results["search_seconds_first"] = seconds[0]
+    results["search_seconds_median"] = float(np.median(seconds[1:]))
+    results["search_seconds_max"] = float(np.max(seconds[1:]))
+    results["search_cpu_seconds_median"] = float(np.median(cpu[1:]))
+    results["search_cpu_seconds_max"] = float(np.max(cpu[1:]))
+    results["load_after"] = os.getloadavg()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--halves", type=int, nargs="+", default=[1, 2], choices=sorted(HALVES))
+    parser.add_argument("--queries", type=int, default=100, metavar="N",
+                        help="only the first N phone photos of each half (a quick cost run)")
     parser.add_argument("--fresh-instance-index", action="store_true",
                         help="delete ARCHIVE/instance_index first: time its making")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    parser.add_argument("--csv", type=Path, default=None, metavar="DIR",
+                        help="also keep each half's CSV from `skimgfeat match` in DIR")
+    parser.add_argument("--scale", type=int, default=0, metavar="N",
+                        help="measure the instance index's search at N synthetic photos instead")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/instance-scale"),
+                        help="where --scale writes its index (deleted afterwards)")
     parser.add_argument("match_options", nargs="*", help="options passed to `skimgfeat match` after --")
     args = parser.parse_args()
+    if args.scale:
+        try:
+            results = measure_scale(args.archive, args.scale, args.workdir)
+        finally:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+        text = json.dumps(results, indent=2)
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text + "\n")
+        return
 
     results: dict = {"load_before": os.getloadavg(), "archive": str(args.archive)}
     results["extract_seconds"] = make_archive(args.archive)
@@ -119,21 +232,27 @@ def main() -> None:
     results["first_run_seconds"] = time.perf_counter() - started
     if first.returncode:
         raise SystemExit(first.stderr)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     skimgfeat("match", one, "--against", args.archive, *args.match_options)
     results["one_query_seconds"] = time.perf_counter() - started
+    results["one_query_cpu_seconds"] = _children_cpu() - cpu
     for half in args.halves:
         queries = [str(OBJECTS / f"dvd{i:03d}_{camera}.jpg") for i in HALVES[half]
-                   for camera in ("canon", "droid", "e63", "palm")]
-        started = time.perf_counter()
+                   for camera in ("canon", "droid", "e63", "palm")][:args.queries]
+        started, cpu = time.perf_counter(), _children_cpu()
         result = skimgfeat("match", *queries, "--against", args.archive, *args.match_options)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
         if result.returncode:
             raise SystemExit(result.stderr)
         found = pd.read_csv(io.StringIO(result.stdout))
+        if args.csv is not None:  # the command's answer as it was, to read the misses and false matches
+            args.csv.mkdir(parents=True, exist_ok=True)
+            (args.csv / f"match-half-{half}.csv").write_text(result.stdout)
         numbers = score(found, queries)
         numbers["wall_seconds"] = wall
         numbers["seconds_per_query"] = (wall - results["one_query_seconds"]) / (len(queries) - 1)
+        numbers["cpu_seconds"] = cpu
+        numbers["cpu_seconds_per_query"] = (cpu - results["one_query_cpu_seconds"]) / (len(queries) - 1)
         numbers["rows_per_query"] = len(found) / len(queries)
         label = f"objects {HALVES[half].start}-{HALVES[half].stop - 1}"
         results[label] = numbers

@@ -60,6 +60,7 @@ SIGNATURE_BITS = 64
 AKAZE_BITS = 486  # the descriptor's bits before the padding
 # A word needs at least this many training descriptors per child centre: fewer and the centres only memorise them.
 MIN_DESCRIPTORS_PER_CENTRE = 8
+TOP_DESCRIPTORS_PER_CENTRE = 2000
 # Parameters that change a search only, not what the index holds.
 SEARCH_PARAMETERS = ("query_words", "max_hamming")
 LOCK_SECONDS = 3600.0  # how long a second process waits for the first one making the index
@@ -141,7 +142,12 @@ class InstanceIndex:
             sample = sample[rng.choice(len(sample), self.training_descriptors, replace=False)]
         # Two levels of b centres each, b chosen so that a leaf word keeps MIN_DESCRIPTORS_PER_CENTRE of the sample.
         top_count = int(min(self.branching, max(2, np.sqrt(len(sample) / MIN_DESCRIPTORS_PER_CENTRE))))
-        top = _k_majority(sample, top_count, self.iterations, rng)
+        # The top centres need far fewer descriptors than the leaves: trained on a share of the sample (memory and
+        # time stay those of the leaves' k-majority, cluster by cluster).
+        top_sample = sample
+        if len(sample) > TOP_DESCRIPTORS_PER_CENTRE * top_count:
+            top_sample = sample[rng.choice(len(sample), TOP_DESCRIPTORS_PER_CENTRE * top_count, replace=False)]
+        top = _k_majority(top_sample, top_count, self.iterations, rng)
         nearest = _nearest(sample, top)
         children, child_start, child_count = [], [], []
         start = 0
