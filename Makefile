@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 ## Offline, point SKIMGFEAT_WEIGHTS at a local state-dict file (e.g. ../shared/weights/...).
 demo: setup
 	$(VENV)/bin/skimgfeat sample-images $(IMAGES)
-	$(VENV)/bin/skimgfeat extract $(IMAGES) --output-dir $(OUT) --pattern "*.webp"
+	$(VENV)/bin/skimgfeat extract $(IMAGES) --output-dir $(OUT) --pattern "*.webp" --overwrite   # a second make demo writes the same tables again
 
 # Two xdist workers, one core each: left alone, each worker's torch, ONNX Runtime and decode
 # pools would size themselves to every core and the workers' threads would fight over two cores.

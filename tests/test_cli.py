@@ -136,7 +136,10 @@ def test_csv_output_and_max_aggregation(shop_photos, shared_weights, tmp_path):
     assert raw.columns.tolist() == RAW_COLUMNS and len(raw) == 6
     assert by_item.columns.tolist() == ITEM_COLUMNS
     assert by_item.item_id.tolist() == ["84500", "84501"]
-    np.testing.assert_allclose(by_item.iloc[0][FEATURES].to_numpy(float), raw[FEATURES][:3].max().to_numpy())
+    # Every image type is read by default: item 84500 is its three WebP photos and its PNG.
+    first_item = raw[raw.image_name.str.startswith("84500_")]
+    assert sorted(first_item.image_name) == ["84500_1.webp", "84500_2.webp", "84500_3.webp", "84500_4.png"]
+    np.testing.assert_allclose(by_item.iloc[0][FEATURES].to_numpy(float), first_item[FEATURES].max().to_numpy())
 
 
 # -- without ../shared -----------------------------------------------------------------

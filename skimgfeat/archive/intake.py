@@ -26,7 +26,7 @@ import pandas as pd
 from ..embedder import embedder_from_model_info
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..matching.duplicates import COPY, find_copies_against
-from ..matching.instance_index import instance_index_for
+from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
 from ..matching.object_match import ObjectMatcher
 from ..schema import ITEM_ID
@@ -472,7 +472,7 @@ def _same_object_rows(index, names, local_features, hashes, k) -> list[tuple]:
     # The instance index shortlists the same object across cameras and backdrops, where the CNN's
     # nearest photos rarely hold the catalogue photo; it is brought up to date with this intake's parts.
     matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes,
-                            instance_index=instance_index_for(local_features) if len(local_features) else None)
+                            instance_index=available_instance_index(local_features))
     rows = []
     for name in names:
         if name not in local_features:

@@ -508,3 +508,18 @@ def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict) ->
         index.add(chunk, [store[name] for name in chunk])
     index.save(folder, source=source)
     return index
+
+
+def available_instance_index(store: LocalFeatureStore) -> InstanceIndex | None:
+    """:func:`instance_index_for` the store, or None while it cannot have one.
+
+    None for a store without photos, one whose photos have too few descriptors for a
+    vocabulary (a handful of plain photos), or a read-only folder without a saved index:
+    then a search has the CNN shortlist alone.
+    """
+    if not len(store):
+        return None
+    try:
+        return instance_index_for(store)
+    except (ValueError, OSError):
+        return None

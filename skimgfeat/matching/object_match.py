@@ -32,7 +32,7 @@ from ..schema import IMAGE_PATH, ITEM_ID, item_id_from_name
 from ..search.similarity import SimilarityIndex, _indexed_row
 from .copy_check import COPY, DIFFERENT, UNREADABLE
 from .duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
-from .instance_index import InstanceIndex, instance_index_for
+from .instance_index import InstanceIndex, available_instance_index
 from .local_features import (
     LOCAL_FEATURES_DIR,
     LocalFeatures,
@@ -224,8 +224,8 @@ class ObjectMatcher:
         hashes = next((place / HASHES_FILE for place in places if (place / HASHES_FILE).is_file()), None)
         parameters.setdefault("hashes", PhotoHashes.read(hashes) if hashes is not None else None)
         store = LocalFeatureStore(local_features)
-        if instance and parameters.get("k_instance", DEFAULT_INSTANCE_SHORTLIST) > 0 and len(store):
-            parameters.setdefault("instance_index", instance_index_for(store))
+        if instance and parameters.get("k_instance", DEFAULT_INSTANCE_SHORTLIST) > 0:
+            parameters.setdefault("instance_index", available_instance_index(store))
         return cls(index, store, **parameters)
 
     # -- matching ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from ..exceptions import ImageLoadError
 from ..matching.copy_check import COPY, copy_distance, hash_photo
 from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
-from ..matching.instance_index import instance_index_for
+from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
 from ..matching.object_match import SAME_OBJECT
 from ..matching.verification import PairVerification, is_same_object, verify_pair
@@ -160,12 +160,7 @@ class Searcher:
         with self._lock:
             if self._instance is None:
                 store = self.source.local_features
-                self._instance = False
-                if store is not None and len(store):
-                    try:
-                        self._instance = instance_index_for(store)
-                    except OSError:  # a read-only archive without one: the CNN shortlist alone
-                        self._instance = False
+                self._instance = (available_instance_index(store) if store is not None else None) or False
             return self._instance or None
 
 
