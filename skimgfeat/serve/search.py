@@ -125,8 +125,7 @@ class Searcher:
         index = self.source.index
         if name not in index:
             raise KeyError(f"{name!r} is not a photo of the archive")
-        vector, stored = self._vector(query), index.vector(name)
-        distance = float(1.0 - np.dot(vector, stored) / (np.linalg.norm(vector) * np.linalg.norm(stored)))
+        distance = _cosine_distance(self._vector(query), index.vector(name))
         hit = Hit(0, name, self.source.item_of(name), round(distance, 6), SIMILAR, False, lot=self.source.lot_of(name))
         self._judge(query, hit)
         return hit
@@ -149,8 +148,7 @@ class Searcher:
                 continue
             if query.name is not None and decided.get(pair_key(query.key, name), "") == NOT_SAME:
                 continue
-            stored = index.vector(name)
-            distance = float(1.0 - np.dot(vector, stored) / (np.linalg.norm(vector) * np.linalg.norm(stored)))
+            distance = _cosine_distance(vector, index.vector(name))
             hits.append(Hit(0, name, self.source.item_of(name), round(distance, 6), SIMILAR, False,
                             lot=self.source.lot_of(name)))
         return hits
@@ -162,7 +160,6 @@ class Searcher:
                 store = self.source.local_features
                 self._instance = (available_instance_index(store) if store is not None else None) or False
             return self._instance or None
-
 
     def _vector(self, query: Query) -> np.ndarray:
         index = self.source.index
@@ -259,6 +256,10 @@ class Searcher:
             return hash_photo(photo) if photo is not None else None
         except ImageLoadError:
             return None
+
+
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(1.0 - np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _ranked(hits: list[Hit]) -> list[Hit]:
