@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..embedder import embedder_from_model_info
+from ..feature_tables import list_images
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
 from ..matching.duplicates import COPY, find_copies_against
 from ..matching.instance_index import available_instance_index
@@ -51,7 +52,6 @@ from .folder import (
     write_settings,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # What happened to each photo of the intake folder.
 ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE, REMOVED = "added", "replaced", "already archived", \
     "identical file", "unreadable", "removed earlier"
@@ -88,10 +88,10 @@ def list_photos(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         what = "is a file: give the folder of the new photos" if folder.exists() else "does not exist"
         raise FileNotFoundError(f"intake folder {os.fspath(folder)!r} {what}")
-    photos = sorted((path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
-                     and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.relative_to(folder).as_posix())
+    # The command line's own listing (every type Pillow decodes here, any case), less hidden files.
+    photos = [path for path in list_images(folder, None, recursive=True) if not path.name.startswith(".")]
     if not photos:
-        raise FileNotFoundError(f"no photo ({', '.join(IMAGE_SUFFIXES)}) under {os.fspath(folder)!r}")
+        raise FileNotFoundError(f"no photo (any type Pillow decodes) under {os.fspath(folder)!r}")
     return photos
 
 
