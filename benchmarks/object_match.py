@@ -38,7 +38,10 @@ N synthetic photos x 1,000 descriptors (each word's list as long as the archive'
 frequencies make it, photo numbers and 64-bit signatures drawn at random) written to
 ``--workdir`` (12 bytes a descriptor: 12 GB at N = 1,000,000), loaded memory-mapped as
 ``match`` loads it, and searched with 20 real phone photos (wall time per search, the
-first one cold)::
+first one cold); then, per phone photo, what ``match`` does after loading: that search,
+the second one of query expansion (with its object's catalogue photo's descriptors, as
+many as the expansion searches with at most) and ``--verifications`` pair verifications
+against real photos of the archive (CPU and wall time per query)::
 
     python benchmarks/object_match.py --scale 1000000 --workdir /tmp/instance-1m
 """
@@ -115,12 +118,13 @@ def score(found: pd.DataFrame, queries: list[str]) -> dict:
             "catalogue_missed": [Path(q).name for q, hit in zip(queries, catalogue) if not hit]}
 
 
-def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 20) -> dict:
+def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 20, verifications: int = 90) -> dict:
     """The instance index's search time at ``n_photos`` synthetic photos (see the module's docstring)."""
     import numpy as np
 
     from skimgfeat.matching.instance_index import InstanceIndex
     from skimgfeat.matching.local_features import LocalFeatureStore
+    from skimgfeat.matching.verification import verify_pair
     from skimgfeat.storage.vector_index import write_generation
 
     store = LocalFeatureStore(archive / "local_features")
@@ -188,6 +192,35 @@ def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 
     results["search_seconds_max"] = float(np.max(seconds[1:]))
     results["search_cpu_seconds_median"] = float(np.median(cpu[1:]))
     results["search_cpu_seconds_max"] = float(np.max(cpu[1:]))
+    # What `match` does after those searches, per query: a second search (query expansion) with as many descriptors
+    # as one photo holds (here the catalogue photo's, its object's region where the phone photo found it), and the
+    # verification of its candidates: as many as `match` verifies per query on the archive (--verifications),
+    # real photos of the archive (the instance index's best at archive scale), read from the local-features store.
+    archive_index = InstanceIndex.load(archive / "instance_index")
+    expansion_cpu, verification_cpu, total_cpu, total_seconds = [], [], [], []
+    for query in queries:
+        features = store[query]
+        catalogue = store[query.split("_")[0] + "_reference.jpg"]
+        candidates = archive_index.search(features, k=verifications + 1)[0]
+        candidates = [name for name in candidates if name != query][:verifications]
+        started, started_cpu = time.perf_counter(), time.process_time()
+        loaded.search(features, k=100)
+        searched = time.process_time()
+        loaded.search(catalogue.descriptors, k=100)
+        expanded = time.process_time()
+        for name in candidates:
+            verify_pair(features, store[name])
+        finished = time.process_time()
+        expansion_cpu.append(expanded - searched)
+        verification_cpu.append(finished - expanded)
+        total_cpu.append(finished - started_cpu)
+        total_seconds.append(time.perf_counter() - started)
+    results["verifications_per_query"] = verifications
+    results["expansion_search_cpu_seconds_median"] = float(np.median(expansion_cpu[1:]))
+    results["verification_cpu_seconds_median"] = float(np.median(verification_cpu[1:]))
+    results["query_cpu_seconds_median"] = float(np.median(total_cpu[1:]))
+    results["query_cpu_seconds_max"] = float(np.max(total_cpu[1:]))
+    results["query_seconds_median"] = float(np.median(total_seconds[1:]))
     results["load_after"] = os.getloadavg()
     return results
 
@@ -205,13 +238,15 @@ def main() -> None:
                         help="also keep each half's CSV from `skimgfeat match` in DIR")
     parser.add_argument("--scale", type=int, default=0, metavar="N",
                         help="measure the instance index's search at N synthetic photos instead")
+    parser.add_argument("--verifications", type=int, default=90, metavar="N",
+                        help="with --scale: pairs verified per query (what `match` verifies per query on the archive)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/instance-scale"),
                         help="where --scale writes its index (deleted afterwards)")
     parser.add_argument("match_options", nargs="*", help="options passed to `skimgfeat match` after --")
     args = parser.parse_args()
     if args.scale:
         try:
-            results = measure_scale(args.archive, args.scale, args.workdir)
+            results = measure_scale(args.archive, args.scale, args.workdir, verifications=args.verifications)
         finally:
             shutil.rmtree(args.workdir, ignore_errors=True)
         text = json.dumps(results, indent=2)

@@ -278,7 +278,9 @@ class InstanceIndex:
         weight = idf[words[query_of]] ** 2 * np.exp(-(hamming / max(self.max_hamming / 2, 1)) ** 2)
         candidates, inverse = np.unique(photos, return_inverse=True)
         scores = np.bincount(inverse, weights=weight).astype(np.float32)
-        query_norm = float(np.sqrt(np.sum(idf[self.words(descriptors)] ** 2)))
+        # The query's idf norm over each descriptor's nearest word (the first of its words: no second quantisation).
+        _, nearest = np.unique(owners, return_index=True)
+        query_norm = float(np.sqrt(np.sum(idf[words[nearest]] ** 2)))
         scores /= np.maximum(norms[candidates] * query_norm, 1e-12)
         scores[self.removed_[candidates]] = -1.0
         order = np.argsort(-scores, kind="stable")[:k]
