@@ -138,11 +138,12 @@ class _Tally:
 
     def add(self, block):
         from ..matching.copy_check import COPY, UNREADABLE
+        from ..matching.duplicates import WITHOUT_CONTENT_CHECK
 
         for verdict, count in block["verdict"].value_counts().items():
             self.counts[verdict] = self.counts.get(verdict, 0) + int(count)
         self.unreadable.update(dict.fromkeys(block.loc[block["verdict"] == UNREADABLE, "reason"]))
-        self.hash_only += int(block["reason"].str.endswith("hashes alone decided").sum())
+        self.hash_only += int(block["reason"].str.endswith(WITHOUT_CONTENT_CHECK).sum())
         self.kept.append(block[block["verdict"] == COPY][["image_a", "image_b", "feature_distance", "verdict"]])
         return block
 
@@ -341,13 +342,14 @@ def _reason(error) -> str:
 
 def _report(args: argparse.Namespace, pairs) -> None:
     from ..matching.copy_check import UNREADABLE
+    from ..matching.duplicates import WITHOUT_CONTENT_CHECK
     from ..storage.io import write_table
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
     counts = {verdict: int(count) for verdict, count in pairs["verdict"].value_counts().items()}
     unreadable = dict.fromkeys(pairs.loc[pairs["verdict"] == UNREADABLE, "reason"])
-    _warn_and_count(args, counts, unreadable, int(pairs["reason"].str.endswith("hashes alone decided").sum()))
+    _warn_and_count(args, counts, unreadable, int(pairs["reason"].str.endswith(WITHOUT_CONTENT_CHECK).sum()))
 
 
 def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_only: int) -> None:
@@ -358,7 +360,8 @@ def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_onl
     shown = (COPY, *((SAME_OBJECT,) if counts.get(SAME_OBJECT) else ()), DIFFERENT, UNREADABLE)
     _note(args, f"{sum(counts.values())} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in shown))
     if hash_only:
-        _note(args, f"{hash_only} pairs without stored local features: the hashes alone decided them (see --pairs)")
+        _note(args, f"{hash_only} pairs without stored local features: their hashes decided them, with their pixels "
+                    "where the photos were at hand (see --pairs)")
 
 
 def _note(args: argparse.Namespace, message: str) -> None:
