@@ -89,7 +89,7 @@ COPY_THRESHOLDS = (6, 8, 10, 12)
 COVERAGES = (0.2, 0.3, 0.4)
 MIN_INLIERS = (8, 12, 20)
 MAX_UNMATCHEDS = (0.03, 0.05, 0.1)
-PIXEL_DIFFERENCES = (20.0, 25.0, 30.0, 35.0, 40.0, 50.0, np.inf)
+PIXEL_DIFFERENCES = (25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, np.inf)
 SOURCE, RESHOOT, DISTRACTOR = "source", "reshoot", "distractor"
 
 
@@ -298,15 +298,21 @@ def offline_groups(pairs: pd.DataFrame, texture: dict, bits: int, coverage: floa
     return duplicate_groups(pairs.assign(verdict=np.where(copy, COPY, DIFFERENT)))
 
 
-def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict) -> tuple:
-    """The settings with no false copy in the hard sets and the best main-set F1 (then recall of the hard sets)."""
+def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict, pixel_gap: tuple[float, float]) -> tuple:
+    """The settings with no false copy in the hard sets and the best main-set F1 (then recall of the hard sets).
+
+    Among pixel thresholds that tie, the one nearest the middle (geometric mean) of
+    ``pixel_gap``: the largest pixel difference of a true copy pair and the smallest of a
+    false one, on this split: as much margin for harsher copies as for closer variants.
+    """
+    middle = np.sqrt(pixel_gap[0] * pixel_gap[1]) if np.isfinite(pixel_gap).all() else 40.0
     best = None
     for bits, coverage, inliers, unmatched, pixels in product(COPY_THRESHOLDS, COVERAGES, MIN_INLIERS,
                                                               MAX_UNMATCHEDS, PIXEL_DIFFERENCES):
         row = score(photos, offline_groups(pairs, texture, bits, coverage, inliers, unmatched, pixels))
         hard_false = sum(row[f"{name}_false"] for name in SETS[1:])
         key = (-hard_false, round(row["f1"], 3), np.nansum([row[f"{name}_recall"] for name in SETS[1:]]), -bits,
-               coverage, inliers, -unmatched, pixels)
+               coverage, inliers, -unmatched, -abs(np.log(pixels / middle)))
         if best is None or key > best[0]:
             best = (key, bits, coverage, inliers, unmatched, pixels, row)
     return best[1:]
@@ -374,11 +380,12 @@ def main() -> None:
             print(f"{split}: {len(photos)} photos; extract --hashes --local-features {extract_seconds:.0f} s, "
                   f"duplicates {duplicates_seconds:.0f} s; {cli.stderr.strip()}", file=sys.stderr)
         chosen = results["tune"]
-        bits, coverage, inliers, unmatched, pixels, _ = tune(chosen["photos"], chosen["wide"], chosen["texture"])
+        tune_pixels = result_pixels(chosen)
+        bits, coverage, inliers, unmatched, pixels, _ = tune(chosen["photos"], chosen["wide"], chosen["texture"],
+                                                             tune_pixels)
         print(f"\nChosen on tune: copy threshold {bits} bits, coverage >= {coverage}, inliers >= {inliers}, "
               f"unmatched <= {unmatched}, pixel difference <= {pixels} (defaults now: {COPY_THRESHOLD}, "
               f"{MIN_COPY_COVERAGE}, {MIN_COPY_INLIERS}, {MAX_UNMATCHED}, {MAX_PIXEL_DIFFERENCE})\n")
-        tune_pixels = result_pixels(results["tune"])
         print(f"tune: pixel difference of the copy pairs at most {tune_pixels[0]:.1f}, of the false hash matches "
               f"that the content check confirmed at least {tune_pixels[1]:.1f}\n")
         print("Through `skimgfeat extract --hashes --local-features` + `skimgfeat duplicates` (defaults); main set: "

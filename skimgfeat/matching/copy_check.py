@@ -531,7 +531,7 @@ def _inside(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 # The pixel check: the largest difference (grey levels) of one block of a copy once aligned (chosen on the tune
 # split of benchmarks/duplicate_threshold.py).
-MAX_PIXEL_DIFFERENCE = 28.0
+MAX_PIXEL_DIFFERENCE = 40.0
 # The content check (chosen on the tune split of benchmarks/duplicate_threshold.py).
 MIN_COPY_INLIERS = 8
 MIN_COPY_COVERAGE = 0.2

@@ -32,11 +32,11 @@ from ..exceptions import ImageLoadError
 
 # The side (pixels) of the frame the photos are compared in: coarse enough that re-encoding and a pixel of
 # misalignment vanish, fine enough that a flavour's name or picture fills blocks of its own.
-WORK_SIDE = 96
-BLOCKS = 8  # blocks across the compared frame's longer side
+WORK_SIDE = 128
+BLOCKS = 12  # blocks across the compared frame's longer side: a flavour's name or fruit fills one
 MIN_BLOCK_OVERLAP = 0.75  # a block is compared when this much of it lies inside both photos
 SATURATED = 250  # a target pixel this bright may have been clipped: left out of the photometric fit
-BLUR = 1.0  # Gaussian sigma (pixels of the compared frame): a resized, re-encoded copy keeps no finer detail
+BLUR = 1.5  # Gaussian sigma (pixels of the compared frame): a resized, re-encoded copy keeps no finer detail
 ERODE = 4  # pixels of the overlap's edge left out (blurred and interpolated against the outside)
 
 
