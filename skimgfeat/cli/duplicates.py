@@ -162,6 +162,7 @@ def _against_archive(args: argparse.Namespace) -> int:
 
     from ..matching.copy_check import COPY, UNREADABLE
     from ..matching.duplicates import find_copies_against
+    from ..schema import IMAGE_PATH
 
     with usage_errors():
         index = _read_index(args.against, args.image_dir)
@@ -177,19 +178,19 @@ def _against_archive(args: argparse.Namespace) -> int:
                                                 "reason": list(failed.values())})], ignore_index=True)
     pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
-    found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
+    found = found.rename(columns={"image_a": IMAGE_PATH, "image_b": "duplicate_of"})
     decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
+    found[[IMAGE_PATH, "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
         photo_of = dict(zip(names, (os.fspath(photo) if photo is not None else name
                                     for name, photo in zip(names, photos))))
-        sheet_rows = found.assign(query=found["image_path"].map(photo_of), distance=found["feature_distance"])
+        sheet_rows = found.assign(query=found[IMAGE_PATH].map(photo_of), distance=found["feature_distance"])
         sheet_rows["rank"] = sheet_rows.groupby("query").cumcount() + 1
         # The archive's photo under the key column (the new photo's image_path is the query): one column of
         # that name, or the sheet labels every tile with the column's name and finds no photo.
-        _draw(args.sheet, sheet_rows.drop(columns="image_path").rename(columns={"duplicate_of": index.key}), index)
+        _draw(args.sheet, sheet_rows.drop(columns=IMAGE_PATH).rename(columns={"duplicate_of": index.key}), index)
     return EXIT_OK
 
 
@@ -257,10 +258,11 @@ def _hashes_beside(archive: Path) -> Path:
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
     """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
     from ..matching.copy_check import HASHES_FILE, OutdatedHashesError, PhotoHashes
+    from ..schema import IMAGE_PATH
 
     if args.no_copy_check:
         return False
-    if index.key != "image_path":
+    if index.key != IMAGE_PATH:
         _note(args, f"{os.fspath(table)} has one row per item: features alone decide (no copy check)")
         return False
     hashes_file = hashes_file or _hashes_beside(table)

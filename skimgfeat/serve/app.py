@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 from ..exceptions import ImageLoadError
 from ..plotting.match_sheet import match_sheet
 from ..quality.measures import QUALITY_FEATURES, measure_quality
+from ..schema import IMAGE_PATH
 from ..storage.decisions import DECISIONS, NOT_SAME, SAME
 from .files import (
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -145,7 +146,7 @@ class ServeApp:
                 flags.append("overexposed")
             if values["underexposed"] > CLIPPED_FRACTION:
                 flags.append("underexposed")
-        measured = {"image_path": name, "measures": {key: _rounded(value) for key, value in values.items()},
+        measured = {IMAGE_PATH: name, "measures": {key: _rounded(value) for key, value in values.items()},
                     "flags": flags, "error": error}
         with self._quality_lock:
             self._quality[key] = measured
@@ -234,7 +235,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
             raise HTTPException(404, "not found")
         hit = state.searcher.verify_pair(query, name)
         query_file = query.file if query.file is not None else state.photo_file(query.name)
-        row = pd.DataFrame([{"query": str(query_file), "rank": 1, "image_path": name,
+        row = pd.DataFrame([{"query": str(query_file), "rank": 1, IMAGE_PATH: name,
                              "feature_distance": hit.distance, "inliers": hit.inliers or 0,
                              "verdict": hit.verdict if hit.verdict != "similar" else "different"}])
         picture = match_sheet(row, state.source.matcher, height=360, max_lines=120)
@@ -511,7 +512,7 @@ def _query_params(query: Query) -> dict:
 
 
 def _query_dict(query: Query) -> dict:
-    return {"label": query.label, "image_path": query.name, "upload_id": query.upload_id}
+    return {"label": query.label, IMAGE_PATH: query.name, "upload_id": query.upload_id}
 
 
 def _photo_url(name: str) -> str:

@@ -223,7 +223,7 @@ def _indexed_lots(table: pd.DataFrame, what: str) -> pd.DataFrame:
 
 # The column pairs an intake report may name its two photos with: duplicates --pairs, duplicates --against,
 # match, and the archive's intake report (image_path of the new photo, its match in the archive).
-_REPORT_PAIRS = (("image_a", "image_b"), ("image_path", "duplicate_of"), ("query", IMAGE_PATH),
+_REPORT_PAIRS = (("image_a", "image_b"), (IMAGE_PATH, "duplicate_of"), ("query", IMAGE_PATH),
                  (IMAGE_PATH, "match"))
 
 
