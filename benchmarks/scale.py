@@ -269,6 +269,7 @@ def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> Non
 
     from skimgfeat.archive import Archive, ingest, remove
     from skimgfeat.archive.folder import CONTENT_SHA256, INTAKE, PHOTOS_DIR, SOURCE, write_settings
+    from skimgfeat.matching.copy_check import HASHES_FILE, N_HASHES, PhotoHashes
     from skimgfeat.schema import ITEM_ID, item_id_from_name
     from skimgfeat.search.similarity import SimilarityIndex
     from skimgfeat.storage.io import FeatureTableReader
@@ -276,14 +277,20 @@ def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> Non
     archive = work / "archive"
     shutil.rmtree(archive, ignore_errors=True)
     started = time.perf_counter()
+    rng_hashes = np.random.default_rng(12)
     index = SimilarityIndex.load(work / "index")
     n_rows = len(index.names)
     identities = index._identities
     identities[ITEM_ID] = np.asarray([item_id_from_name(name) for name in index.names], dtype=object)
-    for column, value in ((CONTENT_SHA256, ""), (SOURCE, ""), (INTAKE, "base")):
+    for column, value in ((SOURCE, ""), (INTAKE, "base")):
         identities[column] = np.full(n_rows, value, dtype=object)
+    identities[CONTENT_SHA256] = np.asarray([f"{row:064x}" for row in range(n_rows)], dtype=object)  # one each
     write_settings(archive, {"item_rule": None, "created_at": "benchmark"})
     index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR})
+    # Every archived photo has its copy-check hashes, as an archive made by intakes has: the intake reads,
+    # extends and writes them (random ones: no archived row is a copy by its hashes).
+    PhotoHashes(index.names, rng_hashes.integers(0, 2**63, (n_rows, N_HASHES), dtype=np.uint64)).write(
+        archive / HASHES_FILE)
     made = time.perf_counter() - started
     rng = np.random.default_rng(11)
     originals = _rows(FeatureTableReader(work / "base.parquet"), np.sort(rng.choice(n_rows // 2, n_new, replace=False)))
