@@ -143,6 +143,22 @@ def test_different_objects_on_one_backdrop_are_never_copies_wherever_they_stand(
     assert distance <= threshold and content_agrees(content)
 
 
+def test_photo_hashes_are_imagehash_phash_of_each_window_bit_for_bit():
+    # The hashes of every window are computed with one DCT for all 14 (for speed); they must stay
+    # imagehash's, bit for bit, or hashes stored by an earlier version would no longer match.
+    import imagehash
+    from PIL import ImageOps
+
+    from skimgfeat.matching.copy_check import _phashes
+
+    rng = np.random.default_rng(5)
+    for picture in (scene(11).convert("L"), scene(12, (64, 200)).convert("L"), Image.linear_gradient("L"),
+                    Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8))):
+        windows = [picture, picture.crop((2, 3, picture.width // 2 + 3, picture.height - 1)), ImageOps.mirror(picture)]
+        expected = [int(str(imagehash.phash(window)), 16) for window in windows]
+        assert _phashes(windows).tolist() == expected
+
+
 def test_photo_hashes_keep_each_unreadable_photo_with_its_reason_and_survive_parquet(tmp_path):
     scene(3).save(tmp_path / "good.png")
     (tmp_path / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a jpeg")
@@ -241,7 +257,7 @@ def test_each_copy_kind_is_grouped_with_its_original_and_look_alikes_are_kept_ap
 
     pairs = read_csv(shop / "pairs.csv")
     assert pairs.columns.tolist() == ["image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason",
-                                      "inliers", "copy_coverage", "copy_unmatched"]
+                                      "inliers", "copy_coverage", "copy_unmatched", "copy_pixels"]
     verdict = {frozenset(pair): v for *pair, v in zip(pairs["image_a"], pairs["image_b"], pairs["verdict"])}
     for label in RESHOOTS:  # a candidate by its features, refused by the copy check
         assert verdict[frozenset((f"{label}_1.jpg", f"{label}_reshoot.jpg"))] != "copy"
@@ -270,7 +286,7 @@ def test_without_the_sidecar_the_photos_are_hashed_now_with_the_same_result(shop
 
 @pytest.mark.shared
 def test_a_photo_without_stored_local_features_is_decided_by_its_hashes_not_fatal(shop, tmp_path):
-    """Local features stored for every photo but one: the run goes on; that photo's pairs say the hashes decided."""
+    """Local features stored for every photo but one: the run goes on; that photo's hashes and pixels decide."""
     from skimgfeat.matching.local_features import write_local_features
 
     photos = sorted((shop / "photos").glob("*.jpg"))
@@ -279,13 +295,16 @@ def test_a_photo_without_stored_local_features_is_decided_by_its_hashes_not_fata
     result = skimgfeat("duplicates", "--features", shop / "features" / "image_features_raw.parquet",
                        "--local-features", tmp_path / "local", "--pairs", tmp_path / "pairs.csv")
     assert result.returncode == 0, result.stderr
-    assert "the hashes alone decided" in result.stderr
+    assert "without stored local features: their hashes decided them" in result.stderr
     pairs = read_csv(tmp_path / "pairs.csv")
     without = pairs["image_a"].eq("melon_resized.jpg") | pairs["image_b"].eq("melon_resized.jpg")
     assert without.any()
-    assert pairs.loc[without, "reason"].str.fullmatch("no local features for melon_resized.jpg: hashes alone "
-                                                      "decided").all()
-    assert not pairs.loc[~without, "reason"].str.contains("hashes alone").any()
+    assert pairs.loc[without, "reason"].str.fullmatch("no local features for melon_resized.jpg: hashes "
+                                                      "(alone|and pixels) decided").all()
+    # The photos are at hand: the pixels confirmed each copy the stricter hash rule proposed.
+    copies = without & pairs["verdict"].eq("copy")
+    assert copies.any() and pairs.loc[copies, "reason"].str.endswith("hashes and pixels decided").all()
+    assert not pairs.loc[~without, "reason"].str.contains("decided").any()
     groups = read_csv(result.stdout)  # a resized copy passes the stricter hash rule too
     group_of = dict(zip(groups["image_path"], groups["group"]))
     assert group_of["melon_resized.jpg"] == group_of["melon_1.jpg"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import pandas as pd
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
 from ..schema import ERROR, IMAGE_PATH
+from .pixel_agreement import PixelComparison, load_for_comparison, pixel_difference
 
 # Chosen by benchmarks/duplicate_threshold.py on its tune split (see benchmarks/README.md).
 COPY_THRESHOLD = 8
@@ -100,10 +101,15 @@ def photo_hashes(image) -> np.ndarray:
     >>> hashes.shape, hashes.dtype.name
     ((14,), 'uint64')
     """
-    import imagehash
     from PIL import ImageOps
 
     grey = image.convert("L")
+    pictures = [grey.crop(box) for box in hash_windows(grey)] + [ImageOps.mirror(grey)]
+    return _phashes(pictures)
+
+
+def hash_windows(grey) -> list[tuple[int, int, int, int]]:
+    """The boxes (left, top, right, bottom) of a grey picture that its hashes before :data:`MIRRORED` look at."""
     width, height = grey.size
     window_w, window_h = max(1, round(width * WINDOW_SIDE)), max(1, round(height * WINDOW_SIDE))
     boxes = [(0, 0, width, height)]
@@ -115,8 +121,28 @@ def photo_hashes(image) -> np.ndarray:
         left, top = (width - keep_w) // 2, (height - keep_h) // 2
         boxes.append((left, top, left + keep_w, top + keep_h))
     boxes.append(_content_box(grey))
-    pictures = [grey.crop(box) for box in boxes] + [ImageOps.mirror(grey)]
-    bits = np.stack([imagehash.phash(picture).hash.ravel() for picture in pictures])
+    return boxes
+
+
+# imagehash.phash's sizes: an 8 x 8 hash from the DCT of a 32 x 32 picture.
+_PHASH_SIDE, _PHASH_PICTURE = 8, 32
+
+
+def _phashes(pictures) -> np.ndarray:
+    """``imagehash.phash`` of each grey picture, bit for bit, with one DCT for all of them.
+
+    The same steps (a Lanczos resize to 32 x 32, a 2-D DCT-II, the 8 x 8 lowest
+    frequencies against their median), but the DCT and the medians run once over the
+    stack: per picture, imagehash spent most of its time in Python around two tiny
+    transforms (1.9 ms a photo for the 14 hashes, 0.9 ms this way).
+    """
+    from PIL import Image
+    from scipy.fftpack import dct
+
+    size = (_PHASH_PICTURE, _PHASH_PICTURE)
+    pixels = np.stack([np.asarray(picture.resize(size, Image.LANCZOS)) for picture in pictures])
+    low = dct(dct(pixels, axis=1), axis=2)[:, :_PHASH_SIDE, :_PHASH_SIDE].reshape(len(pictures), -1)
+    bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
@@ -325,6 +351,9 @@ class CopyVerification:
         The share of those keypoints lying in a patch where almost nothing matches
         (:func:`_unmatched_share`): another drawing in the same frame, another object
         on the same backdrop. 1 when no similarity explains the matches.
+    transform : ndarray of shape (3, 3) or None
+        The similarity, from the first photo's pixels (flipped when ``mirrored``) to the
+        second's; None when no similarity explains the matches.
     """
 
     inliers: int
@@ -332,6 +361,7 @@ class CopyVerification:
     similarity: bool
     mirrored: bool = False
     unmatched: float = 1.0
+    transform: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def agrees(self) -> bool:
@@ -394,7 +424,78 @@ def verify_copy(a, b, *, mirrored: bool = False, verification=None) -> CopyVerif
     points = features.points[overlap]
     inliers = int(kept.sum())
     coverage = min(1.0, inliers / max(1, len(points)))
-    return CopyVerification(inliers, coverage, True, mirrored, _unmatched_share(points, inlier_points))
+    # In the photos' own pixels: the detection frames are the photos scaled by a.scale and b.scale.
+    transform = np.diag([1 / b.scale, 1 / b.scale, 1.0]) @ forward @ np.diag([a.scale, a.scale, 1.0])
+    return CopyVerification(inliers, coverage, True, mirrored, _unmatched_share(points, inlier_points), transform)
+
+
+def compare_copy_pixels(photo_a, photo_b, hashes_a, hashes_b, verification: CopyVerification | None = None
+                        ) -> PixelComparison | None:
+    """Align two photo files as a copy would be aligned and measure their worst block's difference.
+
+    The alignment is the content check's similarity (``verification``, from
+    :func:`verify_copy`) when it found one; else it is read off the two hash windows that
+    matched best (the copy distance's pair) and refined on the pixels. Mirrored as the
+    hashes (or ``verification``) say.
+
+    Parameters
+    ----------
+    photo_a, photo_b : path
+    hashes_a, hashes_b : ndarray of shape (N_HASHES,)
+    verification : CopyVerification or None
+
+    Returns
+    -------
+    PixelComparison or None
+        None when a file cannot be read; :meth:`PixelComparison.none` (an infinite
+        difference) when the photos cannot be aligned.
+    """
+    if verification is not None and verification.transform is not None:
+        mirrored, transform = verification.mirrored, verification.transform
+    else:
+        (first, second), mirrored = _best_windows(hashes_a, hashes_b)
+        transform = None
+    loaded_a, loaded_b = load_for_comparison(photo_a, mirrored=mirrored), load_for_comparison(photo_b)
+    if loaded_a is None or loaded_b is None:
+        return None
+    (pixels_a, scale_a), (pixels_b, scale_b) = loaded_a, loaded_b
+    if transform is None:  # a window of each (a mirror image's window is the whole photo, as loaded)
+        transform = _box_transform(_window_box(pixels_a, first, flipped=mirrored), _window_box(pixels_b, second))
+    else:
+        transform = np.diag([scale_b, scale_b, 1.0]) @ transform @ np.diag([1 / scale_a, 1 / scale_a, 1.0])
+    return pixel_difference(pixels_a, pixels_b, transform, refine=True)
+
+
+def _best_windows(hashes_a, hashes_b) -> tuple[tuple[int, int], bool]:
+    """The hashes ``(of a, of b)`` at the copy distance, and whether one of them is a mirror image."""
+    bits = np.bitwise_count(np.asarray(hashes_a, np.uint64)[:, None] ^ np.asarray(hashes_b, np.uint64)[None, :])
+    bits[MIRRORED, MIRRORED] = HASH_BITS + 1  # two mirror images: the photos as they are (WHOLE, WHOLE)
+    first, second = np.unravel_index(int(np.argmin(bits)), bits.shape)
+    return (int(first), int(second)), bool(first == MIRRORED or second == MIRRORED)
+
+
+def _window_box(pixels: np.ndarray, window: int, *, flipped: bool = False) -> np.ndarray:
+    """Box ``(left, top, right, bottom)`` in ``pixels`` of hash ``window`` of the photo as hashed.
+
+    ``flipped``: ``pixels`` are the photo's mirror image (the box is the window's mirror image).
+    """
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if window in (WHOLE, MIRRORED):
+        return np.array([0.0, 0.0, width, height])
+    picture = Image.fromarray(np.ascontiguousarray(pixels[:, ::-1] if flipped else pixels).astype(np.uint8))
+    picture.thumbnail(_DECODE_SIZE)
+    box = np.array(hash_windows(picture.convert("L"))[window], dtype=np.float64)
+    box *= np.array([width / picture.width, height / picture.height] * 2)
+    return np.array([width - box[2], box[1], width - box[0], box[3]]) if flipped else box
+
+
+def _box_transform(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
+    """The scale-and-shift taking ``box_a`` onto ``box_b`` (3 x 3)."""
+    scale = (box_b[2:] - box_b[:2]) / np.maximum(box_a[2:] - box_a[:2], 1e-6)
+    shift = box_b[:2] - box_a[:2] * scale
+    return np.array([[scale[0], 0.0, shift[0]], [0.0, scale[1], shift[1]], [0.0, 0.0, 1.0]])
 
 
 def _similarity_inliers(points_a: np.ndarray, points_b: np.ndarray):
@@ -448,6 +549,9 @@ def _inside(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
             & (points[:, 1] < height - margin))
 
 
+# The pixel check: the largest difference (grey levels) of one block of a copy once aligned (chosen on the tune
+# split of benchmarks/duplicate_threshold.py).
+MAX_PIXEL_DIFFERENCE = 40.0
 # The content check (chosen on the tune split of benchmarks/duplicate_threshold.py).
 MIN_COPY_INLIERS = 8
 MIN_COPY_COVERAGE = 0.2
@@ -489,12 +593,26 @@ class PhotoHashes:
     """
 
     def __init__(self, names: Sequence[str], hashes, errors: Sequence[str] | None = None) -> None:
-        names = np.asarray([str(name) for name in names], dtype=object)
+        names = _strings(names)
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(names), N_HASHES)
-        errors = np.asarray([""] * len(names) if errors is None else [str(e) for e in errors], dtype=object)
-        last = ~pd.Index(names).duplicated(keep="last")  # a name given twice: its last hashes, as merged() keeps
-        self.names, self.hashes, self.errors = names[last], hashes[last], errors[last]
-        self._index = pd.Index(self.names)
+        errors = np.full(len(names), "", dtype=object) if errors is None else _strings(errors)
+        index = pd.Index(names, dtype=object)
+        if not index.is_unique:  # a name given twice: its last hashes, as merged() keeps
+            last = ~index.duplicated(keep="last")
+            names, hashes, errors = names[last], hashes[last], errors[last]
+            index = pd.Index(names, dtype=object)
+        self._set(names, hashes, errors, index)
+
+    def _set(self, names: np.ndarray, hashes: np.ndarray, errors: np.ndarray, index: pd.Index) -> None:
+        self.names, self.hashes, self.errors, self._index = names, hashes, errors, index
+
+    @classmethod
+    def _of_unique(cls, names: np.ndarray, hashes: np.ndarray, errors: np.ndarray) -> PhotoHashes:
+        """Hashes of names known to be distinct strings already: nothing is converted or checked again (an
+        archive's million names are hashed into the lookup table once, when first looked up)."""
+        made = cls.__new__(cls)
+        made._set(names, hashes, errors, pd.Index(names, dtype=object))
+        return made
 
     def __len__(self) -> int:
         return len(self.names)
@@ -547,7 +665,13 @@ class PhotoHashes:
         names = [os.fspath(photo) for photo in photos] if names is None else list(names)
         workers = n_workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(_hash_or_reason, photos))
+            results = list(pool.map(hash_or_reason, photos))
+        return cls.from_results(names, results)
+
+    @classmethod
+    def from_results(cls, names: Sequence[str], results: Sequence[np.ndarray | str]) -> PhotoHashes:
+        """Hashes from :func:`hash_or_reason`'s results, one per name (a caller that reads each photo once for
+        more than its hashes, as an archive's intake does)."""
         hashes = np.zeros((len(names), N_HASHES), dtype=np.uint64)
         errors = []
         for row, result in enumerate(results):
@@ -562,19 +686,29 @@ class PhotoHashes:
         """These hashes and ``other``'s (``other`` wins for a name in both)."""
         if not len(other):
             return self
-        keep = ~other.contains(self.names)
-        return PhotoHashes(np.concatenate([self.names[keep], other.names]),
-                           np.concatenate([self.hashes[keep], other.hashes]),
-                           np.concatenate([self.errors[keep], other.errors]))
+        # The few names ``other`` replaces are looked up among these, not these million among other's.
+        replaced = self._index.get_indexer(pd.Index(other.names, dtype=object))
+        keep = np.ones(len(self), dtype=bool)
+        keep[replaced[replaced >= 0]] = False
+        return PhotoHashes._of_unique(np.concatenate([self.names[keep], other.names]),
+                                      np.concatenate([self.hashes[keep], other.hashes]),
+                                      np.concatenate([self.errors[keep], other.errors]))
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write ``image_path, error, phash_0..`` as Parquet (hashes as signed 64-bit integers)."""
-        from ..storage.io import write_table
+        """Write ``image_path, error, phash_0..`` as Parquet (hashes as signed 64-bit integers), atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        table = pd.DataFrame(self.hashes.view(np.int64), columns=_HASH_COLUMNS)
-        table.insert(0, ERROR, self.errors)
-        table.insert(0, IMAGE_PATH, self.names)
-        return write_table(table, Path(path))
+        from ..storage.io import atomic_path
+
+        signed = self.hashes.view(np.int64)
+        table = pa.table({IMAGE_PATH: pa.array(self.names, type=pa.string()),
+                          ERROR: pa.array(self.errors, type=pa.string()),
+                          **{column: signed[:, i] for i, column in enumerate(_HASH_COLUMNS)}})
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            pq.write_table(table, temporary)
+        return path
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> PhotoHashes:
@@ -582,20 +716,47 @@ class PhotoHashes:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hashes file {os.fspath(path)!r} does not exist")
-        table = pd.read_parquet(path)
-        if f"phash_{N_HASHES - 1}" not in table.columns and "phash_0" in table.columns:
-            stored = sum(str(column).startswith("phash_") for column in table.columns)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file ({error})") from None
+        columns = table.column_names
+        if f"phash_{N_HASHES - 1}" not in columns and "phash_0" in columns:
+            stored = sum(str(column).startswith("phash_") for column in columns)
             raise OutdatedHashesError(
                 f"{os.fspath(path)!r} holds the hashes of an earlier skimgfeat ({stored} per photo, this version "
                 f"uses {N_HASHES}): run `skimgfeat extract --hashes` again")
-        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in table.columns]
+        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in columns]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file: no column {missing[0]!r}")
-        hashes = table[_HASH_COLUMNS].to_numpy(dtype=np.int64).view(np.uint64)
-        return cls(table[IMAGE_PATH].astype(str), hashes, table[ERROR].fillna("").astype(str))
+        # Straight from Arrow: a pandas column of Arrow strings costs seconds a million names to walk.
+        hashes = np.column_stack([table.column(column).to_numpy() for column in _HASH_COLUMNS])
+        hashes = hashes.astype(np.int64, copy=False)
+        errors = pc.fill_null(table.column(ERROR).cast(pa.string()), "")
+        return cls(table.column(IMAGE_PATH).to_numpy(zero_copy_only=False), hashes.reshape(-1, N_HASHES).view(
+            np.uint64), errors.to_numpy(zero_copy_only=False))
 
 
-def _hash_or_reason(photo) -> np.ndarray | str:
+def _strings(values) -> np.ndarray:
+    """``values`` as an object array of str: left as they are when they are all str already (one check in C),
+    otherwise each converted (paths, numbers)."""
+    if isinstance(values, (pd.Series, pd.Index)):
+        values = values.to_numpy(dtype=object)
+    elif not hasattr(values, "__len__"):
+        values = list(values)
+    array = np.empty(len(values), dtype=object)
+    array[:] = list(values) if not isinstance(values, np.ndarray) else values
+    if len(array) and pd.api.types.infer_dtype(array, skipna=False) != "string":
+        array = np.asarray([str(value) for value in array], dtype=object)
+    return array
+
+
+def hash_or_reason(photo) -> np.ndarray | str:
+    """:func:`hash_photo` of ``photo``, or why it cannot be hashed (a string; None: no photo known)."""
     if photo is None:
         return "missing (no photo known)"
     try:
