@@ -4,8 +4,14 @@ Global CNN features find photos of the same *kind* of object; they cannot tell t
 DVD case from another one, nor a re-listed lot from a similar lot. An
 :class:`ObjectMatcher` therefore takes the ``k`` nearest rows of a feature table by
 cosine distance (the shortlist, :func:`~skimgfeat.search.similarity.similar_items`),
-verifies each candidate against the query with local features
-(:mod:`skimgfeat.matching.verification`) and ranks the verified ones first, by inliers.
+with the photos the instance index ranks highest for the query's local features
+(:mod:`skimgfeat.matching.instance_index`), verifies each candidate against the query with
+local features (:mod:`skimgfeat.matching.verification`) and ranks the verified ones first,
+by inliers. A query with verified matches is then *expanded* (Chum et al., "Total recall",
+ICCV 2007): the instance index is searched again with the object's region in its best
+matches, which show the object under other cameras and light, and the new candidates are
+verified too: a phone photo whose own descriptors rank the catalogue photo low (a small
+object in clutter) finds it through another photo of the object.
 Each candidate gets a verdict:
 
 * ``copy``: the same photo again (resized, recompressed, slightly cropped): the copy

@@ -5,7 +5,9 @@ small patches that one perspective transform maps onto each other; two objects o
 same kind (two DVD cases) share only scattered patches (a studio logo, a rating box),
 which no single transform explains. :func:`verify_pair` matches the AKAZE descriptors of
 two photos (mutual nearest neighbours that pass Lowe's ratio test both ways),
-fits a homography with RANSAC, and counts the matches it explains (the inliers).
+fits a homography with RANSAC (OpenCV's USAC: a sequential test drops a bad model early, so
+proving that two photos show different objects costs little), and counts the matches it
+explains (the inliers).
 :func:`is_same_object` then asks for enough inliers, some of them at the centre of *both*
 photos, the centre of at least one photo matching at least as well as the photo as a
 whole (the photographed object is at the centre: two lots on one studio backdrop, or a
@@ -160,7 +162,7 @@ def verify_pair(
     guided_radius: float | None = DEFAULT_GUIDED_RADIUS,
     guided_max_distance: int = DEFAULT_GUIDED_MAX_DISTANCE,
 ) -> PairVerification:
-    """Match two photos' local features and fit a homography with RANSAC, then match again guided by it.
+    """Match two photos' local features and fit a homography with RANSAC (USAC), then match again guided by it.
 
     Parameters
     ----------
@@ -232,7 +234,7 @@ def verify_pair(
 
 def _fitted(a: LocalFeatures, b: LocalFeatures, index_a: np.ndarray, index_b: np.ndarray,
             reprojection_error: float, max_scale_change: float) -> PairVerification | None:
-    """A homography fitted with RANSAC to the matched keypoints ``index_a`` of ``a`` and ``index_b`` of ``b``."""
+    """A homography fitted with RANSAC (USAC) to the matched keypoints ``index_a`` of ``a`` and ``index_b`` of ``b``."""
     cv2 = import_cv2()
     points_a, points_b = a.points[index_a], b.points[index_b]
     # USAC (Raguram et al., TPAMI 2013) rather than plain RANSAC: its sequential test drops a bad model after a few
