@@ -61,6 +61,7 @@ from skimgfeat.matching.copy_check import (  # noqa: E402
     COPY_THRESHOLD,
     DIFFERENT,
     HASHES_FILE,
+    MAX_PIXEL_DIFFERENCE,
     MAX_UNMATCHED,
     MIN_COPY_COVERAGE,
     MIN_COPY_INLIERS,
@@ -88,6 +89,7 @@ COPY_THRESHOLDS = (6, 8, 10, 12)
 COVERAGES = (0.2, 0.3, 0.4)
 MIN_INLIERS = (8, 12, 20)
 MAX_UNMATCHEDS = (0.03, 0.05, 0.1)
+PIXEL_DIFFERENCES = (25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, np.inf)
 SOURCE, RESHOOT, DISTRACTOR = "source", "reshoot", "distractor"
 
 
@@ -150,8 +152,9 @@ def _open(path: Path) -> Image.Image:
         return opened.convert("RGB")
 
 
-def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, seed: int) -> pd.DataFrame:
-    """Write every photo of one split into ``folder``.
+def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, seed: int,
+                sets: tuple[str, ...] = SETS) -> pd.DataFrame:
+    """Write every photo of one split into ``folder`` (of the photo sets ``sets``).
 
     One row per photo: ``path`` (in ``folder``), ``set`` ("main", "framed", "backdrop",
     "products"), ``role``, ``owner`` (the source number its copies share, -1 for none),
@@ -173,6 +176,8 @@ def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, se
             rows.append((copy.name, photo_set, SOURCE, number, kind, -1))
 
     number = 0
+    if "main" not in sets:
+        imagenet, grocery, reshoots, distractors = [], [], [], []
     for source in [*imagenet, *grocery]:
         add_source(_open(source), number, COPY_KINDS, "main")
         number += 1
@@ -186,7 +191,7 @@ def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, se
         rows.append((target.name, "main", DISTRACTOR, -1, "", -1))
     # Framed works: eight drawings behind each of two frames (other frames and drawings in each split).
     frames = (0, 1) if split == "tune" else (2, 3)
-    for frame in frames:
+    for frame in frames if "framed" in sets else ():
         for drawing in range(8):
             add_source(framed_work(100 * frame + drawing, frame=frame), number, HARD_COPY_KINDS["framed"], "framed")
             number += 1
@@ -195,7 +200,7 @@ def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, se
     covers = covers[:25] if split == "tune" else covers[25:]
     backdrops = [studio_backdrop(), _open(HOUSES / ("1_bedroom.jpg" if split == "tune" else "2_bedroom.jpg"))
                  .resize((640, 480))]
-    for i, cover in enumerate(covers):
+    for i, cover in enumerate(covers if "backdrop" in sets else ()):
         position = tuple(rng.uniform(0, 1, 2))
         add_source(on_backdrop(cover, backdrops[i % 2], fraction=0.3, position=position), number,
                    HARD_COPY_KINDS["backdrop"], "backdrop")
@@ -203,7 +208,7 @@ def build_split(split: str, folder: Path, n_sources: int, n_distractors: int, se
     # White-background product shots: the split's half of the web-shop images.
     products = sorted(ICONIC.rglob("*.jpg"))
     products = products[: len(products) // 2] if split == "tune" else products[len(products) // 2:]
-    for shot in products:
+    for shot in products if "products" in sets else ():
         add_source(_open(shot), number, HARD_COPY_KINDS["products"], "products")
         number += 1
     return pd.DataFrame(rows, columns=["path", "set", "role", "owner", "kind", "reshoot_of"])
@@ -239,11 +244,11 @@ def score(photos: pd.DataFrame, groups: pd.DataFrame) -> dict:
             reshoot_pairs.add(tuple(sorted((int(member), int(row)))))
     hits = len(main & truth)
     precision = hits / len(main) if main else 1.0
-    recall = hits / len(truth)
+    recall = hits / len(truth) if truth else float("nan")
     result = {
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": 2 * precision * recall / (precision + recall) if truth and precision + recall else 0.0,
         "reshoot_share": len(predicted & reshoot_pairs) / max(1, len(reshoot_pairs)),
         "n_reshoot_pairs": len(reshoot_pairs),
         "false_pairs": len(predicted - truth_pairs(photos)),  # anywhere in the table
@@ -252,7 +257,7 @@ def score(photos: pd.DataFrame, groups: pd.DataFrame) -> dict:
         set_truth = truth_pairs(photos, in_set[name])
         inside = {pair for pair in predicted if in_set[name][pair[0]] or in_set[name][pair[1]]}
         result[f"{name}_false"] = len(inside - set_truth)
-        result[f"{name}_recall"] = len(inside & set_truth) / len(set_truth)
+        result[f"{name}_recall"] = len(inside & set_truth) / len(set_truth) if set_truth else float("nan")
     return result
 
 
@@ -279,26 +284,46 @@ def run(command: list, **environment) -> tuple[subprocess.CompletedProcess, floa
 
 
 def offline_groups(pairs: pd.DataFrame, texture: dict, bits: int, coverage: float, inliers: int,
-                   unmatched: float = 1.0) -> pd.DataFrame:
-    """The groups the copy check would make at other settings, from pairs scored once at a wide copy threshold."""
+                   unmatched: float = 1.0, pixels: float = np.inf) -> pd.DataFrame:
+    """The groups the copy check would make at other settings, from pairs scored once at a wide copy threshold.
+
+    A pair without a pixel difference (the default content check refused it before the
+    pixels were compared, or hashes alone decided) passes the pixel threshold.
+    """
     scale = np.clip(np.minimum(pairs["image_a"].map(texture), pairs["image_b"].map(texture)) / TEXTURE_REFERENCE,
                     TEXTURE_FLOOR, 1.0)
     copy = ((pairs["copy_score"] <= np.floor(bits * scale)) & (pairs["copy_coverage"] >= coverage)
-            & (pairs["inliers"] >= inliers) & (pairs["copy_unmatched"] <= unmatched))
+            & (pairs["inliers"] >= inliers) & (pairs["copy_unmatched"] <= unmatched)
+            & ~(pairs["copy_pixels"] > pixels))
     return duplicate_groups(pairs.assign(verdict=np.where(copy, COPY, DIFFERENT)))
 
 
-def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict) -> tuple:
-    """The settings with no false copy in the hard sets and the best main-set F1 (then recall of the hard sets)."""
+def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict, pixel_gap: tuple[float, float]) -> tuple:
+    """The settings with no false copy in the hard sets and the best main-set F1 (then recall of the hard sets).
+
+    Among pixel thresholds that tie, the one nearest the middle (geometric mean) of
+    ``pixel_gap``: the largest pixel difference of a true copy pair and the smallest of a
+    false one, on this split: as much margin for harsher copies as for closer variants.
+    """
+    middle = np.sqrt(pixel_gap[0] * pixel_gap[1]) if np.isfinite(pixel_gap).all() else 40.0
     best = None
-    for bits, coverage, inliers, unmatched in product(COPY_THRESHOLDS, COVERAGES, MIN_INLIERS, MAX_UNMATCHEDS):
-        row = score(photos, offline_groups(pairs, texture, bits, coverage, inliers, unmatched))
+    for bits, coverage, inliers, unmatched, pixels in product(COPY_THRESHOLDS, COVERAGES, MIN_INLIERS,
+                                                              MAX_UNMATCHEDS, PIXEL_DIFFERENCES):
+        row = score(photos, offline_groups(pairs, texture, bits, coverage, inliers, unmatched, pixels))
         hard_false = sum(row[f"{name}_false"] for name in SETS[1:])
-        key = (-hard_false, round(row["f1"], 3), sum(row[f"{name}_recall"] for name in SETS[1:]), -bits,
-               coverage, inliers, -unmatched)
+        key = (-hard_false, round(row["f1"], 3), np.nansum([row[f"{name}_recall"] for name in SETS[1:]]), -bits,
+               coverage, inliers, -unmatched, -abs(np.log(pixels / middle)))
         if best is None or key > best[0]:
-            best = (key, bits, coverage, inliers, unmatched, row)
+            best = (key, bits, coverage, inliers, unmatched, pixels, row)
     return best[1:]
+
+
+def result_pixels(result: dict) -> tuple[float, float]:
+    """(largest pixel difference of a true copy pair, smallest of a false pair) among the pairs compared."""
+    pairs = result["pairs"].dropna(subset=["copy_pixels"])
+    owner = dict(zip(result["photos"]["path"], result["photos"]["owner"]))
+    same = pairs["image_a"].map(owner).eq(pairs["image_b"].map(owner)) & pairs["image_a"].map(owner).ge(0)
+    return float(pairs.loc[same, "copy_pixels"].max()), float(pairs.loc[~same, "copy_pixels"].min())
 
 
 def print_row(split: str, label: str, row: dict, n_photos: int) -> None:
@@ -315,6 +340,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the photos and tables here")
     parser.add_argument("--reuse", action="store_true", help="reuse the extract outputs already in --workdir")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
+                        help="build only these photo sets (a quick run: --sets products); default: all")
     args = parser.parse_args()
     if not WEIGHTS.exists():
         sys.exit(f"needs {WEIGHTS} and {SHARED / 'images'}: see ../shared/README.md")
@@ -324,7 +351,7 @@ def main() -> None:
         results = {}
         for split, seed in (("tune", args.seed), ("held-out", args.seed + 1)):
             folder, out = work / split / "photos", work / split / "out"
-            photos = build_split(split, folder, args.sources, args.distractors, seed)
+            photos = build_split(split, folder, args.sources, args.distractors, seed, tuple(args.sets))
             extract_seconds = np.nan
             if not (args.reuse and (out / "image_features_raw.parquet").is_file()):
                 if out.exists():
@@ -353,10 +380,14 @@ def main() -> None:
             print(f"{split}: {len(photos)} photos; extract --hashes --local-features {extract_seconds:.0f} s, "
                   f"duplicates {duplicates_seconds:.0f} s; {cli.stderr.strip()}", file=sys.stderr)
         chosen = results["tune"]
-        bits, coverage, inliers, unmatched, _ = tune(chosen["photos"], chosen["wide"], chosen["texture"])
+        tune_pixels = result_pixels(chosen)
+        bits, coverage, inliers, unmatched, pixels, _ = tune(chosen["photos"], chosen["wide"], chosen["texture"],
+                                                             tune_pixels)
         print(f"\nChosen on tune: copy threshold {bits} bits, coverage >= {coverage}, inliers >= {inliers}, "
-              f"unmatched <= {unmatched} (defaults now: {COPY_THRESHOLD}, {MIN_COPY_COVERAGE}, {MIN_COPY_INLIERS}, "
-              f"{MAX_UNMATCHED})\n")
+              f"unmatched <= {unmatched}, pixel difference <= {pixels} (defaults now: {COPY_THRESHOLD}, "
+              f"{MIN_COPY_COVERAGE}, {MIN_COPY_INLIERS}, {MAX_UNMATCHED}, {MAX_PIXEL_DIFFERENCE})\n")
+        print(f"tune: pixel difference of the copy pairs at most {tune_pixels[0]:.1f}, of the false hash matches "
+              f"that the content check confirmed at least {tune_pixels[1]:.1f}\n")
         print("Through `skimgfeat extract --hashes --local-features` + `skimgfeat duplicates` (defaults); main set: "
               "pair precision and recall, re-shoot pairs grouped; hard sets: false copy pairs / recall of their "
               "copies\n")
@@ -371,7 +402,7 @@ def main() -> None:
                 continue
             print_row(split, "the setting chosen on tune (offline, from the same pairs)",
                       score(photos, offline_groups(result["wide"], result["texture"], bits, coverage, inliers,
-                                                   unmatched)), len(photos))
+                                                   unmatched, pixels)), len(photos))
             unconfirmed = result["wide"].assign(copy_coverage=1.0, inliers=99, copy_unmatched=0.0)  # hash match: copy
             print_row(split, f"hash match alone at {COPY_THRESHOLD} bits (no content check)",
                       score(photos, offline_groups(unconfirmed, result["texture"], COPY_THRESHOLD, 0, 0)), len(photos))

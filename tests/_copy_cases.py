@@ -17,7 +17,12 @@ what matters):
   photographed on the same wall: frame, mat and paper fill most of the picture;
 * :func:`on_backdrop`: different objects (real DVD covers) photographed small, at any
   position, on one studio backdrop;
-* white-background product shots are real photos (the grocery set's web-shop images).
+* :func:`product_variant`: one carton design on white in flavours that differ only in
+  colour (its band and its fruit picture), of one grey tone: the hashes and keypoints
+  of two flavours agree, their colours do not (the grocery set's web-shop images are
+  the real ones, in the benchmark);
+* :func:`plain_fruit`: one smooth fruit shape on white in colours of one grey tone (too
+  few keypoints for the content check).
 """
 
 from __future__ import annotations
@@ -123,3 +128,42 @@ def on_backdrop(cover: str | os.PathLike | Image.Image, backdrop: Image.Image, *
     top = round((scene.height - front.height) * position[1])
     scene.paste(front, (left, top))
     return scene
+
+
+# Flavours of one grey tone (luma within a few levels): a grey picture cannot tell them apart.
+FLAVOURS = {"orange": (232, 120, 24), "apple": (92, 178, 64), "blueberry": (96, 132, 236), "raspberry": (226, 92, 150)}
+
+
+def product_variant(flavour: str, *, size: int = 240) -> Image.Image:
+    """A carton of one product line photographed on white, in ``flavour`` (a key of :data:`FLAVOURS`).
+
+    The carton, its brand band, logo, lettering and pattern are the same for every flavour;
+    the colour band and the fruit picture take the flavour's colour.
+    """
+    colour = FLAVOURS[flavour]
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = round(0.3 * size), round(0.7 * size), round(0.1 * size), round(0.94 * size)
+    draw.polygon([(left, top + 14), ((left + right) // 2, top), (right, top + 14), (right, bottom), (left, bottom)],
+                 fill=(236, 236, 232), outline=(150, 150, 150))
+    draw.rectangle((left, top + 18, right, top + 44), fill=(34, 40, 60))  # the brand band, lettered in white
+    draw.text((left + 8, top + 24), "GOOD DAY", fill=(250, 250, 250))
+    draw.rectangle((left, round(0.62 * size), right, round(0.74 * size)), fill=colour)  # the flavour's band
+    fruit = (round(0.5 * size), round(0.5 * size), round(0.09 * size))
+    draw.ellipse((fruit[0] - fruit[2], fruit[1] - fruit[2], fruit[0] + fruit[2], fruit[1] + fruit[2]), fill=colour,
+                 outline=(60, 60, 60), width=2)
+    pattern = np.random.default_rng(3)
+    for _ in range(40):  # the design's small print and dots, the same on every flavour
+        x, y = pattern.uniform(left + 6, right - 14), pattern.uniform(round(0.76 * size), bottom - 6)
+        draw.rectangle((x, y, x + pattern.uniform(3, 10), y + 2), fill=(70, 70, 70))
+    draw.text((left + 8, round(0.64 * size)), "100% JUICE", fill=(30, 30, 30))
+    return image.filter(ImageFilter.GaussianBlur(0.5))
+
+
+def plain_fruit(flavour: str, *, size: int = 200) -> Image.Image:
+    """A smooth fruit (a shaded disc) on white in ``flavour``'s colour: no texture for keypoints."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    inside = (x - 0.5) ** 2 + (y - 0.52) ** 2 < 0.36 ** 2
+    shade = 1.0 - 0.35 * np.clip(np.hypot(x - 0.4, y - 0.4) / 0.5, 0, 1)
+    picture = np.where(inside[..., None], np.array(FLAVOURS[flavour])[None, None] * shade[..., None], 255.0)
+    return Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8))

@@ -257,7 +257,7 @@ def test_each_copy_kind_is_grouped_with_its_original_and_look_alikes_are_kept_ap
 
     pairs = read_csv(shop / "pairs.csv")
     assert pairs.columns.tolist() == ["image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason",
-                                      "inliers", "copy_coverage", "copy_unmatched"]
+                                      "inliers", "copy_coverage", "copy_unmatched", "copy_pixels"]
     verdict = {frozenset(pair): v for *pair, v in zip(pairs["image_a"], pairs["image_b"], pairs["verdict"])}
     for label in RESHOOTS:  # a candidate by its features, refused by the copy check
         assert verdict[frozenset((f"{label}_1.jpg", f"{label}_reshoot.jpg"))] != "copy"
@@ -286,7 +286,7 @@ def test_without_the_sidecar_the_photos_are_hashed_now_with_the_same_result(shop
 
 @pytest.mark.shared
 def test_a_photo_without_stored_local_features_is_decided_by_its_hashes_not_fatal(shop, tmp_path):
-    """Local features stored for every photo but one: the run goes on; that photo's pairs say the hashes decided."""
+    """Local features stored for every photo but one: the run goes on; that photo's hashes and pixels decide."""
     from skimgfeat.matching.local_features import write_local_features
 
     photos = sorted((shop / "photos").glob("*.jpg"))
@@ -295,13 +295,16 @@ def test_a_photo_without_stored_local_features_is_decided_by_its_hashes_not_fata
     result = skimgfeat("duplicates", "--features", shop / "features" / "image_features_raw.parquet",
                        "--local-features", tmp_path / "local", "--pairs", tmp_path / "pairs.csv")
     assert result.returncode == 0, result.stderr
-    assert "the hashes alone decided" in result.stderr
+    assert "without stored local features: their hashes decided them" in result.stderr
     pairs = read_csv(tmp_path / "pairs.csv")
     without = pairs["image_a"].eq("melon_resized.jpg") | pairs["image_b"].eq("melon_resized.jpg")
     assert without.any()
-    assert pairs.loc[without, "reason"].str.fullmatch("no local features for melon_resized.jpg: hashes alone "
-                                                      "decided").all()
-    assert not pairs.loc[~without, "reason"].str.contains("hashes alone").any()
+    assert pairs.loc[without, "reason"].str.fullmatch("no local features for melon_resized.jpg: hashes "
+                                                      "(alone|and pixels) decided").all()
+    # The photos are at hand: the pixels confirmed each copy the stricter hash rule proposed.
+    copies = without & pairs["verdict"].eq("copy")
+    assert copies.any() and pairs.loc[copies, "reason"].str.endswith("hashes and pixels decided").all()
+    assert not pairs.loc[~without, "reason"].str.contains("decided").any()
     groups = read_csv(result.stdout)  # a resized copy passes the stricter hash rule too
     group_of = dict(zip(groups["image_path"], groups["group"]))
     assert group_of["melon_resized.jpg"] == group_of["melon_1.jpg"]

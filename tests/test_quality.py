@@ -15,7 +15,7 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 from test_cli import skimgfeat
 
-from skimgfeat import CNNImageEmbedder, ImageLoadError, ImageQualityFeatures, ItemAggregator
+from skimgfeat import CNNImageEmbedder, ImageLoadError, ImageQualityFeatures, ItemAggregator, RaggedPhotos
 from skimgfeat.quality.measures import QUALITY_FEATURES, estimate_jpeg_quality
 
 
@@ -130,13 +130,18 @@ def test_sklearn_protocol_and_pandas_output(synthetic_photos):
     pd.testing.assert_frame_equal(restored.transform(column), table)
 
 
-def test_several_photos_per_sample_are_nan_padded_and_aggregate_per_item(synthetic_photos):
+def test_several_photos_per_sample_stay_ragged_and_aggregate_per_item(synthetic_photos):
     items = [synthetic_photos[0:2], synthetic_photos[2:3]]
     quality = ImageQualityFeatures().fit()
     photos = quality.transform(items)
-    assert photos.shape == (2, 2, 11) and np.isnan(photos[1, 1]).all()
+    # one row per photo (3), not items x largest item (4): memory follows the photos
+    assert isinstance(photos, RaggedPhotos) and photos.values.shape == (3, 11)
+    assert photos.counts.tolist() == [2, 1]
+    np.testing.assert_array_equal(photos.values, quality.transform(list(synthetic_photos[0:3])))
+    padded = np.asarray(photos)  # the padded array only when asked for
+    assert padded.shape == (2, 2, 11) and np.isnan(padded[1, 1]).all()
     per_item = make_pipeline(ImageQualityFeatures(), ItemAggregator(method="mean")).fit_transform(items)
-    np.testing.assert_allclose(per_item, np.nanmean(photos, axis=1))
+    np.testing.assert_allclose(per_item, np.nanmean(padded, axis=1))
 
 
 def test_beside_the_embedder_in_a_feature_union_and_a_column_transformer(synthetic_photos):

@@ -138,11 +138,12 @@ class _Tally:
 
     def add(self, block):
         from ..matching.copy_check import COPY, UNREADABLE
+        from ..matching.duplicates import WITHOUT_CONTENT_CHECK
 
         for verdict, count in block["verdict"].value_counts().items():
             self.counts[verdict] = self.counts.get(verdict, 0) + int(count)
         self.unreadable.update(dict.fromkeys(block.loc[block["verdict"] == UNREADABLE, "reason"]))
-        self.hash_only += int(block["reason"].str.endswith("hashes alone decided").sum())
+        self.hash_only += int(block["reason"].str.endswith(WITHOUT_CONTENT_CHECK).sum())
         self.kept.append(block[block["verdict"] == COPY][["image_a", "image_b", "feature_distance", "verdict"]])
         return block
 
@@ -161,6 +162,7 @@ def _against_archive(args: argparse.Namespace) -> int:
 
     from ..matching.copy_check import COPY, UNREADABLE
     from ..matching.duplicates import find_copies_against
+    from ..schema import IMAGE_PATH
 
     with usage_errors():
         index = _read_index(args.against, args.image_dir)
@@ -176,19 +178,19 @@ def _against_archive(args: argparse.Namespace) -> int:
                                                 "reason": list(failed.values())})], ignore_index=True)
     pairs = _honour_decisions(pairs, args.against)
     found = pairs[pairs["verdict"] == COPY]
-    found = found.rename(columns={"image_a": "image_path", "image_b": "duplicate_of"})
+    found = found.rename(columns={"image_a": IMAGE_PATH, "image_b": "duplicate_of"})
     decided = ["decision"] if "decision" in found.columns else []  # the reviewers' "same", when any is in force
-    found[["image_path", "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
+    found[[IMAGE_PATH, "duplicate_of", "feature_distance", "copy_score", *decided]].to_csv(
         sys.stdout, index=False, float_format="%.6f")
     _report(args, pairs)
     if args.sheet is not None:
         photo_of = dict(zip(names, (os.fspath(photo) if photo is not None else name
                                     for name, photo in zip(names, photos))))
-        sheet_rows = found.assign(query=found["image_path"].map(photo_of), distance=found["feature_distance"])
+        sheet_rows = found.assign(query=found[IMAGE_PATH].map(photo_of), distance=found["feature_distance"])
         sheet_rows["rank"] = sheet_rows.groupby("query").cumcount() + 1
         # The archive's photo under the key column (the new photo's image_path is the query): one column of
         # that name, or the sheet labels every tile with the column's name and finds no photo.
-        _draw(args.sheet, sheet_rows.drop(columns="image_path").rename(columns={"duplicate_of": index.key}), index)
+        _draw(args.sheet, sheet_rows.drop(columns=IMAGE_PATH).rename(columns={"duplicate_of": index.key}), index)
     return EXIT_OK
 
 
@@ -256,10 +258,11 @@ def _hashes_beside(archive: Path) -> Path:
 def _copy_check(args: argparse.Namespace, index, table: Path, hashes_file: Path | None):
     """False, or the hashes of ``table`` or index directory (True when there are none: photos hashed now)."""
     from ..matching.copy_check import HASHES_FILE, OutdatedHashesError, PhotoHashes
+    from ..schema import IMAGE_PATH
 
     if args.no_copy_check:
         return False
-    if index.key != "image_path":
+    if index.key != IMAGE_PATH:
         _note(args, f"{os.fspath(table)} has one row per item: features alone decide (no copy check)")
         return False
     hashes_file = hashes_file or _hashes_beside(table)
@@ -341,13 +344,14 @@ def _reason(error) -> str:
 
 def _report(args: argparse.Namespace, pairs) -> None:
     from ..matching.copy_check import UNREADABLE
+    from ..matching.duplicates import WITHOUT_CONTENT_CHECK
     from ..storage.io import write_table
 
     if args.pairs is not None:
         write_table(pairs, args.pairs)
     counts = {verdict: int(count) for verdict, count in pairs["verdict"].value_counts().items()}
     unreadable = dict.fromkeys(pairs.loc[pairs["verdict"] == UNREADABLE, "reason"])
-    _warn_and_count(args, counts, unreadable, int(pairs["reason"].str.endswith("hashes alone decided").sum()))
+    _warn_and_count(args, counts, unreadable, int(pairs["reason"].str.endswith(WITHOUT_CONTENT_CHECK).sum()))
 
 
 def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_only: int) -> None:
@@ -358,7 +362,8 @@ def _warn_and_count(args: argparse.Namespace, counts: dict, unreadable, hash_onl
     shown = (COPY, *((SAME_OBJECT,) if counts.get(SAME_OBJECT) else ()), DIFFERENT, UNREADABLE)
     _note(args, f"{sum(counts.values())} candidate pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in shown))
     if hash_only:
-        _note(args, f"{hash_only} pairs without stored local features: the hashes alone decided them (see --pairs)")
+        _note(args, f"{hash_only} pairs without stored local features: their hashes decided them, with their pixels "
+                    "where the photos were at hand (see --pairs)")
 
 
 def _note(args: argparse.Namespace, message: str) -> None:

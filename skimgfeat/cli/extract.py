@@ -20,7 +20,7 @@ from ..feature_tables import (
     features_table,
     run_model_info,
 )
-from ..schema import FEATURE_PREFIX, feature_names
+from ..schema import FEATURE_PREFIX, IMAGE_NAME, feature_names
 from ..storage.checkpoint import CHECKPOINT_DIR, Gathered, lock_output_folder
 from ..storage.io import printable, write_json, write_table, write_table_chunks
 from ..storage.table_stream import FeatureStatistics, item_table_chunks, raw_table_chunks
@@ -295,7 +295,7 @@ def _print_statistics(stats: FeatureStatistics) -> None:
     print("Sample rows:")
     columns = [f"{FEATURE_PREFIX}{i}" for i in range(min(5, width))]
     with pd.option_context("display.width", 120, "display.max_columns", 8, "display.precision", 4):
-        print(stats.sample[["image_name", *columns]].to_string(index=False))
+        print(stats.sample[[IMAGE_NAME, *columns]].to_string(index=False))
 
 
 # -- local features for `skimgfeat match` ----------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run_match(args: argparse.Namespace) -> int:
     """Print the verified matches of each query as CSV; draw the sheet if asked."""
     from ..matching.object_match import ObjectMatcher
+    from ..schema import IMAGE_PATH
     from ..storage.decisions import DecisionStore, honour_decisions
     from ..storage.io import atomic_path, printable
 
@@ -72,7 +73,7 @@ def run_match(args: argparse.Namespace) -> int:
                                      image_dir=args.image_dir, k=args.k, k_instance=max(0, args.k_instance),
                                      min_inliers=args.min_inliers)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
-        results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", "image_path"))
+        results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", IMAGE_PATH))
         results["rank"] = results.groupby("query").cumcount() + 1  # reviewed-away pairs leave no gap
     results.to_csv(sys.stdout, index=False, float_format="%.6f")
     if matcher.unverified_:

@@ -56,8 +56,8 @@ def embed_input(
     :class:`~skimgfeat.RaggedPhotos`, one photo per sample a 2-D array.
     """
     paths = data.unique_paths()
-    layout = data.layout(paths, width, ragged=True)
-    view = layout.rows_view
+    layout = data.layout(paths, width)
+    view = layout.out
     failures: list[tuple[int, ImageLoadError]] = []
 
     def compute(positions: list[int]) -> Iterator[tuple[list[int], np.ndarray, set[int]]]:

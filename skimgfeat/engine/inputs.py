@@ -59,9 +59,6 @@ class ImageInput:
                     seen.setdefault(_key(path), path)
         return list(seen.values())
 
-    def max_images(self) -> int:
-        return max((len(sample) for sample in self.samples), default=0)
-
     def missing_path_errors(self) -> list[ImageLoadError]:
         """One error per sample without a path (single mode; in multi mode they are padding)."""
         if self.multi:
@@ -72,24 +69,22 @@ class ImageInput:
             if path_key(path) is None
         ]
 
-    def layout(self, paths: list, width: int, dtype=np.float32, ragged: bool = False) -> Layout:
+    def layout(self, paths: list, width: int, dtype=np.float32) -> Layout:
         """The NaN-filled result array and where each of ``paths`` (:meth:`unique_paths`) goes in it.
 
-        Single mode: ``(n_samples, width)``. Multi mode: ``(n_samples, max_images, width)``
-        NaN-padded, or with ``ragged`` one row per listed photo, sample after sample
-        (``Layout.offsets`` says where each sample starts): memory in proportion to the
-        photos. Missing paths stay NaN rows.
+        Single mode: ``(n_samples, width)``. Multi mode: one row per listed photo, sample
+        after sample (``Layout.offsets`` says where each sample starts), so memory follows
+        the photos, never samples x largest sample. Missing paths stay NaN rows.
         """
-        if self.multi and ragged:
+        if self.multi:
             counts = np.fromiter((len(sample) for sample in self.samples), dtype=np.intp, count=len(self.samples))
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
-            shape, out = (int(offsets[-1]), 1), np.full((int(offsets[-1]), width), np.nan, dtype=dtype)
+            out = np.full((int(offsets[-1]), width), np.nan, dtype=dtype)
             slot_of = _ragged_slots(offsets)
         else:
             offsets = None
-            shape = (len(self.samples), max(1, self.max_images())) if self.multi else (len(self.samples), 1)
-            out = np.full((*shape, width) if self.multi else (shape[0], width), np.nan, dtype=dtype)
-            slot_of = _padded_slots(shape[1])
+            out = np.full((len(self.samples), width), np.nan, dtype=dtype)
+            slot_of = _single_slots
         first: dict = {}
         copies: list[tuple[int, int]] = []
         for i, sample in enumerate(self.samples):
@@ -107,8 +102,8 @@ class ImageInput:
         return Layout(out, rows, source, target, offsets)
 
 
-def _padded_slots(width: int):
-    return lambda sample, photo: sample * width + photo
+def _single_slots(sample: int, photo: int) -> int:
+    return sample
 
 
 def _ragged_slots(offsets: np.ndarray):
@@ -119,7 +114,7 @@ def _ragged_slots(offsets: np.ndarray):
 class Layout:
     """A result array and where the vector of each unique path goes in it.
 
-    ``rows``: the row of :attr:`rows_view` for each unique path; once they are filled,
+    ``rows``: the row of ``out`` for each unique path; once they are filled,
     :meth:`complete` copies the vectors of photos listed more than once to their other places.
     """
 
@@ -127,17 +122,11 @@ class Layout:
     rows: np.ndarray
     copy_from: np.ndarray
     copy_to: np.ndarray
-    offsets: np.ndarray | None = None  # ragged multi mode: where each sample's rows start in ``out``
-
-    @property
-    def rows_view(self) -> np.ndarray:
-        """``out`` as one row per place (a view, no copy)."""
-        return self.out.reshape(-1, self.out.shape[-1])
+    offsets: np.ndarray | None = None  # multi mode: where each sample's rows start in ``out``
 
     def complete(self) -> np.ndarray | RaggedPhotos:
-        """The filled result: ``out``, or (ragged) its rows grouped by sample."""
-        view = self.rows_view
-        view[self.copy_to] = view[self.copy_from]
+        """The filled result: ``out``, or (multi mode) its rows grouped by sample."""
+        self.out[self.copy_to] = self.out[self.copy_from]
         return self.out if self.offsets is None else RaggedPhotos(self.out, self.offsets)
 
 

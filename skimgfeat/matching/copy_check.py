@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import pandas as pd
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
 from ..schema import ERROR, IMAGE_PATH
+from .pixel_agreement import PixelComparison, load_for_comparison, pixel_difference
 
 # Chosen by benchmarks/duplicate_threshold.py on its tune split (see benchmarks/README.md).
 COPY_THRESHOLD = 8
@@ -103,6 +104,12 @@ def photo_hashes(image) -> np.ndarray:
     from PIL import ImageOps
 
     grey = image.convert("L")
+    pictures = [grey.crop(box) for box in hash_windows(grey)] + [ImageOps.mirror(grey)]
+    return _phashes(pictures)
+
+
+def hash_windows(grey) -> list[tuple[int, int, int, int]]:
+    """The boxes (left, top, right, bottom) of a grey picture that its hashes before :data:`MIRRORED` look at."""
     width, height = grey.size
     window_w, window_h = max(1, round(width * WINDOW_SIDE)), max(1, round(height * WINDOW_SIDE))
     boxes = [(0, 0, width, height)]
@@ -114,8 +121,7 @@ def photo_hashes(image) -> np.ndarray:
         left, top = (width - keep_w) // 2, (height - keep_h) // 2
         boxes.append((left, top, left + keep_w, top + keep_h))
     boxes.append(_content_box(grey))
-    pictures = [grey.crop(box) for box in boxes] + [ImageOps.mirror(grey)]
-    return _phashes(pictures)
+    return boxes
 
 
 # imagehash.phash's sizes: an 8 x 8 hash from the DCT of a 32 x 32 picture.
@@ -345,6 +351,9 @@ class CopyVerification:
         The share of those keypoints lying in a patch where almost nothing matches
         (:func:`_unmatched_share`): another drawing in the same frame, another object
         on the same backdrop. 1 when no similarity explains the matches.
+    transform : ndarray of shape (3, 3) or None
+        The similarity, from the first photo's pixels (flipped when ``mirrored``) to the
+        second's; None when no similarity explains the matches.
     """
 
     inliers: int
@@ -352,6 +361,7 @@ class CopyVerification:
     similarity: bool
     mirrored: bool = False
     unmatched: float = 1.0
+    transform: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def agrees(self) -> bool:
@@ -414,7 +424,78 @@ def verify_copy(a, b, *, mirrored: bool = False, verification=None) -> CopyVerif
     points = features.points[overlap]
     inliers = int(kept.sum())
     coverage = min(1.0, inliers / max(1, len(points)))
-    return CopyVerification(inliers, coverage, True, mirrored, _unmatched_share(points, inlier_points))
+    # In the photos' own pixels: the detection frames are the photos scaled by a.scale and b.scale.
+    transform = np.diag([1 / b.scale, 1 / b.scale, 1.0]) @ forward @ np.diag([a.scale, a.scale, 1.0])
+    return CopyVerification(inliers, coverage, True, mirrored, _unmatched_share(points, inlier_points), transform)
+
+
+def compare_copy_pixels(photo_a, photo_b, hashes_a, hashes_b, verification: CopyVerification | None = None
+                        ) -> PixelComparison | None:
+    """Align two photo files as a copy would be aligned and measure their worst block's difference.
+
+    The alignment is the content check's similarity (``verification``, from
+    :func:`verify_copy`) when it found one; else it is read off the two hash windows that
+    matched best (the copy distance's pair) and refined on the pixels. Mirrored as the
+    hashes (or ``verification``) say.
+
+    Parameters
+    ----------
+    photo_a, photo_b : path
+    hashes_a, hashes_b : ndarray of shape (N_HASHES,)
+    verification : CopyVerification or None
+
+    Returns
+    -------
+    PixelComparison or None
+        None when a file cannot be read; :meth:`PixelComparison.none` (an infinite
+        difference) when the photos cannot be aligned.
+    """
+    if verification is not None and verification.transform is not None:
+        mirrored, transform = verification.mirrored, verification.transform
+    else:
+        (first, second), mirrored = _best_windows(hashes_a, hashes_b)
+        transform = None
+    loaded_a, loaded_b = load_for_comparison(photo_a, mirrored=mirrored), load_for_comparison(photo_b)
+    if loaded_a is None or loaded_b is None:
+        return None
+    (pixels_a, scale_a), (pixels_b, scale_b) = loaded_a, loaded_b
+    if transform is None:  # a window of each (a mirror image's window is the whole photo, as loaded)
+        transform = _box_transform(_window_box(pixels_a, first, flipped=mirrored), _window_box(pixels_b, second))
+    else:
+        transform = np.diag([scale_b, scale_b, 1.0]) @ transform @ np.diag([1 / scale_a, 1 / scale_a, 1.0])
+    return pixel_difference(pixels_a, pixels_b, transform, refine=True)
+
+
+def _best_windows(hashes_a, hashes_b) -> tuple[tuple[int, int], bool]:
+    """The hashes ``(of a, of b)`` at the copy distance, and whether one of them is a mirror image."""
+    bits = np.bitwise_count(np.asarray(hashes_a, np.uint64)[:, None] ^ np.asarray(hashes_b, np.uint64)[None, :])
+    bits[MIRRORED, MIRRORED] = HASH_BITS + 1  # two mirror images: the photos as they are (WHOLE, WHOLE)
+    first, second = np.unravel_index(int(np.argmin(bits)), bits.shape)
+    return (int(first), int(second)), bool(first == MIRRORED or second == MIRRORED)
+
+
+def _window_box(pixels: np.ndarray, window: int, *, flipped: bool = False) -> np.ndarray:
+    """Box ``(left, top, right, bottom)`` in ``pixels`` of hash ``window`` of the photo as hashed.
+
+    ``flipped``: ``pixels`` are the photo's mirror image (the box is the window's mirror image).
+    """
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if window in (WHOLE, MIRRORED):
+        return np.array([0.0, 0.0, width, height])
+    picture = Image.fromarray(np.ascontiguousarray(pixels[:, ::-1] if flipped else pixels).astype(np.uint8))
+    picture.thumbnail(_DECODE_SIZE)
+    box = np.array(hash_windows(picture.convert("L"))[window], dtype=np.float64)
+    box *= np.array([width / picture.width, height / picture.height] * 2)
+    return np.array([width - box[2], box[1], width - box[0], box[3]]) if flipped else box
+
+
+def _box_transform(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
+    """The scale-and-shift taking ``box_a`` onto ``box_b`` (3 x 3)."""
+    scale = (box_b[2:] - box_b[:2]) / np.maximum(box_a[2:] - box_a[:2], 1e-6)
+    shift = box_b[:2] - box_a[:2] * scale
+    return np.array([[scale[0], 0.0, shift[0]], [0.0, scale[1], shift[1]], [0.0, 0.0, 1.0]])
 
 
 def _similarity_inliers(points_a: np.ndarray, points_b: np.ndarray):
@@ -468,6 +549,9 @@ def _inside(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
             & (points[:, 1] < height - margin))
 
 
+# The pixel check: the largest difference (grey levels) of one block of a copy once aligned (chosen on the tune
+# split of benchmarks/duplicate_threshold.py).
+MAX_PIXEL_DIFFERENCE = 40.0
 # The content check (chosen on the tune split of benchmarks/duplicate_threshold.py).
 MIN_COPY_INLIERS = 8
 MIN_COPY_COVERAGE = 0.2

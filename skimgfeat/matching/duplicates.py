@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,18 +33,22 @@ from .copy_check import (
     COPY,
     COPY_THRESHOLD,
     DIFFERENT,
+    MAX_PIXEL_DIFFERENCE,
     MIN_KEYPOINTS,
     N_HASHES,
     SAME_OBJECT,
     UNREADABLE,
     CopyVerification,
     PhotoHashes,
+    compare_copy_pixels,
     content_agrees,
+    copy_distance,
     copy_match,
     copy_thresholds,
-    is_copy,
     verify_copy,
 )
+from .pixel_agreement import PixelComparison
+from .verification import is_same_object, verify_pair
 
 if TYPE_CHECKING:  # the index arrives built: importing it here would import torch for `skimgfeat --help`
     from ..search.similarity import SimilarityIndex
@@ -55,7 +60,9 @@ DEFAULT_CANDIDATE_DISTANCE = 0.3
 DEFAULT_BLOCK_PAIRS = 65536
 
 PAIR_COLUMNS = ("image_a", "image_b", "feature_distance", "copy_score", "verdict", "reason")
-LOCAL_COLUMNS = ("inliers", "copy_coverage", "copy_unmatched")
+LOCAL_COLUMNS = ("inliers", "copy_coverage", "copy_unmatched", "copy_pixels")
+# How the reason of a pair decided without the content check ends ("X has 12 keypoints: hashes alone decided").
+WITHOUT_CONTENT_CHECK = " decided"
 
 
 def duplicate_pairs(
@@ -350,14 +357,10 @@ def find_copies_against(
 # -- the two stages -------------------------------------------------------------------
 
 
-def is_confirmed_copy(hashes_a, hashes_b, features_a=None, features_b=None, *, photo_a=None, verification=None,
-                      copy_threshold: int = COPY_THRESHOLD) -> bool:
-    """The copy verdict of one pair, decided as ``duplicates`` decides it.
+def is_confirmed_copy(hashes_a, hashes_b, features_a=None, features_b=None, *, photo_a=None, photo_b=None,
+                      verification=None, copy_threshold: int = COPY_THRESHOLD) -> bool:
+    """The copy verdict of one pair, decided as ``duplicates`` decides it (:func:`copy_decision`).
 
-    Hashes within the pair's threshold propose a copy; when both photos' local features are
-    at hand (and have keypoints enough) the content must agree under one similarity
-    (:func:`~skimgfeat.matching.copy_check.verify_copy`), on ``photo_a`` flipped when the
-    hashes say the copy is mirrored; otherwise the stricter hash-only rule decides.
     ``match`` and ``serve`` call this, so a ``copy`` means the same everywhere.
 
     Parameters
@@ -365,26 +368,124 @@ def is_confirmed_copy(hashes_a, hashes_b, features_a=None, features_b=None, *, p
     hashes_a, hashes_b : ndarray of shape (N_HASHES,) or None
         The photos' hashes; None for a photo that could not be hashed (no copy).
     features_a, features_b : LocalFeatures or None
-    photo_a : path or None
-        The file of the first photo, read only for a mirrored pair.
+    photo_a, photo_b : path or None
+        The photos' files: read for a mirrored pair (``photo_a``) and for the pixel check.
     verification : PairVerification or None
         ``verify_pair(features_a, features_b)`` when the caller has it already.
     copy_threshold : int, default=COPY_THRESHOLD
     """
+    return copy_decision(hashes_a, hashes_b, features_a, features_b, photo_a=photo_a, photo_b=photo_b,
+                         verification=verification, copy_threshold=copy_threshold).copy
+
+
+@dataclass(frozen=True)
+class CopyDecision:
+    """The copy verdict of one pair and what decided it (:func:`copy_decision`).
+
+    Attributes
+    ----------
+    copy : bool
+    reason : str
+        What the verdict rests on when it is not the whole rule ("NAME has 12 keypoints:
+        hashes alone decided"), or why a hash match is no copy; "" otherwise.
+    hash_match : bool
+        The copy distance is within the pair's threshold.
+    content : CopyVerification or None
+        The local features' content check (None when it did not run).
+    pixels : PixelComparison or None
+        The pixel check (None when it did not run).
+    verification : PairVerification or None
+        The photos' own verification (not mirrored), for the same-object check.
+    """
+
+    copy: bool
+    reason: str = ""
+    hash_match: bool = False
+    content: CopyVerification | None = None
+    pixels: PixelComparison | None = None
+    verification: object = field(default=None, compare=False, repr=False)
+
+
+def copy_decision(hashes_a, hashes_b, features_a=None, features_b=None, *, photo_a=None, photo_b=None,
+                  verification=None, copy_threshold: int = COPY_THRESHOLD, names: tuple[str, str] = ("a", "b"),
+                  hash_match: bool | None = None, need_verification: bool = False) -> CopyDecision:
+    """The copy rule, in one place: hashes propose, local features and pixels confirm.
+
+    1. The copy distance must be within the pair's threshold
+       (:func:`~skimgfeat.matching.copy_check.copy_thresholds`; the stricter hash-only one
+       when the local features cannot confirm).
+    2. When both photos' local features are at hand (with keypoints enough), the content
+       must agree under one similarity
+       (:func:`~skimgfeat.matching.copy_check.verify_copy`), on ``photo_a`` flipped when the
+       hashes say the copy is mirrored.
+    3. When both photo files can be read, the pixels must agree region by region once
+       aligned (:func:`~skimgfeat.matching.copy_check.compare_copy_pixels`): two variants of
+       one product design differ in one region (a flavour's name, picture or colour).
+
+    Parameters
+    ----------
+    hashes_a, hashes_b, features_a, features_b, photo_a, photo_b, verification, copy_threshold
+        As :func:`is_confirmed_copy`.
+    names : (str, str)
+        The photos' names, for ``reason``.
+    hash_match : bool or None
+        Whether the hashes match (step 1), when the caller computed it already.
+    need_verification : bool
+        Verify the photos' local features (not mirrored) even when they are no copy, for a
+        same-object check.
+    """
     if hashes_a is None or hashes_b is None:
-        return False
-    readable = [features for features in (features_a, features_b)
-                if features is not None and not features.error and len(features) >= MIN_KEYPOINTS]
-    if len(readable) < 2:
-        return is_copy(hashes_a, hashes_b, copy_threshold=copy_threshold)
-    score, mirrored = copy_match(hashes_a, hashes_b)
-    if score > copy_thresholds(hashes_a, hashes_b, copy_threshold=copy_threshold):
-        return False
-    if mirrored:
-        features_a, verification = _mirrored_features(photo_a, features_a), None
-        if features_a is None:  # no photo to flip: the hashes alone, strictly
-            return is_copy(hashes_a, hashes_b, copy_threshold=copy_threshold)
-    return content_agrees(verify_copy(features_a, features_b, mirrored=mirrored, verification=verification))
+        return CopyDecision(False)
+    missing = _missing_features(features_a, features_b, names)
+    if hash_match is None:
+        hash_match = bool(copy_distance(hashes_a, hashes_b) <= copy_thresholds(hashes_a, hashes_b,
+                                                                                copy_threshold=copy_threshold))
+    if not missing and (need_verification or hash_match) and verification is None:
+        verification = verify_pair(features_a, features_b)
+    content = None
+    if hash_match and not missing:
+        mirrored = bool(copy_match(hashes_a, hashes_b)[1])
+        flipped_a = _mirrored_features(photo_a, features_a) if mirrored else features_a
+        if flipped_a is None:
+            missing = f"no photo of {names[0]} to mirror"
+        else:
+            content = verify_copy(flipped_a, features_b, mirrored=mirrored,
+                                  verification=None if mirrored else verification)
+            if not content_agrees(content):
+                return CopyDecision(False, "", True, content, verification=verification)
+    if missing:  # no content check: the stricter hash-only threshold
+        hash_match = hash_match and _strict_match(hashes_a, hashes_b, copy_threshold)
+        if not hash_match:
+            return CopyDecision(False, f"{missing}: hashes alone decided", verification=verification)
+    if not hash_match:
+        return CopyDecision(False, verification=verification)
+    pixels = compare_copy_pixels(photo_a, photo_b, hashes_a, hashes_b, content) \
+        if photo_a is not None and photo_b is not None else None
+    compared = pixels is not None
+    if compared and pixels.difference > MAX_PIXEL_DIFFERENCE:
+        return CopyDecision(False, f"one region differs once aligned (pixel difference {pixels.difference:.0f} > "
+                                   f"{MAX_PIXEL_DIFFERENCE:g})", True, content, pixels, verification)
+    if missing:
+        return CopyDecision(True, f"{missing}: {'hashes and pixels' if compared else 'hashes alone'} decided", True,
+                            content, pixels, verification)
+    return CopyDecision(True, "", True, content, pixels, verification)
+
+
+def _strict_match(hashes_a, hashes_b, copy_threshold: int) -> bool:
+    return copy_distance(hashes_a, hashes_b) <= copy_thresholds(hashes_a, hashes_b, copy_threshold=copy_threshold,
+                                                                confirmed=False)
+
+
+def _missing_features(features_a, features_b, names: tuple[str, str]) -> str:
+    """What keeps the content check from running ("" when both photos' local features can confirm)."""
+    for name, features in zip(names, (features_a, features_b)):
+        if features is None:
+            return f"no local features for {name}"
+        if features.error:
+            return f"{name} had no local features ({features.error})"
+        if len(features) < MIN_KEYPOINTS:  # a thumbnail, a blank: nothing for the content check to read
+            return f"{name} has {len(features)} keypoints"
+    return ""
 
 
 class _Side:
@@ -432,12 +533,11 @@ class _PairJudge:
         errors_a, errors_b = a.errors[rows_a], b.errors[rows_b]
         readable = (errors_a == "") & (errors_b == "")
         scores = np.full(len(rows_a), np.nan)
-        mirrored = np.zeros(len(rows_a), dtype=bool)
         thresholds = np.zeros(len(rows_a), dtype=np.int64)
         strict_of = np.full(len(rows_a), -1, dtype=np.int64)
         if readable.any():
             hashes_a, hashes_b = a.table[rows_a[readable]], b.table[rows_b[readable]]
-            scores[readable], mirrored[readable] = copy_match(hashes_a, hashes_b)
+            scores[readable] = copy_match(hashes_a, hashes_b)[0]
             thresholds[readable] = copy_thresholds(hashes_a, hashes_b, copy_threshold=self.copy_threshold)
             strict_of[readable] = copy_thresholds(hashes_a, hashes_b, copy_threshold=self.copy_threshold,
                                                   confirmed=False)
@@ -450,59 +550,40 @@ class _PairJudge:
         inliers = np.zeros(len(rows_a), dtype=np.int64)
         coverage = np.full(len(rows_a), np.nan)
         unmatched = np.full(len(rows_a), np.nan)
+        pixels = np.full(len(rows_a), np.nan)
         strict_match = readable & (scores <= strict_of)
         if not self.local:  # hashes alone: the stricter rule
             verdicts[strict_match] = COPY
         else:
             hash_match = readable & (scores <= thresholds)
             for i in np.flatnonzero(hash_match | (readable & self.same_object)):
-                verdicts[i], reasons[i], inliers[i], coverage[i], unmatched[i] = self._one(
-                    rows_a[i], rows_b[i], bool(hash_match[i]), bool(mirrored[i]), bool(strict_match[i]))
+                verdicts[i], reasons[i], inliers[i], coverage[i], unmatched[i], pixels[i] = self._one(
+                    rows_a[i], rows_b[i], bool(hash_match[i]))
         table = _pair_table(a.names[rows_a], b.names[rows_b], distances, scores, verdicts, reasons)
         if self.local:
             table["inliers"] = inliers
             table["copy_coverage"] = coverage
             table["copy_unmatched"] = unmatched
+            table["copy_pixels"] = pixels
         return table
 
-    def _one(self, row_a: int, row_b: int, hash_match: bool, mirrored: bool, strict_match: bool):
-        """(verdict, reason, inliers, copy coverage, copy unmatched) of one readable pair."""
-        features_a, features_b, missing = self._features(row_a, row_b, mirrored and hash_match)
-        if missing:
-            verdict = COPY if hash_match and strict_match else DIFFERENT
-            return verdict, f"{missing}: hashes alone decided", 0, np.nan, np.nan
-        from .verification import is_same_object, verify_pair
-
-        verification = verify_pair(features_a, features_b)
-        copy = CopyVerification.none()
-        evidence = (np.nan, np.nan)
-        if hash_match:
-            copy = verify_copy(features_a, features_b, mirrored=mirrored, verification=verification)
-            evidence = (copy.coverage, copy.unmatched)
-            if content_agrees(copy):
-                return COPY, "", copy.inliers, *evidence
-        if mirrored and hash_match and self.same_object:  # the same-object check reads the photos as they are
-            verification = verify_pair(self.a.features(row_a), features_b)
-        if self.same_object and is_same_object(verification):
-            return SAME_OBJECT, "", int(verification.inliers), *evidence
-        # A hash match that is no copy: the content check's own inliers say why.
-        return DIFFERENT, "", int(copy.inliers if hash_match else verification.inliers), *evidence
-
-    def _features(self, row_a: int, row_b: int, flip_a: bool):
-        """(features of a, possibly of its mirror image; features of b; what is missing, or "")."""
-        features_a, features_b = self.a.features(row_a), self.b.features(row_b)
-        for name, features in ((self.a.names[row_a], features_a), (self.b.names[row_b], features_b)):
-            if features is None:
-                return None, None, f"no local features for {name}"
-            if features.error:
-                return None, None, f"{name} had no local features ({features.error})"
-            if len(features) < MIN_KEYPOINTS:  # a thumbnail, a blank: nothing for the content check to read
-                return None, None, f"{name} has {len(features)} keypoints"
-        if flip_a:
-            features_a = _mirrored_features(self.a.photo(row_a), features_a)
-            if features_a is None:
-                return None, None, f"no photo of {self.a.names[row_a]} to mirror"
-        return features_a, features_b, ""
+    def _one(self, row_a: int, row_b: int, hash_match: bool):
+        """(verdict, reason, inliers, copy coverage, copy unmatched, pixel difference) of one readable pair."""
+        a, b = self.a, self.b
+        decision = copy_decision(a.table[row_a], b.table[row_b], a.features(row_a), b.features(row_b),
+                                 photo_a=a.photo(row_a), photo_b=b.photo(row_b), copy_threshold=self.copy_threshold,
+                                 names=(a.names[row_a], b.names[row_b]), hash_match=hash_match,
+                                 need_verification=self.same_object)
+        content, verification = decision.content, decision.verification
+        evidence = (content.coverage, content.unmatched) if content is not None else (np.nan, np.nan)
+        pixels = decision.pixels.difference if decision.pixels is not None else np.nan
+        if decision.copy:
+            return COPY, decision.reason, content.inliers if content is not None else 0, *evidence, pixels
+        if self.same_object and verification is not None and is_same_object(verification):
+            return SAME_OBJECT, "", int(verification.inliers), *evidence, pixels
+        # No copy: the content check's own inliers say why (the photos' verification's when it did not run).
+        inliers = content.inliers if content is not None else verification.inliers if verification is not None else 0
+        return DIFFERENT, decision.reason, int(inliers), *evidence, pixels
 
 
 def _mirrored_features(photo, stored):

@@ -387,6 +387,7 @@ class ObjectMatcher:
         query_photo, features = query_features[0]
         return is_confirmed_copy(self._hashes(query, known), self._hashes(photo, known), features,
                                  self.local_features[photo], photo_a=self.photo_file(query_photo) or query,
+                                 photo_b=self.photo_file(photo),
                                  verification=verification if len(query_features) == 1 else None)
 
     def _hashes(self, photo: str, known: dict) -> np.ndarray | None:

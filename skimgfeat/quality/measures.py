@@ -63,7 +63,8 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
     """Photo quality measures of image files: one row of 11 numbers per photo.
 
     Takes the same inputs as :class:`~skimgfeat.CNNImageEmbedder` (a list of paths, a
-    single-column table, or several photos per sample for a NaN-padded 3-D result to
+    single-column table, or several photos per sample for the photos' rows grouped by item
+    (:class:`~skimgfeat.RaggedPhotos`, memory in proportion to the photos) to
     pass through :class:`~skimgfeat.ItemAggregator`) and sits beside it in a
     :class:`~sklearn.pipeline.FeatureUnion` or :class:`~sklearn.compose.ColumnTransformer`.
 
@@ -156,9 +157,11 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
 
         Returns
         -------
-        features : ndarray of shape (n_samples, 11) or (n_samples, max_images, 11)
-            float64; 3-D and NaN-padded with several photos per sample. Failed photos
-            (``on_error="nan"``) are NaN rows.
+        features : ndarray of shape (n_samples, 11), or RaggedPhotos
+            float64. With several photos per sample, the photos' rows grouped by sample
+            (:class:`~skimgfeat.RaggedPhotos`; ``np.asarray`` gives the NaN-padded
+            ``(n_samples, max_images, 11)`` array). Failed photos (``on_error="nan"``)
+            are NaN rows.
         """
         check_is_fitted(self, "n_features_out_")
         data = parse_image_input(X)
@@ -166,11 +169,12 @@ class ImageQualityFeatures(OutputContainerMixin, TransformerMixin, BaseEstimator
         if self.errors_ and self.on_error == "raise":
             raise self.errors_[0]
         paths = data.unique_paths()
-        layout = data.layout(paths, self.n_features_out_, np.float64)  # the result, filled in place
+        # the result, filled in place; several photos per sample stay ragged, never padded
+        layout = data.layout(paths, self.n_features_out_, np.float64)
         batches = decode_batches(paths, self._measure, _BATCH, on_error=self.on_error, n_workers=self.n_workers)
         for batch in batches:
             if batch.stacked is not None:
-                layout.rows_view[layout.rows[batch.positions]] = batch.stacked
+                layout.out[layout.rows[batch.positions]] = batch.stacked
             self.errors_.extend(error for _, error in batch.errors)
         features = layout.complete()
         return wrap_output(features, data.index, self.get_feature_names_out(), self._output_kind())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -30,6 +31,7 @@ from starlette.templating import Jinja2Templates
 from ..exceptions import ImageLoadError
 from ..plotting.match_sheet import match_sheet
 from ..quality.measures import QUALITY_FEATURES, measure_quality
+from ..schema import IMAGE_PATH
 from ..storage.decisions import DECISIONS, NOT_SAME, SAME
 from .files import (
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -86,6 +88,46 @@ class ServeApp:
         self.thumbnails = ThumbnailCache(self.cache_dir / "thumbnails")
         self._quality: dict[tuple, dict] = {}
         self._quality_lock = threading.Lock()
+        self._retired: ArchiveSource | None = None  # the generation before the last switch
+
+    # -- following the archive ----------------------------------------------------------
+
+    def follow_archive(self) -> bool:
+        """Switch to the archive folder's newest generation when a later intake or removal made one.
+
+        The new generation is opened whole before the pages see it; a page being drawn
+        meanwhile finishes on the one it started with, which stays on disk until the next
+        switch. True when it switched.
+        """
+        source = self.source.newer()
+        if source is None:
+            return False
+        searcher, review = Searcher(source), Review(source)
+        retired, self._retired = self._retired, self.source
+        self.source, self.searcher, self.review = source, searcher, review
+        if retired is not None:
+            retired.close()
+        return True
+
+    def follow_archive_every(self, seconds: float, stop: threading.Event) -> threading.Thread:
+        """Check for a newer generation every ``seconds`` in a thread of its own, until ``stop`` is set.
+
+        A generation that cannot be opened (say, a disk error) leaves the server on the one
+        it has, with a warning, and is tried again at the next check.
+        """
+        def follow() -> None:
+            while not stop.wait(seconds):
+                try:
+                    if self.follow_archive():
+                        print(f"skimgfeat: now serving generation {self.source.generation} "
+                              f"({len(self.source.index):,} photos)", file=sys.stderr, flush=True)
+                except Exception as error:  # noqa: BLE001 - the pages keep the generation they have
+                    print(f"skimgfeat: warning: could not open the archive's newer generation: {error}",
+                          file=sys.stderr, flush=True)
+
+        thread = threading.Thread(target=follow, daemon=True, name="skimgfeat-follow-archive")
+        thread.start()
+        return thread
 
     # -- queries ------------------------------------------------------------------------
 
@@ -145,7 +187,7 @@ class ServeApp:
                 flags.append("overexposed")
             if values["underexposed"] > CLIPPED_FRACTION:
                 flags.append("underexposed")
-        measured = {"image_path": name, "measures": {key: _rounded(value) for key, value in values.items()},
+        measured = {IMAGE_PATH: name, "measures": {key: _rounded(value) for key, value in values.items()},
                     "flags": flags, "error": error}
         with self._quality_lock:
             self._quality[key] = measured
@@ -234,7 +276,7 @@ def create_app(state: ServeApp, *, token: str | None = None) -> Starlette:
             raise HTTPException(404, "not found")
         hit = state.searcher.verify_pair(query, name)
         query_file = query.file if query.file is not None else state.photo_file(query.name)
-        row = pd.DataFrame([{"query": str(query_file), "rank": 1, "image_path": name,
+        row = pd.DataFrame([{"query": str(query_file), "rank": 1, IMAGE_PATH: name,
                              "feature_distance": hit.distance, "inliers": hit.inliers or 0,
                              "verdict": hit.verdict if hit.verdict != "similar" else "different"}])
         picture = match_sheet(row, state.source.matcher, height=360, max_lines=120)
@@ -511,7 +553,7 @@ def _query_params(query: Query) -> dict:
 
 
 def _query_dict(query: Query) -> dict:
-    return {"label": query.label, "image_path": query.name, "upload_id": query.upload_id}
+    return {"label": query.label, IMAGE_PATH: query.name, "upload_id": query.upload_id}
 
 
 def _photo_url(name: str) -> str:

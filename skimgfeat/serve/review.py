@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..matching.copy_check import COPY
 from ..matching.duplicates import duplicate_groups, duplicate_pairs
+from ..schema import IMAGE_PATH
 from ..storage.decisions import NOT_SAME, SAME, honour_decisions, pair_key
 from .source import ArchiveSource
 
@@ -58,9 +59,9 @@ class Review:
             pairs = pairs.assign(decision="")
         copies = pairs[pairs["verdict"] == COPY]
         grouped = duplicate_groups(copies, order=self.source.index.names)
-        group_of = dict(zip(grouped["image_path"], grouped["group"]))
+        group_of = dict(zip(grouped[IMAGE_PATH], grouped["group"]))
         members: dict[int, list[str]] = {}
-        for name, number in zip(grouped["image_path"], grouped["group"]):
+        for name, number in zip(grouped[IMAGE_PATH], grouped["group"]):
             members.setdefault(int(number), []).append(str(name))
         pairs_of: dict[int, list[dict]] = {number: [] for number in members}
         for row in copies.itertuples(index=False):

@@ -199,7 +199,7 @@ class Searcher:
             if first is not None and second is not None:
                 score = int(copy_distance(first, second))
                 copy = is_confirmed_copy(first, second, features, stored, photo_a=self._file_of(query),
-                                         verification=verification)
+                                         photo_b=self.source.index.photo_path(name), verification=verification)
         with self._lock:
             self._pairs[key] = (verification, score, copy)
             while len(self._pairs) > _REMEMBERED_PAIRS:

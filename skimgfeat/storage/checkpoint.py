@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..schema import IMAGE_PATH
 from .cache import file_key
 from .io import atomic_path, write_json
 
@@ -221,7 +222,7 @@ class Checkpoint:
         if not rows.paths:
             return
         arrays = {
-            "image_path": np.asarray(rows.paths, dtype=str),
+            IMAGE_PATH: np.asarray(rows.paths, dtype=str),
             "stamp": np.asarray(rows.stamps, dtype=str),
             "reason": np.asarray(rows.reasons, dtype=str),
             "detail": np.asarray(rows.details, dtype=str),
@@ -242,7 +243,7 @@ class Checkpoint:
         done: dict[str, tuple[str, str]] = {}
         for part in self.part_files():
             with np.load(part, allow_pickle=False) as npz:
-                done.update(zip(npz["image_path"].tolist(), zip(npz["stamp"].tolist(), npz["reason"].tolist())))
+                done.update(zip(npz[IMAGE_PATH].tolist(), zip(npz["stamp"].tolist(), npz["reason"].tolist())))
         return done
 
     def gather(self, relative: Sequence[str], n_features: int, dtype=np.float32) -> Gathered:
@@ -263,7 +264,7 @@ class Checkpoint:
             os.ftruncate(descriptor, n_rows * row_bytes)
             for part in self.part_files():
                 with np.load(part, allow_pickle=False) as npz:
-                    paths, features = npz["image_path"].tolist(), npz["features"]
+                    paths, features = npz[IMAGE_PATH].tolist(), npz["features"]
                     part_reasons, part_details = npz["reason"].tolist(), npz["detail"].tolist()
                 if features.shape[1:] != (n_features,):
                     raise CheckpointError(f"checkpoint part {part.name} has rows of another width")

@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..engine.ragged import RaggedPhotos, is_ragged
+from ..schema import ITEM_ID
 from .stacking import fold_indices, fold_splitter
 
 # Below this cosine distance a neighbour is the same picture: it gets all the weight.
@@ -299,7 +300,7 @@ def _search_exact(queries: np.ndarray, directions: np.ndarray, k: int) -> tuple[
 def _similarity_index(directions: np.ndarray):
     from ..search.similarity import SimilarityIndex
 
-    return SimilarityIndex([str(row) for row in range(len(directions))], directions, key="item_id")
+    return SimilarityIndex([str(row) for row in range(len(directions))], directions, key=ITEM_ID)
 
 
 def _search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +308,7 @@ def _search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
         distances, rows = index.search_vectors(queries, k)
         return np.asarray(distances, dtype=np.float64), np.asarray(rows)
     found = index.search(queries, k)
-    rows = found["item_id"].astype(int).to_numpy().reshape(len(queries), k)
+    rows = found[ITEM_ID].astype(int).to_numpy().reshape(len(queries), k)
     return found["distance"].to_numpy(dtype=np.float64).reshape(len(queries), k), rows
 
 
