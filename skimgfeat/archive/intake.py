@@ -242,6 +242,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
         computed = PhotoHashes.from_results(new_names, hashed)
         stored_hashes = computed if stored_hashes is None else stored_hashes.merged(computed)
         stored_hashes.write(archive / HASHES_FILE)  # atomically
+        on_progress("hashes stored", len(copies))
         kill_point("hashes-written")
     store = None
     if local_features and copies:
