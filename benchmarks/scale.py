@@ -26,7 +26,8 @@ in a fresh process with its peak RSS (``os.wait4``):
     python benchmarks/scale.py --rows 200000
     python benchmarks/scale.py --rows 1000000 --pairs --workdir /tmp/scale   # ~5 GB of tables
 
-Tables go to a temporary folder (or ``--workdir``, kept for a rerun with ``--reuse``).
+Tables go to a temporary folder (or ``--workdir``, kept for a rerun with ``--reuse``; ``--reuse
+--reuse-index --archive`` times only the archive steps on the index of an earlier run).
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--pairs", action="store_true", help="also time `duplicates --index`")
     parser.add_argument("--archive", action="store_true", help="also time an archive's ingest and remove")
     parser.add_argument("--archive-step", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-index", action="store_true",
+                        help="with --reuse: keep the index of an earlier run (no build, add, nor --pairs on it)")
     parser.add_argument("--threshold", type=float, default=0.1, help="duplicates threshold for --pairs")
     args = parser.parse_args()
     if args.archive_step is not None:
@@ -179,21 +182,21 @@ def main() -> None:
         print(f"{n_rows} rows written in {time.perf_counter() - started:.0f} s "
               f"({(work / 'base.parquet').stat().st_size / 2**30:.2f} GB + new.parquet); load {load}", flush=True)
         index_dir = work / "index"
-        if index_dir.exists():
-            import shutil
-
-            shutil.rmtree(index_dir)
         python = [sys.executable, "-m", "skimgfeat"]
         results = {}
-        results["build"] = run_measured([*python, "index", "build", str(work / "base.parquet"), "-o", str(index_dir),
-                                         "--kind", args.kind], work)
-        print(f"index build: {results['build']['seconds']:.1f} s (CPU {results['build']['cpu_seconds']:.1f} s), "
-              f"{results['build']['peak_rss_gb']:.2f} GB "
-              f"({results['build']['stderr'].strip()})", flush=True)
-        results["add"] = run_measured([*python, "index", "add", str(index_dir), str(work / "new.parquet")], work)
-        print(f"index add {n_copies}: {results['add']['seconds']:.1f} s (CPU {results['add']['cpu_seconds']:.1f} s), "
-              f"{results['add']['peak_rss_gb']:.2f} GB",
-              flush=True)
+        if not (args.reuse_index and (index_dir / "CURRENT").is_file()):
+            if index_dir.exists():
+                import shutil
+
+                shutil.rmtree(index_dir)
+            results["build"] = run_measured([*python, "index", "build", str(work / "base.parquet"), "-o",
+                                             str(index_dir), "--kind", args.kind], work)
+            print(f"index build: {results['build']['seconds']:.1f} s (CPU {results['build']['cpu_seconds']:.1f} s), "
+                  f"{results['build']['peak_rss_gb']:.2f} GB "
+                  f"({results['build']['stderr'].strip()})", flush=True)
+            results["add"] = run_measured([*python, "index", "add", str(index_dir), str(work / "new.parquet")], work)
+            print(f"index add {n_copies}: {results['add']['seconds']:.1f} s (CPU {results['add']['cpu_seconds']:.1f} "
+                  f"s), {results['add']['peak_rss_gb']:.2f} GB", flush=True)
         rng = np.random.default_rng(7)
         query_rows = np.sort(rng.choice(n_base, 5, replace=False))
         results["similar"] = run_measured([*python, "similar", *map(path_of, query_rows), "--index", str(index_dir),
@@ -219,7 +222,7 @@ def main() -> None:
                    **{f"{name}_peak_rss_gb": round(result["peak_rss_gb"], 2) for name, result in results.items()},
                    "recall_at_10": float(np.mean(recalls)),
                    "index_info": json.loads(run_measured([*python, "index", "info", str(index_dir)], work)["stdout"])}
-        if args.pairs:
+        if args.pairs and not args.reuse_index:
             duplicates = run_measured([*python, "duplicates", "--index", str(index_dir), "--no-copy-check",
                                        "--threshold", str(args.threshold)], work)
             groups = pd.read_csv(io.StringIO(duplicates["stdout"]))
@@ -242,11 +245,34 @@ def main() -> None:
             if not measured["stdout"].strip():
                 raise SystemExit(f"the archive step failed: {measured['stderr']}")
             step = json.loads(measured["stdout"].strip().splitlines()[-1])
-            print(f"archive: ingest of {step['new']} new photos {step['ingest_s']:.1f} s (embedding excluded), "
-                  f"remove of {step['removed']} {step['remove_s']:.1f} s, similar x5 {step['similar_s']:.2f} s; "
+            print(f"archive: ingest of {step['new']} new photos {step['ingest_s']:.1f} s (CPU {step['ingest_cpu_s']} "
+                  f"s, embedding excluded), remove of {step['removed']} {step['remove_s']:.1f} s (CPU "
+                  f"{step['remove_cpu_s']} s), similar x5 {step['similar_s']:.2f} s; "
                   f"peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
             summary.update({f"archive_{name}": value for name, value in step.items()},
                            archive_peak_rss_gb=round(measured["peak_rss_gb"], 2))
+            # The commands against the archive after the intake and the removal, as against the index above.
+            archived = run_measured([*python, "similar", *map(path_of, query_rows), "--index", str(work / "archive"),
+                                     "-k", "10"], work)
+            same = pd.read_csv(io.StringIO(archived["stdout"]))
+            agree = np.mean([len(set(same[same["query"] == path_of(query)]["image_path"])
+                                 & set(found[found["query"] == path_of(query)]["image_path"])) / 10
+                             for query in query_rows])
+            print(f"archive: similar x5 {archived['seconds']:.1f} s (CPU {archived['cpu_seconds']:.1f} s), "
+                  f"{archived['peak_rss_gb']:.2f} GB, {agree:.2f} of the index's answers", flush=True)
+            summary.update(archive_similar_cli_s=round(archived["seconds"], 1),
+                           archive_similar_cli_cpu_s=round(archived["cpu_seconds"], 1), archive_similar_agree=agree)
+            if args.pairs:
+                pairs = run_measured([*python, "duplicates", "--index", str(work / "archive"), "--no-copy-check",
+                                      "--threshold", str(args.threshold)], work)
+                groups = pd.read_csv(io.StringIO(pairs["stdout"]))
+                print(f"archive: duplicates --index {pairs['seconds']:.1f} s (CPU {pairs['cpu_seconds']:.1f} s), "
+                      f"{pairs['peak_rss_gb']:.2f} GB, {groups['group'].nunique()} groups of {len(groups)} rows",
+                      flush=True)
+                summary.update(archive_duplicates_s=round(pairs["seconds"], 1),
+                               archive_duplicates_cpu_s=round(pairs["cpu_seconds"], 1),
+                               archive_duplicates_peak_rss_gb=round(pairs["peak_rss_gb"], 2),
+                               archive_groups=int(groups["group"].nunique()))
         summary["load_after"] = os.getloadavg()
         print(json.dumps(summary, indent=1, default=str))
 
@@ -269,6 +295,7 @@ def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> Non
 
     from skimgfeat.archive import Archive, ingest, remove
     from skimgfeat.archive.folder import CONTENT_SHA256, INTAKE, PHOTOS_DIR, SOURCE, write_settings
+    from skimgfeat.matching.copy_check import HASHES_FILE, N_HASHES, PhotoHashes
     from skimgfeat.schema import ITEM_ID, item_id_from_name
     from skimgfeat.search.similarity import SimilarityIndex
     from skimgfeat.storage.io import FeatureTableReader
@@ -276,14 +303,20 @@ def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> Non
     archive = work / "archive"
     shutil.rmtree(archive, ignore_errors=True)
     started = time.perf_counter()
+    rng_hashes = np.random.default_rng(12)
     index = SimilarityIndex.load(work / "index")
     n_rows = len(index.names)
     identities = index._identities
     identities[ITEM_ID] = np.asarray([item_id_from_name(name) for name in index.names], dtype=object)
-    for column, value in ((CONTENT_SHA256, ""), (SOURCE, ""), (INTAKE, "base")):
+    for column, value in ((SOURCE, ""), (INTAKE, "base")):
         identities[column] = np.full(n_rows, value, dtype=object)
+    identities[CONTENT_SHA256] = np.asarray([f"{row:064x}" for row in range(n_rows)], dtype=object)  # one each
     write_settings(archive, {"item_rule": None, "created_at": "benchmark"})
     index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR})
+    # Every archived photo has its copy-check hashes, as an archive made by intakes has: the intake reads,
+    # extends and writes them (random ones: no archived row is a copy by its hashes).
+    PhotoHashes(index.names, rng_hashes.integers(0, 2**63, (n_rows, N_HASHES), dtype=np.uint64)).write(
+        archive / HASHES_FILE)
     made = time.perf_counter() - started
     rng = np.random.default_rng(11)
     originals = _rows(FeatureTableReader(work / "base.parquet"), np.sort(rng.choice(n_rows // 2, n_new, replace=False)))
@@ -295,18 +328,26 @@ def archive_step(work: Path, n_new: int = 10_000, n_removed: int = 1_000) -> Non
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(new_dir / f"new{number}_1.png")
     embedder = _LookedUp({f"new{number}_1": vector for number, vector in enumerate(new_vectors)}, index.model_info)
     index.close()
-    started = time.perf_counter()
-    result = ingest(new_dir, archive, embedder=embedder, intake="day", local_features=False)
-    ingest_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()  # CPU seconds of every thread of this process
+    steps: dict[str, float] = {}  # seconds from the start when each step of the intake last reported progress
+
+    def note(step: str, count: int) -> None:
+        steps[step] = round(time.perf_counter() - started, 1)
+
+    result = ingest(new_dir, archive, embedder=embedder, intake="day", local_features=False, on_progress=note)
+    ingest_s, ingest_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    steps["report written"] = round(ingest_s, 1)
+    started, cpu = time.perf_counter(), time.process_time()
     removed = remove(archive, [f"day/new{number}_1.png" for number in range(n_removed)])
-    remove_s = time.perf_counter() - started
+    remove_s, remove_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     started = time.perf_counter()
     with Archive.open(archive) as opened:
         opened.similar(opened.rows["image_path"][:5], k=10)
     similar_s = time.perf_counter() - started
     print(json.dumps({"rows": n_rows, "made_s": round(made, 1), "new": result.statuses["added"],
-                      "ingest_s": round(ingest_s, 1), "removed": len(removed.removed), "remove_s": round(remove_s, 2),
+                      "ingest_s": round(ingest_s, 1), "ingest_cpu_s": round(ingest_cpu_s, 1), "ingest_steps": steps,
+                      "removed": len(removed.removed), "remove_s": round(remove_s, 2),
+                      "remove_cpu_s": round(remove_cpu_s, 2),
                       "similar_s": round(similar_s, 2), "live": removed.n_rows,
                       "report_copies": int((result.report["verdict"] == "copy").sum())}))
 

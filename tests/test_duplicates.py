@@ -143,6 +143,22 @@ def test_different_objects_on_one_backdrop_are_never_copies_wherever_they_stand(
     assert distance <= threshold and content_agrees(content)
 
 
+def test_photo_hashes_are_imagehash_phash_of_each_window_bit_for_bit():
+    # The hashes of every window are computed with one DCT for all 14 (for speed); they must stay
+    # imagehash's, bit for bit, or hashes stored by an earlier version would no longer match.
+    import imagehash
+    from PIL import ImageOps
+
+    from skimgfeat.matching.copy_check import _phashes
+
+    rng = np.random.default_rng(5)
+    for picture in (scene(11).convert("L"), scene(12, (64, 200)).convert("L"), Image.linear_gradient("L"),
+                    Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8))):
+        windows = [picture, picture.crop((2, 3, picture.width // 2 + 3, picture.height - 1)), ImageOps.mirror(picture)]
+        expected = [int(str(imagehash.phash(window)), 16) for window in windows]
+        assert _phashes(windows).tolist() == expected
+
+
 def test_photo_hashes_keep_each_unreadable_photo_with_its_reason_and_survive_parquet(tmp_path):
     scene(3).save(tmp_path / "good.png")
     (tmp_path / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a jpeg")

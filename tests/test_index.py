@@ -98,6 +98,32 @@ def test_range_search_and_neighbour_pairs_are_those_of_brute_force():
             assert np.all(np.diff(found_distances[lims[query]:lims[query + 1]]) >= 0)
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8", "ivf-pq"])
+def test_a_range_search_of_many_queries_list_by_list_finds_what_faiss_finds_query_by_query(kind, monkeypatch):
+    # Many queries (an intake's report) are compared with each visited list in one matrix product, the
+    # 8-bit codes scored without decoding them: the same rows at the same distances as FAISS's own scan.
+    from skimgfeat.storage import vector_index
+
+    table = feature_table(1500)
+    store = SimilarityIndex.build(table, kind=kind, nlist=12, pq_m=8)._store
+    rng = np.random.default_rng(4)
+    queries = features(table.iloc[:200]) * np.exp(0.05 * rng.standard_normal((200, N_FEATURES)))
+    removed = np.zeros(len(table), dtype=bool)
+    removed[rng.choice(len(table), 300, replace=False)] = True
+    answers = []
+    for by_list_from in (vector_index.BY_LIST_QUERIES, 10**9):  # by list, then FAISS query by query
+        monkeypatch.setattr(vector_index, "BY_LIST_QUERIES", by_list_from)
+        answers.append(store.range_search(queries, 0.15, nprobe=3, exclude=removed))
+    (lims, distances, rows), (faiss_lims, faiss_distances, faiss_rows) = answers
+    np.testing.assert_array_equal(lims, faiss_lims)
+    assert len(rows) > 3 * len(queries) and not removed[rows].any()  # more than each query's own row
+    for query in range(len(queries)):
+        ours, theirs = slice(lims[query], lims[query + 1]), slice(faiss_lims[query], faiss_lims[query + 1])
+        assert set(rows[ours].tolist()) == set(faiss_rows[theirs].tolist())
+        np.testing.assert_allclose(np.sort(distances[ours]), np.sort(faiss_distances[theirs]), atol=2e-5)
+        assert np.all(np.diff(distances[ours]) >= 0)
+
+
 def test_near_copies_among_more_clusters_than_lists_are_paired_as_exact_search_pairs_them():
     """Duplicates on an inverted file: 300 clusters of wide non-negative rows in 16 lists, 40 planted copies."""
     rng = np.random.default_rng(0)

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -333,3 +335,42 @@ def test_a_50_megapixel_png_and_a_text_file_named_jpg_are_refused_with_400(brows
     assert status == 400 and "not a photo" in answer["error"] and "not an image" in answer["error"]
     browser.upload(text)
     assert "notes.jpg is not a photo that can be read" in browser.text()
+
+
+def test_a_running_server_shows_a_later_intake_without_a_restart(archive, shared_weights, tmp_path):
+    # The reviewers' server runs for days; each morning's `skimgfeat ingest` makes a new generation of
+    # the archive. The server follows it: the new photos are found and the new report is the one to review.
+    from skimgfeat.archive import ingest
+    from skimgfeat.serve.app import ServeApp
+    from skimgfeat.serve.search import Query
+    from skimgfeat.serve.source import open_source
+
+    _, folder, _ = archive
+    copy = tmp_path / "archive"
+    shutil.copytree(folder, copy, symlinks=True)  # the module's server keeps its own archive as it is
+    state = ServeApp(open_source(copy), cache_dir=tmp_path / "cache")
+    first = state.source.generation
+    assert state.source.resolve_name("dealer_7.jpg") is None
+    assert not state.follow_archive()  # nothing newer yet: the same generation stays
+
+    day3 = tmp_path / "day3"
+    day3.mkdir()
+    _reencoded(OBJECTS / "dvd002_reference.jpg", day3 / "dealer_7.jpg", scale=0.8, quality=75)
+    stop = threading.Event()
+    state.follow_archive_every(0.2, stop)
+    try:
+        ingest(day3, copy, intake="day3", weights=shared_weights)
+
+        def findings() -> dict:
+            return {(row["image_a"], row["image_b"]): row["verdict"] for row in state.review.intake()}
+
+        deadline = time.monotonic() + 60  # the intake is over: the next check (0.2 s) shows it
+        while ("day3/dealer_7.jpg", "day1/dvd002_reference.jpg") not in findings() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    assert state.source.generation > first
+    assert state.source.resolve_name("dealer_7.jpg") == "day3/dealer_7.jpg"
+    assert findings() == {("day3/dealer_7.jpg", "day1/dvd002_reference.jpg"): "copy"}  # day 3's report, not day 2's
+    hits = state.searcher.search(Query(label="dealer_7.jpg", name="day3/dealer_7.jpg"), k=3)
+    assert hits[0].image_path == "day1/dvd002_reference.jpg" and hits[0].verdict == "copy"

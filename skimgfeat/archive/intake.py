@@ -17,6 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from ..embedder import embedder_from_model_info
 from ..feature_tables import list_images
-from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.copy_check import HASHES_FILE, PhotoHashes, hash_or_reason
 from ..matching.duplicates import COPY, find_copies_against
 from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
@@ -191,12 +192,14 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
 
     # What each photo is: new, a changed version of an archived one, or already there.
     sources = [path.relative_to(new_dir).as_posix() for path in photos]
+    source_dir = new_dir.resolve()  # once: resolving each photo's path cost 0.2 ms a photo
     identities = [f"{intake}/{source}" for source in sources]
     digests = [content_sha256(path) for path in photos]
     on_progress("read", len(photos))
     live_rows = {} if index is None else index._rows()
-    archived_sha = {} if index is None else _live_digests(index)
-    row_sha = {} if index is None else dict(zip(index.names, index._identities[CONTENT_SHA256]))
+    # Only this intake's digests are looked up: nothing per archived row runs in Python.
+    archived_sha = {} if index is None else _live_digests(index, digests)
+    row_sha = {} if index is None else _row_digests(index, identities, live_rows)
     taken_down = set(removed_photos(None if index is None else index._folder)[CONTENT_SHA256])
     status, replaced_rows, todo, todo_digests = {}, [], [], set()
     for number, (identity, digest) in enumerate(zip(identities, digests)):
@@ -215,19 +218,16 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
             todo.append(number)
             todo_digests.add(digest)
 
-    # The archive's own copy of each new photo (atomic: a copy is whole or absent).
-    copies = []
-    for number in todo:
-        target = archive / PHOTOS_DIR / identities[number]
-        if not (target.is_file() and content_sha256(target) == digests[number]):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Not flushed one by one (two fsyncs a photo were most of an intake's time): a copy is checked
-            # against its digest when an intake runs again, and everything is flushed once before the switch.
-            with atomic_path(target, durable=False) as temporary:
-                shutil.copy2(photos[number], temporary)
-        copies.append(target)
-        on_progress("copied", 1)
-        kill_point("photo-copied")
+    # The archive's own copy of each new photo, and its copy-check hashes in the same pass (threads: both
+    # wait on the disk or run in C). The kill points stay in this thread, one per photo, in order.
+    copies = [archive / PHOTOS_DIR / identities[number] for number in todo]
+    hashed = []
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for result in pool.map(_copied_and_hashed, [photos[number] for number in todo], copies,
+                               [digests[number] for number in todo], [hashes] * len(todo)):
+            hashed.append(result)
+            on_progress("copied", 1)
+            kill_point("photo-copied")
     new_names = [identities[number] for number in todo]
 
     features = _embed_checkpointed(embedder, copies, [digests[number] for number in todo], archive / PENDING_DIR,
@@ -239,9 +239,10 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
 
     stored_hashes = PhotoHashes.read(archive / HASHES_FILE) if (archive / HASHES_FILE).is_file() else None
     if hashes and copies:
-        computed = PhotoHashes.compute(copies, new_names)
+        computed = PhotoHashes.from_results(new_names, hashed)
         stored_hashes = computed if stored_hashes is None else stored_hashes.merged(computed)
         stored_hashes.write(archive / HASHES_FILE)  # atomically
+        on_progress("hashes stored", len(copies))
         kill_point("hashes-written")
     store = None
     if local_features and copies:
@@ -264,7 +265,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
             IMAGE_NAME: [Path(new_names[i]).name for i in keep],
             ITEM_ID: [item_of(new_names[i], item_rule) for i in keep],
             CONTENT_SHA256: [digests[todo[i]] for i in keep],
-            SOURCE: [os.fspath(photos[todo[i]].resolve()) for i in keep],
+            SOURCE: [os.fspath(source_dir / sources[todo[i]]) for i in keep],
             INTAKE: [intake] * len(keep),
         }, features[keep])
         previous = index._folder
@@ -295,6 +296,19 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     kill_point("report-written")
     return IngestResult(intake, statuses, table, report_path, None if index is None else index.generation,
                         0 if index is None else len(index), failures)
+
+
+def _copied_and_hashed(source: Path, target: Path, digest: str, hash_it: bool):
+    """Copy ``source`` into the archive as ``target`` unless a whole copy is there, then its hashes (or why it
+    could not be hashed); None without ``hash_it``."""
+    if not (target.is_file() and content_sha256(target) == digest):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Not flushed one by one (two fsyncs a photo were most of an intake's time): a copy is checked
+        # against its digest when an intake runs again, and everything is flushed once before the switch.
+        # Atomic: a copy is whole or absent.
+        with atomic_path(target, durable=False) as temporary:
+            shutil.copy2(source, temporary)
+    return hash_or_reason(target) if hash_it else None
 
 
 def _embed_checkpointed(embedder, copies: list[Path], digests: list[str], folder: Path, model_info: dict,
@@ -364,14 +378,29 @@ def _failures(embedder, names: list[str], features: np.ndarray) -> list[tuple[st
     return [(names[row], reasons.get(os.path.basename(names[row]), "could not be read")) for row in failed]
 
 
-def _live_digests(index: SimilarityIndex) -> dict[str, str]:
-    """Content digest -> identity of the first live row with it."""
-    removed = index.removed
+def _live_digests(index: SimilarityIndex, digests: list[str]) -> dict[str, str]:
+    """Content digest -> identity of the first live row with it, for the ``digests`` asked.
+
+    The archive's column is matched against them in one vectorised pass: only the
+    rows that hit are visited in Python, never the million others.
+    """
+    stored = index._identities.get(CONTENT_SHA256)
+    if stored is None or not len(digests):
+        return {}
+    live = np.flatnonzero(~index.removed & (stored != ""))
+    hits = live[pd.Index(list(dict.fromkeys(digests)), dtype=object).get_indexer(stored[live]) >= 0]
     found: dict[str, str] = {}
-    for row, (name, digest) in enumerate(zip(index.names, index._identities[CONTENT_SHA256])):
-        if digest and not removed[row]:
-            found.setdefault(digest, name)
+    for row in hits:  # in row order: the first live row of a digest wins
+        found.setdefault(stored[row], index.names[row])
     return found
+
+
+def _row_digests(index: SimilarityIndex, identities: list[str], live_rows: dict) -> dict[str, str]:
+    """Identity -> stored content digest, for the ``identities`` of this intake that are live rows."""
+    stored = index._identities.get(CONTENT_SHA256)
+    if stored is None:
+        return {}
+    return {name: stored[live_rows[name]] for name in identities if name in live_rows}
 
 
 def _read_lots(lots) -> pd.DataFrame | None:
@@ -412,7 +441,7 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
     """
     rows = []
     in_index = [] if index is None else [name for name in identities if name in index]
-    by_digest = {} if index is None else _live_digests(index)
+    by_digest = {} if index is None else _live_digests(index, digests)
     if in_index and index._store.nprobe:
         # A copy lies in its original's list or a neighbouring one: the report visits fewer lists than a
         # search for similar photos (this index object is the intake's own: no other thread searches it).
@@ -456,8 +485,9 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
                           match.copy_score, match.inliers))
     table = pd.DataFrame(lines, columns=["image_path", "source", "status", "match", "verdict", "feature_distance",
                                          "copy_score", "inliers"])
-    items = {} if index is None else dict(zip(index.names, index._identities[ITEM_ID]))
-    table.insert(4, "match_item_id", [items.get(match, "") if match else "" for match in table["match"]])
+    item_ids = None if index is None else index._identities.get(ITEM_ID)
+    row_of = {} if item_ids is None else index._rows()  # the matches are live rows (the archive's own dict)
+    table.insert(4, "match_item_id", [item_ids[row_of[match]] if match in row_of else "" for match in table["match"]])
     order = {COPY: 0, SAME_OBJECT: 1, "": 2}
     table = table.assign(_order=table["verdict"].map(order)).sort_values(
         ["image_path", "_order", "feature_distance"], kind="stable").drop(columns="_order").reset_index(drop=True)

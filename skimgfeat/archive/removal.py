@@ -54,7 +54,9 @@ def rows_to_remove(index: SimilarityIndex, names: Sequence[str] = (), items: Seq
     removed = index.removed
     live = ~removed
     by_path = index._rows()
-    image_names = index._identities.get(IMAGE_NAME, np.asarray([Path(name).name for name in index.names]))
+    image_names = index._identities.get(IMAGE_NAME)
+    if image_names is None:  # (not a default of get(): that walked a million paths even when the column is there)
+        image_names = np.asarray([Path(name).name for name in index.names], dtype=object)
     item_ids = index._identities.get(ITEM_ID)
     rows, missing = set(), []
     for name in names:

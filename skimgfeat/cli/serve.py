@@ -28,7 +28,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``serve``."""
     serve = add_command(
         commands, common, "serve", "open the archive in a browser: search by photo, review copies, record decisions",
-        "A local web application on ARCHIVE (a feature table written by `skimgfeat extract --hashes "
+        "A local web application on ARCHIVE (an archive folder made by `skimgfeat ingest`, followed as later "
+        "intakes and removals change it; a feature table written by `skimgfeat extract --hashes "
         "--local-features`, its output folder, or an index folder): search by an uploaded photo or by an image "
         "name or item id, each result with its verdict (copy, same_object, similar) and its lot columns; the "
         "pair side by side with the matched keypoints; review of the duplicate groups and of an intake report, "
@@ -36,8 +37,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "with quality measures; a JSON API behind every page (GET /api lists it). Needs the serve extra: "
         "pip install 'skimgfeat[serve]'. Binds 127.0.0.1; any other host needs --token.",
     )
-    serve.add_argument("archive", type=Path, metavar="ARCHIVE", help="feature table, extract output folder or "
-                                                                     "index folder")
+    serve.add_argument("archive", type=Path, metavar="ARCHIVE", help="archive folder, feature table, extract "
+                                                                     "output folder or index folder")
     serve.add_argument("--lots", type=Path, default=None, metavar="LOTS.csv",
                        help="a lot table keyed by item_id (CSV or Parquet): its columns are shown with each result")
     serve.add_argument("--report", type=Path, default=None, metavar="REPORT.csv",
@@ -55,6 +56,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                        help="largest upload taken, in megabytes (default: %(default)s)")
     serve.add_argument("--max-upload-megapixels", type=positive_int, default=40, metavar="MP",
                        help="largest upload taken, in megapixels (default: %(default)s)")
+    serve.add_argument("--follow", type=float, default=10.0, metavar="SECONDS",
+                       help="how often to look for a newer generation of an archive folder (a later ingest or "
+                            "remove), which the pages then show without a restart; 0: never (default: "
+                            "%(default)s)")
     serve.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help="where thumbnails and uploads are kept (default: a temporary folder)")
     add_table_photo_options(serve, embedded="uploaded photos")
@@ -82,6 +87,9 @@ def run_serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_warm, args=(source,), daemon=True, name="skimgfeat-warm-up").start()
     state = ServeApp(source, cache_dir=args.cache_dir, max_upload_bytes=args.max_upload_mb * 2**20,
                      max_upload_pixels=args.max_upload_megapixels * 1_000_000, k=args.k)
+    stop_following = threading.Event()
+    if source.generation is not None and args.follow > 0:
+        state.follow_archive_every(args.follow, stop_following)
     config = uvicorn.Config(create_app(state, token=token), host=args.host, port=args.port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -97,6 +105,8 @@ def run_serve(args: argparse.Namespace) -> int:
         _run(server, announce)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly
         pass
+    finally:
+        stop_following.set()
     if not args.quiet:
         print("skimgfeat: server stopped", file=sys.stderr)
     return EXIT_OK

@@ -107,13 +107,11 @@ def photo_hashes(image) -> np.ndarray:
     >>> hashes.shape, hashes.dtype.name
     ((14,), 'uint64')
     """
-    import imagehash
     from PIL import ImageOps
 
     grey = image.convert("L")
     pictures = [grey.crop(box) for box in hash_windows(grey)] + [ImageOps.mirror(grey)]
-    bits = np.stack([imagehash.phash(picture).hash.ravel() for picture in pictures])
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    return _phashes(pictures)
 
 
 def hash_windows(grey) -> list[tuple[int, int, int, int]]:
@@ -130,6 +128,28 @@ def hash_windows(grey) -> list[tuple[int, int, int, int]]:
         boxes.append((left, top, left + keep_w, top + keep_h))
     boxes.append(_content_box(grey))
     return boxes
+
+
+# imagehash.phash's sizes: an 8 x 8 hash from the DCT of a 32 x 32 picture.
+_PHASH_SIDE, _PHASH_PICTURE = 8, 32
+
+
+def _phashes(pictures) -> np.ndarray:
+    """``imagehash.phash`` of each grey picture, bit for bit, with one DCT for all of them.
+
+    The same steps (a Lanczos resize to 32 x 32, a 2-D DCT-II, the 8 x 8 lowest
+    frequencies against their median), but the DCT and the medians run once over the
+    stack: per picture, imagehash spent most of its time in Python around two tiny
+    transforms (1.9 ms a photo for the 14 hashes, 0.9 ms this way).
+    """
+    from PIL import Image
+    from scipy.fftpack import dct
+
+    size = (_PHASH_PICTURE, _PHASH_PICTURE)
+    pixels = np.stack([np.asarray(picture.resize(size, Image.LANCZOS)) for picture in pictures])
+    low = dct(dct(pixels, axis=1), axis=2)[:, :_PHASH_SIDE, :_PHASH_SIDE].reshape(len(pictures), -1)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
 def _content_box(grey) -> tuple[int, int, int, int]:
@@ -557,12 +577,26 @@ class PhotoHashes:
     """
 
     def __init__(self, names: Sequence[str], hashes, errors: Sequence[str] | None = None) -> None:
-        names = np.asarray([str(name) for name in names], dtype=object)
+        names = _strings(names)
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(names), N_HASHES)
-        errors = np.asarray([""] * len(names) if errors is None else [str(e) for e in errors], dtype=object)
-        last = ~pd.Index(names).duplicated(keep="last")  # a name given twice: its last hashes, as merged() keeps
-        self.names, self.hashes, self.errors = names[last], hashes[last], errors[last]
-        self._index = pd.Index(self.names)
+        errors = np.full(len(names), "", dtype=object) if errors is None else _strings(errors)
+        index = pd.Index(names, dtype=object)
+        if not index.is_unique:  # a name given twice: its last hashes, as merged() keeps
+            last = ~index.duplicated(keep="last")
+            names, hashes, errors = names[last], hashes[last], errors[last]
+            index = pd.Index(names, dtype=object)
+        self._set(names, hashes, errors, index)
+
+    def _set(self, names: np.ndarray, hashes: np.ndarray, errors: np.ndarray, index: pd.Index) -> None:
+        self.names, self.hashes, self.errors, self._index = names, hashes, errors, index
+
+    @classmethod
+    def _of_unique(cls, names: np.ndarray, hashes: np.ndarray, errors: np.ndarray) -> PhotoHashes:
+        """Hashes of names known to be distinct strings already: nothing is converted or checked again (an
+        archive's million names are hashed into the lookup table once, when first looked up)."""
+        made = cls.__new__(cls)
+        made._set(names, hashes, errors, pd.Index(names, dtype=object))
+        return made
 
     def __len__(self) -> int:
         return len(self.names)
@@ -615,7 +649,13 @@ class PhotoHashes:
         names = [os.fspath(photo) for photo in photos] if names is None else list(names)
         workers = n_workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(_hash_or_reason, photos))
+            results = list(pool.map(hash_or_reason, photos))
+        return cls.from_results(names, results)
+
+    @classmethod
+    def from_results(cls, names: Sequence[str], results: Sequence[np.ndarray | str]) -> PhotoHashes:
+        """Hashes from :func:`hash_or_reason`'s results, one per name (a caller that reads each photo once for
+        more than its hashes, as an archive's intake does)."""
         hashes = np.zeros((len(names), N_HASHES), dtype=np.uint64)
         errors = []
         for row, result in enumerate(results):
@@ -630,19 +670,29 @@ class PhotoHashes:
         """These hashes and ``other``'s (``other`` wins for a name in both)."""
         if not len(other):
             return self
-        keep = ~other.contains(self.names)
-        return PhotoHashes(np.concatenate([self.names[keep], other.names]),
-                           np.concatenate([self.hashes[keep], other.hashes]),
-                           np.concatenate([self.errors[keep], other.errors]))
+        # The few names ``other`` replaces are looked up among these, not these million among other's.
+        replaced = self._index.get_indexer(pd.Index(other.names, dtype=object))
+        keep = np.ones(len(self), dtype=bool)
+        keep[replaced[replaced >= 0]] = False
+        return PhotoHashes._of_unique(np.concatenate([self.names[keep], other.names]),
+                                      np.concatenate([self.hashes[keep], other.hashes]),
+                                      np.concatenate([self.errors[keep], other.errors]))
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write ``image_path, error, phash_0..`` as Parquet (hashes as signed 64-bit integers)."""
-        from ..storage.io import write_table
+        """Write ``image_path, error, phash_0..`` as Parquet (hashes as signed 64-bit integers), atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        table = pd.DataFrame(self.hashes.view(np.int64), columns=_HASH_COLUMNS)
-        table.insert(0, ERROR, self.errors)
-        table.insert(0, IMAGE_PATH, self.names)
-        return write_table(table, Path(path))
+        from ..storage.io import atomic_path
+
+        signed = self.hashes.view(np.int64)
+        table = pa.table({IMAGE_PATH: pa.array(self.names, type=pa.string()),
+                          ERROR: pa.array(self.errors, type=pa.string()),
+                          **{column: signed[:, i] for i, column in enumerate(_HASH_COLUMNS)}})
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            pq.write_table(table, temporary)
+        return path
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> PhotoHashes:
@@ -650,20 +700,47 @@ class PhotoHashes:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hashes file {os.fspath(path)!r} does not exist")
-        table = pd.read_parquet(path)
-        if f"phash_{N_HASHES - 1}" not in table.columns and "phash_0" in table.columns:
-            stored = sum(str(column).startswith("phash_") for column in table.columns)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file ({error})") from None
+        columns = table.column_names
+        if f"phash_{N_HASHES - 1}" not in columns and "phash_0" in columns:
+            stored = sum(str(column).startswith("phash_") for column in columns)
             raise OutdatedHashesError(
                 f"{os.fspath(path)!r} holds the hashes of an earlier skimgfeat ({stored} per photo, this version "
                 f"uses {N_HASHES}): run `skimgfeat extract --hashes` again")
-        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in table.columns]
+        missing = [column for column in (IMAGE_PATH, ERROR, *_HASH_COLUMNS) if column not in columns]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a skimgfeat hashes file: no column {missing[0]!r}")
-        hashes = table[_HASH_COLUMNS].to_numpy(dtype=np.int64).view(np.uint64)
-        return cls(table[IMAGE_PATH].astype(str), hashes, table[ERROR].fillna("").astype(str))
+        # Straight from Arrow: a pandas column of Arrow strings costs seconds a million names to walk.
+        hashes = np.column_stack([table.column(column).to_numpy() for column in _HASH_COLUMNS])
+        hashes = hashes.astype(np.int64, copy=False)
+        errors = pc.fill_null(table.column(ERROR).cast(pa.string()), "")
+        return cls(table.column(IMAGE_PATH).to_numpy(zero_copy_only=False), hashes.reshape(-1, N_HASHES).view(
+            np.uint64), errors.to_numpy(zero_copy_only=False))
 
 
-def _hash_or_reason(photo) -> np.ndarray | str:
+def _strings(values) -> np.ndarray:
+    """``values`` as an object array of str: left as they are when they are all str already (one check in C),
+    otherwise each converted (paths, numbers)."""
+    if isinstance(values, (pd.Series, pd.Index)):
+        values = values.to_numpy(dtype=object)
+    elif not hasattr(values, "__len__"):
+        values = list(values)
+    array = np.empty(len(values), dtype=object)
+    array[:] = list(values) if not isinstance(values, np.ndarray) else values
+    if len(array) and pd.api.types.infer_dtype(array, skipna=False) != "string":
+        array = np.asarray([str(value) for value in array], dtype=object)
+    return array
+
+
+def hash_or_reason(photo) -> np.ndarray | str:
+    """:func:`hash_photo` of ``photo``, or why it cannot be hashed (a string; None: no photo known)."""
     if photo is None:
         return "missing (no photo known)"
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -87,6 +88,46 @@ class ServeApp:
         self.thumbnails = ThumbnailCache(self.cache_dir / "thumbnails")
         self._quality: dict[tuple, dict] = {}
         self._quality_lock = threading.Lock()
+        self._retired: ArchiveSource | None = None  # the generation before the last switch
+
+    # -- following the archive ----------------------------------------------------------
+
+    def follow_archive(self) -> bool:
+        """Switch to the archive folder's newest generation when a later intake or removal made one.
+
+        The new generation is opened whole before the pages see it; a page being drawn
+        meanwhile finishes on the one it started with, which stays on disk until the next
+        switch. True when it switched.
+        """
+        source = self.source.newer()
+        if source is None:
+            return False
+        searcher, review = Searcher(source), Review(source)
+        retired, self._retired = self._retired, self.source
+        self.source, self.searcher, self.review = source, searcher, review
+        if retired is not None:
+            retired.close()
+        return True
+
+    def follow_archive_every(self, seconds: float, stop: threading.Event) -> threading.Thread:
+        """Check for a newer generation every ``seconds`` in a thread of its own, until ``stop`` is set.
+
+        A generation that cannot be opened (say, a disk error) leaves the server on the one
+        it has, with a warning, and is tried again at the next check.
+        """
+        def follow() -> None:
+            while not stop.wait(seconds):
+                try:
+                    if self.follow_archive():
+                        print(f"skimgfeat: now serving generation {self.source.generation} "
+                              f"({len(self.source.index):,} photos)", file=sys.stderr, flush=True)
+                except Exception as error:  # noqa: BLE001 - the pages keep the generation they have
+                    print(f"skimgfeat: warning: could not open the archive's newer generation: {error}",
+                          file=sys.stderr, flush=True)
+
+        thread = threading.Thread(target=follow, daemon=True, name="skimgfeat-follow-archive")
+        thread.start()
+        return thread
 
     # -- queries ------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from ..schema import IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
 from ..search.similarity import SimilarityIndex
 from ..storage.decisions import DecisionStore, decisions_file_of
 from ..storage.io import read_table
+from ..storage.vector_index import live_generation_number
 
 TABLE_NAMES = ("image_features_raw.parquet", "image_features_raw.csv")
 # Lot columns shown under a result at most (the lot table may have many).
@@ -62,6 +63,11 @@ class ArchiveSource:
         and what else the report holds.
     weights : str or None
         The state-dict file embedding uploads offline (else the recorded weights).
+    generation : int or None
+        The generation of an archive folder that was opened; None for a feature table or an
+        index folder, which the server does not follow.
+    reopen : callable or None
+        Opens the archive again with the same options (its newest generation).
     """
 
     path: Path
@@ -74,6 +80,11 @@ class ArchiveSource:
     report: pd.DataFrame | None = None
     weights: str | None = None
     item_rule: Callable[[str], str] = item_id_from_name
+    generation: int | None = None
+    reopen: Callable[[], ArchiveSource] | None = field(default=None, repr=False)
+    # The archive's latest report is shown unless one was named: a later intake writes a newer one.
+    follows_report: bool = False
+    report_stamp: tuple | None = None  # the latest report's name and time when it was read
     _embedder: object = field(default=None, repr=False)
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _photos_of_item: dict | None = field(default=None, repr=False)
@@ -126,6 +137,28 @@ class ArchiveSource:
         photos = self.photos_of(text)
         return photos[0] if photos else None
 
+    def newer(self) -> ArchiveSource | None:
+        """The archive folder opened again when a later intake or removal made a new generation; else None.
+
+        The network already built for uploads carries over when the model is the same.
+        """
+        if self.reopen is None or self.generation is None:
+            return None
+        live = live_generation_number(self.path)
+        # An intake writes its report after the switch to its generation: both are followed.
+        report_changed = self.follows_report and _report_stamp(self.path) != self.report_stamp
+        if live is None or (live == self.generation and not report_changed):
+            return None
+        source = self.reopen()
+        if source.index.model_info == self.index.model_info:
+            with self._embedder_lock:
+                source._embedder = self._embedder
+        return source
+
+    def close(self) -> None:
+        """Let the opened generation go (a later writer may then delete it)."""
+        self.index.close()
+
     def embedder(self):
         """The fitted network that made the archive's features, built once (thread-safe)."""
         with self._embedder_lock:
@@ -150,7 +183,9 @@ def open_source(
     if not path.exists():
         raise FileNotFoundError(f"archive {os.fspath(path)!r} does not exist")
     if path.is_dir() and read_settings(path) is not None:
-        return _open_archive_folder(path, image_dir=image_dir, lots=lots, report=report, weights=weights)
+        source = _open_archive_folder(path, image_dir=image_dir, lots=lots, report=report, weights=weights)
+        source.reopen = partial(open_source, path, image_dir=image_dir, lots=lots, report=report, weights=weights)
+        return source
     table = next((path / name for name in TABLE_NAMES if (path / name).is_file()), None) if path.is_dir() else path
     if table is not None:
         index = SimilarityIndex.read(table, image_dir=image_dir)
@@ -183,13 +218,13 @@ def open_source(
 
 
 def _open_archive_folder(path: Path, *, image_dir, lots, report, weights) -> ArchiveSource:
-    """An archive folder's live generation (kept while the server runs: restart it to see a later intake)."""
+    """An archive folder's live generation (the server follows later ones: :meth:`ArchiveSource.newer`)."""
     archive = Archive.open(path)
     index = archive.index
     index.image_dir = Path(image_dir) if image_dir is not None else path / PHOTOS_DIR
-    if report is None:  # the latest intake's report
-        reports = sorted((path / REPORTS_DIR).glob("*.csv"), key=lambda found: found.stat().st_mtime)
-        report = reports[-1] if reports else None
+    followed = report is None
+    if followed:
+        report = _latest_report(path)
     attached = archive.lots
     return ArchiveSource(
         path=path,
@@ -203,7 +238,21 @@ def _open_archive_folder(path: Path, *, image_dir, lots, report, weights) -> Arc
         report=read_report(report) if report is not None else None,
         weights=weights,
         item_rule=partial(item_of, rule=archive.settings.get("item_rule")),
+        generation=archive.generation,
+        follows_report=followed,
+        report_stamp=_report_stamp(path) if followed else None,
     )
+
+
+def _latest_report(folder: Path) -> Path | None:
+    """The archive's latest intake report (the last written), None before the first."""
+    reports = sorted((folder / REPORTS_DIR).glob("*.csv"), key=lambda found: found.stat().st_mtime_ns)
+    return reports[-1] if reports else None
+
+
+def _report_stamp(folder: Path) -> tuple | None:
+    report = _latest_report(folder)
+    return (report.name, report.stat().st_mtime_ns) if report is not None else None
 
 
 def read_lots(path: str | os.PathLike) -> pd.DataFrame:

@@ -53,6 +53,9 @@ _ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features"
 PAIR_NPROBE = 2
 # Scores of one query block against all rows are held at once: at most this many floats (64 MB).
 _BLOCK_FLOATS = 2**24
+# From this many queries, a range search over an inverted file compares list by list (one matrix product per
+# list visited) instead of query by query.
+BY_LIST_QUERIES = 64
 
 
 def faiss_module():
@@ -340,6 +343,8 @@ class VectorIndex:
                 total += len(order)
                 distance_parts.append(distance[order])
                 row_parts.append(row[order].astype(np.int64))
+        elif len(queries) >= BY_LIST_QUERIES:
+            return self._range_search_by_list(queries, max_distance, nprobe, exclude)
         else:
             parameters = self._search_parameters(nprobe, exclude)
             for start, stop in _blocks(len(queries), 4096):
@@ -354,6 +359,59 @@ class VectorIndex:
                 distance_parts.append(distance[order])
                 row_parts.append(found[order].astype(np.int64))
         return (np.concatenate(limits), _join(distance_parts, np.float32), _join(row_parts, np.int64))
+
+    def _range_search_by_list(self, queries: np.ndarray, max_distance: float, nprobe: int | None,
+                              exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`range_search` of many (normalised) queries, list by list: the same lists visited, the same
+        rows found (up to float rounding at the threshold), in far less time.
+
+        FAISS scans each query's lists on its own, decoding every 8-bit code for every query.
+        On photo features the lists are uneven: a few lists gather whatever has no centre of
+        its own, and nearly every query visits them (at a million rows, 8 lists visited meant
+        about 95,000 rows a query, 80,000 of them from 5 lists). Here each visited list is
+        decoded once and compared with all the queries that visit it in one matrix product.
+        """
+        faiss = faiss_module()
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(self._faiss))  # its own class: its codes are decoded
+        nprobe = int(nprobe or self.nprobe or ivf.nprobe)
+        _, lists = ivf.quantizer.search(queries, nprobe)
+        visits = lists.ravel()
+        asked = np.repeat(np.arange(len(queries)), lists.shape[1])[visits >= 0]
+        visits = visits[visits >= 0]
+        order = np.argsort(visits, kind="stable")
+        visits, asked = visits[order], asked[order]
+        starts = np.flatnonzero(np.r_[True, visits[1:] != visits[:-1]])
+        excluded = None if exclude is None or not exclude.any() else _padded(exclude, len(self))
+        threshold = np.float32(1.0 - max_distance)
+        found_queries, found_rows, found_scores = [], [], []
+        for start, stop in zip(starts, np.r_[starts[1:], len(visits)]):
+            list_number = int(visits[start])
+            size = ivf.invlists.list_size(list_number)
+            if not size:
+                continue
+            ids, matrix, scale, offset = _list_for_scores(ivf, list_number, size)
+            if excluded is not None:
+                kept = ~excluded[ids]
+                ids, matrix = ids[kept], matrix[kept]
+            if not len(ids):
+                continue
+            members = asked[start:stop]
+            for begin, end in _blocks(len(members), max(1, _BLOCK_FLOATS // len(ids))):
+                block = queries[members[begin:end]]
+                if scale is None:
+                    scores = block @ matrix.T
+                else:
+                    scores = (block * scale) @ matrix.T
+                    scores += (block @ offset)[:, None]
+                query, row = np.nonzero(scores >= threshold)
+                found_queries.append(members[begin:end][query])
+                found_rows.append(ids[row])
+                found_scores.append(scores[query, row])
+        query, rows = _join(found_queries, np.int64), _join(found_rows, np.int64)
+        distances = _distance(_join(found_scores, np.float32))
+        order = np.lexsort((distances, query))
+        limits = np.r_[0, np.cumsum(np.bincount(query, minlength=len(queries)))].astype(np.int64)
+        return limits, distances[order], rows[order]
 
     def neighbour_pairs(
         self, max_distance: float, *, nprobe: int | None = None, block_rows: int | None = None
@@ -532,6 +590,36 @@ def _padded(mask: np.ndarray, n: int) -> np.ndarray:
     if len(mask) >= n:
         return mask[:n]
     return np.concatenate([mask, np.zeros(n - len(mask), dtype=bool)])
+
+
+def _list_for_scores(ivf, list_number: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                                np.ndarray | None]:
+    """One inverted list read in bulk for scoring: ``(ids, matrix, scale, offset)`` such that the inner products
+    of queries ``Q`` with the list's decoded vectors are ``(Q * scale) @ matrix.T + Q @ offset`` (``scale`` and
+    ``offset`` None: ``Q @ matrix.T``).
+
+    An 8-bit scalar-quantised list is never decoded: its codes are the matrix, and the
+    per-dimension range and the list's centre go into ``scale`` and ``offset`` (decoding a
+    million rows through FAISS took 9 to 14 CPU s, more than the products themselves).
+    """
+    faiss = faiss_module()
+    invlists = ivf.invlists
+    pointer = invlists.get_ids(list_number)
+    ids = faiss.rev_swig_ptr(pointer, size).astype(np.int64)  # copies: the pointers are released at once
+    invlists.release_ids(list_number, pointer)
+    pointer = invlists.get_codes(list_number)
+    codes = faiss.rev_swig_ptr(pointer, size * invlists.code_size).copy().reshape(size, -1)
+    invlists.release_codes(list_number, pointer)
+    centre = ivf.quantizer.reconstruct(list_number) if getattr(ivf, "by_residual", False) else None
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        return ids, codes.view(np.float32), None, None
+    if isinstance(ivf, faiss.IndexIVFScalarQuantizer) and ivf.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
+        # FAISS decodes component i of code c as vmin_i + (c + 0.5) / 255 * vdiff_i.
+        trained = faiss.vector_to_array(ivf.sq.trained)
+        vmin, step = trained[:ivf.d], trained[ivf.d:] / 255.0
+        offset = vmin + 0.5 * step + (0.0 if centre is None else centre)
+        return ids, codes.astype(np.float32), step.astype(np.float32), offset.astype(np.float32)
+    return ids, ivf.reconstruct_batch(ids), None, None
 
 
 def _distance(scores: np.ndarray) -> np.ndarray:
