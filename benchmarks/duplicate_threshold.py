@@ -298,24 +298,27 @@ def offline_groups(pairs: pd.DataFrame, texture: dict, bits: int, coverage: floa
     return duplicate_groups(pairs.assign(verdict=np.where(copy, COPY, DIFFERENT)))
 
 
-def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict, pixel_gap: tuple[float, float]) -> tuple:
+def tune(photos: pd.DataFrame, pairs: pd.DataFrame, texture: dict) -> tuple:
     """The settings with no false copy in the hard sets and the best main-set F1 (then recall of the hard sets).
 
-    Among pixel thresholds that tie, the one nearest the middle (geometric mean) of
-    ``pixel_gap``: the largest pixel difference of a true copy pair and the smallest of a
-    false one, on this split: as much margin for harsher copies as for closer variants.
+    Returns (bits, coverage, inliers, unmatched, pixels, the pixel thresholds that tie with
+    the chosen one, its scores). Among tied pixel thresholds the default
+    (:data:`MAX_PIXEL_DIFFERENCE`) is kept when it is one of them.
     """
-    middle = np.sqrt(pixel_gap[0] * pixel_gap[1]) if np.isfinite(pixel_gap).all() else 40.0
-    best = None
+    best, keys = None, {}
     for bits, coverage, inliers, unmatched, pixels in product(COPY_THRESHOLDS, COVERAGES, MIN_INLIERS,
                                                               MAX_UNMATCHEDS, PIXEL_DIFFERENCES):
         row = score(photos, offline_groups(pairs, texture, bits, coverage, inliers, unmatched, pixels))
         hard_false = sum(row[f"{name}_false"] for name in SETS[1:])
         key = (-hard_false, round(row["f1"], 3), np.nansum([row[f"{name}_recall"] for name in SETS[1:]]), -bits,
-               coverage, inliers, -unmatched, -abs(np.log(pixels / middle)))
+               coverage, inliers, -unmatched)
+        keys[(bits, coverage, inliers, unmatched, pixels)] = key
+        key = (*key, pixels == MAX_PIXEL_DIFFERENCE, -pixels)
         if best is None or key > best[0]:
             best = (key, bits, coverage, inliers, unmatched, pixels, row)
-    return best[1:]
+    chosen = best[1:5]
+    tied = [pixels for pixels in PIXEL_DIFFERENCES if keys[(*chosen, pixels)] == keys[(*chosen, best[5])]]
+    return (*best[1:6], tied, best[6])
 
 
 def result_pixels(result: dict) -> tuple[float, float]:
@@ -381,13 +384,14 @@ def main() -> None:
                   f"duplicates {duplicates_seconds:.0f} s; {cli.stderr.strip()}", file=sys.stderr)
         chosen = results["tune"]
         tune_pixels = result_pixels(chosen)
-        bits, coverage, inliers, unmatched, pixels, _ = tune(chosen["photos"], chosen["wide"], chosen["texture"],
-                                                             tune_pixels)
+        bits, coverage, inliers, unmatched, pixels, tied, _ = tune(chosen["photos"], chosen["wide"],
+                                                                   chosen["texture"])
         print(f"\nChosen on tune: copy threshold {bits} bits, coverage >= {coverage}, inliers >= {inliers}, "
               f"unmatched <= {unmatched}, pixel difference <= {pixels} (defaults now: {COPY_THRESHOLD}, "
               f"{MIN_COPY_COVERAGE}, {MIN_COPY_INLIERS}, {MAX_UNMATCHED}, {MAX_PIXEL_DIFFERENCE})\n")
         print(f"tune: pixel difference of the copy pairs at most {tune_pixels[0]:.1f}, of the false hash matches "
-              f"that the content check confirmed at least {tune_pixels[1]:.1f}\n")
+              f"that the content check confirmed at least {tune_pixels[1]:.1f}; pixel thresholds scoring as well "
+              f"as the chosen one: {', '.join(f'{value:g}' for value in tied)}\n")
         print("Through `skimgfeat extract --hashes --local-features` + `skimgfeat duplicates` (defaults); main set: "
               "pair precision and recall, re-shoot pairs grouped; hard sets: false copy pairs / recall of their "
               "copies\n")

@@ -38,9 +38,14 @@ N synthetic photos x 1,000 descriptors (each word's list as long as the archive'
 frequencies make it, photo numbers and 64-bit signatures drawn at random) written to
 ``--workdir`` (12 bytes a descriptor: 12 GB at N = 1,000,000), loaded memory-mapped as
 ``match`` loads it, and searched with 20 real phone photos (wall time per search, the
-first one cold)::
+first one cold); then, per phone photo, what ``match`` does after loading: that search,
+the second one of query expansion (with its object's catalogue photo's descriptors, as
+many as the expansion searches with at most) and ``--verifications`` pair verifications
+against real photos of the archive (CPU and wall time per query)::
 
     python benchmarks/object_match.py --scale 1000000 --workdir /tmp/instance-1m
+    # where the disk cannot hold 12 GB: only the lists those searches read (3.5 GB), the same reads
+    python benchmarks/object_match.py --scale 1000000 --only-query-words --workdir /tmp/instance-1m
 """
 
 from __future__ import annotations
@@ -115,12 +120,14 @@ def score(found: pd.DataFrame, queries: list[str]) -> dict:
             "catalogue_missed": [Path(q).name for q, hit in zip(queries, catalogue) if not hit]}
 
 
-def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 20) -> dict:
+def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 20, verifications: int = 90,
+                  only_query_words: bool = False) -> dict:
     """The instance index's search time at ``n_photos`` synthetic photos (see the module's docstring)."""
     import numpy as np
 
     from skimgfeat.matching.instance_index import InstanceIndex
     from skimgfeat.matching.local_features import LocalFeatureStore
+    from skimgfeat.matching.verification import verify_pair
     from skimgfeat.storage.vector_index import write_generation
 
     store = LocalFeatureStore(archive / "local_features")
@@ -139,6 +146,15 @@ def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 
     frequency = np.bincount(index.words(sample), minlength=index.n_words_) / len(sample)
     rng = np.random.default_rng(0)
     lengths = rng.poisson(n_photos * index.max_words * frequency)
+    queries = [f"objects/dvd{i:03d}_{camera}.jpg" for i in range(26, 51, 5) for camera in ("canon", "droid", "e63",
+                                                                                           "palm")][:n_queries]
+    if only_query_words:  # the lists these queries' two searches read, as long as at n_photos; the others left empty
+        read = np.zeros(index.n_words_, bool)
+        for query in queries:
+            for photo in (query, query.split("_")[0] + "_reference.jpg"):
+                read[index._words(store[photo].descriptors, index.query_words)[0]] = True
+        lengths = np.where(read, lengths, 0)
+        results["lists_kept_share"] = float(lengths.sum() / (n_photos * index.max_words))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     photos_holding = n_photos * (1 - np.exp(-index.max_words * frequency))
     idf = np.log((n_photos + 1) / np.maximum(photos_holding, 1)).astype(np.float32)
@@ -174,8 +190,6 @@ def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 
     started = time.perf_counter()
     loaded = InstanceIndex.load(workdir)
     results["load_seconds"] = time.perf_counter() - started
-    queries = [f"objects/dvd{i:03d}_{camera}.jpg" for i in range(26, 51, 5) for camera in ("canon", "droid", "e63",
-                                                                                           "palm")][:n_queries]
     seconds, cpu = [], []
     for query in queries:
         features = store[query]
@@ -188,6 +202,35 @@ def measure_scale(archive: Path, n_photos: int, workdir: Path, n_queries: int = 
     results["search_seconds_max"] = float(np.max(seconds[1:]))
     results["search_cpu_seconds_median"] = float(np.median(cpu[1:]))
     results["search_cpu_seconds_max"] = float(np.max(cpu[1:]))
+    # What `match` does after those searches, per query: a second search (query expansion) with as many descriptors
+    # as one photo holds (here the catalogue photo's, its object's region where the phone photo found it), and the
+    # verification of its candidates: as many as `match` verifies per query on the archive (--verifications),
+    # real photos of the archive (the instance index's best at archive scale), read from the local-features store.
+    archive_index = InstanceIndex.load(archive / "instance_index")
+    expansion_cpu, verification_cpu, total_cpu, total_seconds = [], [], [], []
+    for query in queries:
+        features = store[query]
+        catalogue = store[query.split("_")[0] + "_reference.jpg"]
+        candidates = archive_index.search(features, k=verifications + 1)[0]
+        candidates = [name for name in candidates if name != query][:verifications]
+        started, started_cpu = time.perf_counter(), time.process_time()
+        loaded.search(features, k=100)
+        searched = time.process_time()
+        loaded.search(catalogue.descriptors, k=100)
+        expanded = time.process_time()
+        for name in candidates:
+            verify_pair(features, store[name])
+        finished = time.process_time()
+        expansion_cpu.append(expanded - searched)
+        verification_cpu.append(finished - expanded)
+        total_cpu.append(finished - started_cpu)
+        total_seconds.append(time.perf_counter() - started)
+    results["verifications_per_query"] = verifications
+    results["expansion_search_cpu_seconds_median"] = float(np.median(expansion_cpu[1:]))
+    results["verification_cpu_seconds_median"] = float(np.median(verification_cpu[1:]))
+    results["query_cpu_seconds_median"] = float(np.median(total_cpu[1:]))
+    results["query_cpu_seconds_max"] = float(np.max(total_cpu[1:]))
+    results["query_seconds_median"] = float(np.median(total_seconds[1:]))
     results["load_after"] = os.getloadavg()
     return results
 
@@ -205,13 +248,19 @@ def main() -> None:
                         help="also keep each half's CSV from `skimgfeat match` in DIR")
     parser.add_argument("--scale", type=int, default=0, metavar="N",
                         help="measure the instance index's search at N synthetic photos instead")
+    parser.add_argument("--verifications", type=int, default=90, metavar="N",
+                        help="with --scale: pairs verified per query (what `match` verifies per query on the archive)")
+    parser.add_argument("--only-query-words", action="store_true",
+                        help="with --scale: write only the lists the measured queries read (as long as at N photos; "
+                             "a third of the file at N = 1,000,000: where the disk cannot hold it all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/instance-scale"),
                         help="where --scale writes its index (deleted afterwards)")
     parser.add_argument("match_options", nargs="*", help="options passed to `skimgfeat match` after --")
     args = parser.parse_args()
     if args.scale:
         try:
-            results = measure_scale(args.archive, args.scale, args.workdir)
+            results = measure_scale(args.archive, args.scale, args.workdir, verifications=args.verifications,
+                                    only_query_words=args.only_query_words)
         finally:
             shutil.rmtree(args.workdir, ignore_errors=True)
         text = json.dumps(results, indent=2)

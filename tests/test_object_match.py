@@ -16,8 +16,8 @@ from test_cli import skimgfeat
 
 from skimgfeat import LocalFeatureStore, ObjectMatcher, add_same_object_verdicts, verify_pair, write_local_features
 from skimgfeat.matching.instance_index import InstanceIndex, instance_index_for
-from skimgfeat.matching.local_features import MissingLocalFeaturesError, detect_local_features
-from skimgfeat.matching.object_match import verdict
+from skimgfeat.matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
+from skimgfeat.matching.object_match import object_region, verdict
 from skimgfeat.matching.verification import DEFAULT_MIN_GUIDED_INLIERS, DEFAULT_MIN_INLIERS, is_same_object
 
 pytest.importorskip("cv2", reason="object matching needs OpenCV (the match extra)")
@@ -313,6 +313,34 @@ def test_match_finds_the_catalogue_photo_the_cnn_shortlist_leaves_out(lots, obje
     assert "dvd001_reference.jpg" in set(verified["image_path"])
     assert verified["image_path"].str.startswith("dvd001_").all() and len(verified) >= 3
     assert (output / "instance_index" / "CURRENT").is_file()  # made from the local features, kept beside them
+
+
+@pytest.mark.shared
+def test_query_expansion_finds_the_photos_of_the_object_its_first_shortlists_leave_out(lots):
+    """Shortlists of one photo each find one or two photos of the case; searching again with the case's region in
+    them (query expansion) hands the rest of its photos to verification, and no photo of another case."""
+    _, output = lots
+    query = "dvd002_e63.jpg"  # a photo of the table (left out of its own results): dvd002 has four more there
+    matcher = ObjectMatcher.read(output, k=1, k_instance=1, k_expansion=0)
+    found = {}
+    for expansion in (0, 10):
+        matcher.k_expansion = expansion
+        answer = matcher.match([query])
+        found[expansion] = set(answer.loc[answer["verdict"] == "same_object", "image_path"])
+    assert len(found[0]) <= 2  # what the two shortlists of one offered
+    assert found[0] < found[10] and len(found[10]) >= 3 and all(name.startswith("dvd002_") for name in found[10])
+
+
+def test_the_object_region_is_the_keypoints_inside_the_inliers_box_in_the_photos_own_pixels():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 400, (300, 2)).astype(np.float32)
+    features = LocalFeatures(points, rng.integers(0, 256, (300, 64), dtype=np.uint8), (400, 400), scale=0.5)
+    inliers = np.array([[100, 100], [300, 260]], np.float32)  # own pixels: the detection frame's 50-150, 50-130
+    region = object_region(features, inliers)
+    inside = (points[:, 0] >= 50) & (points[:, 0] <= 150) & (points[:, 1] >= 50) & (points[:, 1] <= 130)
+    np.testing.assert_array_equal(region.points, points[inside])
+    np.testing.assert_array_equal(region.descriptors, features.descriptors[inside])
+    assert len(object_region(features, np.empty((0, 2), np.float32))) == 0
 
 
 @pytest.mark.shared

@@ -19,6 +19,7 @@ from .common import (
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add ``match``."""
     from ..matching.verification import (  # light: no torch at start-up
+        DEFAULT_EXPANSION_SHORTLIST,
         DEFAULT_INSTANCE_SHORTLIST,
         DEFAULT_MIN_INLIERS,
         DEFAULT_SHORTLIST,
@@ -26,18 +27,18 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
     match = add_command(
         commands, common, "match", "find the photos (or items) that show the same object as query photos",
-        "Print, as CSV on stdout (query,rank,image_path,feature_distance,inliers,verdict; with --by-item "
-        "item_id and the image_path of its best-matching photo), the K rows of FEATURES nearest to each "
-        "QUERY by cosine distance and the K_INSTANCE photos whose local features agree best with the query's "
-        "(an inverted file of visual words, kept in instance_index beside the local features and brought up to "
-        "date when they changed), each verified with local features and re-ranked: verdict copy (the same "
-        "photo again: the copy check of `duplicates`), same_object (a new photo of the same object: enough "
-        "inliers of one perspective transform) or different; unverified (and a warning) for a candidate whose "
-        "local features were never stored. FEATURES_OR_INDEX is a table written by "
-        "`skimgfeat extract --local-features`, its output folder, or an index folder (`skimgfeat index "
-        "build`); the local features are read from the "
-        "local_features folder beside it. A QUERY is an image_path or item_id of the table (left out of its "
-        "own results) or an image file.",
+        "Print, as CSV on stdout (query,rank,image_path,feature_distance,inliers,verdict; with --by-item item_id "
+        "and the image_path of its best-matching photo), the K rows of FEATURES nearest to each QUERY by cosine "
+        "distance and the K_INSTANCE photos whose local features agree best with the query's (an inverted file of "
+        "visual words, kept in instance_index beside the local features and brought up to date when they changed), "
+        "then the K_EXPANSION photos it ranks highest for the object's region in the query's verified matches "
+        "(query expansion), each verified with local features and re-ranked: verdict copy (the same photo again: "
+        "the copy check of `duplicates`), same_object (a new photo of the same object: enough inliers of one "
+        "perspective transform) or different; unverified (and a warning) for a candidate whose local features were "
+        "never stored. FEATURES_OR_INDEX is a table written by `skimgfeat extract --local-features`, its output "
+        "folder, or an index folder (`skimgfeat index build`); the local features are read from the local_features "
+        "folder beside it. A QUERY is an image_path or item_id of the table (left out of its own results) or an "
+        "image file.",
     )
     match.add_argument("queries", nargs="+", metavar="QUERY", help="image file, image_path or item_id")
     match.add_argument("--against", type=Path, required=True, metavar="FEATURES_OR_INDEX",
@@ -48,6 +49,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     match.add_argument("--k-instance", type=int, default=DEFAULT_INSTANCE_SHORTLIST, metavar="K_INSTANCE",
                        help="candidates per query taken from the instance index of the local features and verified "
                             "(0: the CNN shortlist only; default: %(default)s)")
+    match.add_argument("--k-expansion", type=int, default=DEFAULT_EXPANSION_SHORTLIST, metavar="K_EXPANSION",
+                       help="candidates per query found by searching the instance index again with the object's "
+                            "region in the query's verified matches, and verified (0: no expansion; default: "
+                            "%(default)s)")
     match.add_argument("--by-item", action="store_true",
                        help="match items: one matches when any of its photos matches any photo of the query")
     match.add_argument("--min-inliers", type=positive_int, default=DEFAULT_MIN_INLIERS, metavar="N",
@@ -71,6 +76,7 @@ def run_match(args: argparse.Namespace) -> int:
     with usage_errors():  # a missing table or sidecar, an unknown query, a query file that is no image
         matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
                                      image_dir=args.image_dir, k=args.k, k_instance=max(0, args.k_instance),
+                                     k_expansion=max(0, args.k_expansion),
                                      min_inliers=args.min_inliers)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
         results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", IMAGE_PATH))

@@ -22,10 +22,16 @@ is a *candidate* copy and
   drawings in one frame share the frame's keypoints, not the drawing's;
 * without them, the hash rule is stricter (:func:`hash_only_threshold`): the threshold
   scales with how much the photo's own hashes move when the window moves (its texture),
-  and it cannot tell look-alikes whose structure is all frame or backdrop apart.
+  and it cannot tell look-alikes whose structure is all frame or backdrop apart;
+* where the photo files are at hand, the pixels must agree too
+  (:func:`compare_copy_pixels`, :mod:`~skimgfeat.matching.pixel_agreement`): aligned,
+  with one exposure change fitted, no block of the picture may differ by more than
+  :data:`MAX_PIXEL_DIFFERENCE`. Keypoints are grey and local: two flavours of one carton
+  design share them, not the colour of their band or fruit.
 
-The functions here are what other modules call (:func:`copy_distance`,
-:func:`copy_thresholds`, :func:`content_agrees`, :func:`is_copy`, :data:`COPY_THRESHOLD`,
+:func:`~skimgfeat.matching.duplicates.copy_decision` applies these steps in order. The
+functions here are what other modules call (:func:`copy_distance`, :func:`copy_thresholds`,
+:func:`content_agrees`, :func:`compare_copy_pixels`, :data:`COPY_THRESHOLD`,
 :class:`PhotoHashes`); the verdicts they share are :data:`COPY`, :data:`DIFFERENT` and
 :data:`UNREADABLE`.
 """
@@ -306,28 +312,6 @@ def content_agrees(verification) -> bool:
         most :data:`MAX_UNMATCHED` of those keypoints in a patch where nothing matches.
     """
     return verification is not None and verification.agrees
-
-
-def is_copy(hashes_a, hashes_b, verification: CopyVerification | None = None, *,
-            copy_threshold: int = COPY_THRESHOLD) -> bool:
-    """The copy verdict of one pair: hashes within the pair's threshold, confirmed by content when it can be.
-
-    Parameters
-    ----------
-    hashes_a, hashes_b : array-like of shape (N_HASHES,) or None
-        The photos' hashes; None for a photo that could not be hashed (no copy).
-    verification : CopyVerification or None
-        The pair's content check (:func:`verify_copy`); None when the local features are
-        not at hand: then the stricter hash-only rule decides.
-    copy_threshold : int, default=COPY_THRESHOLD
-    """
-    if hashes_a is None or hashes_b is None:
-        return False
-    confirmed = verification is not None
-    threshold = copy_thresholds(hashes_a, hashes_b, copy_threshold=copy_threshold, confirmed=confirmed)
-    if copy_distance(hashes_a, hashes_b) > threshold:
-        return False
-    return content_agrees(verification) if confirmed else True
 
 
 @dataclass(frozen=True)

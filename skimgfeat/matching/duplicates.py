@@ -9,8 +9,12 @@ hashes: a harshly re-encoded copy keeps its structure, a re-shoot of the same sh
 moments later does not, although both sit as close in feature space. A hash match is
 confirmed by the photos' content when their local features are at hand
 (:func:`~skimgfeat.matching.copy_check.verify_copy`: two drawings behind one mat share their
-hashes, not their keypoints); without them a stricter hash rule decides. Only pairs
-passing both stages are duplicates. Without the copy check, one feature threshold decides
+hashes, not their keypoints); without them a stricter hash rule decides. Where the photo
+files are at hand, the pixels must agree too, region by region once aligned
+(:func:`~skimgfeat.matching.copy_check.compare_copy_pixels`: two flavours of one carton
+design share hashes and keypoints, not the colour of their band). :func:`copy_decision`
+holds this rule for ``duplicates``, ``match`` and ``serve``. Only pairs passing both
+stages are duplicates. Without the copy check, one feature threshold decides
 (:data:`DEFAULT_DUPLICATE_THRESHOLD`), as before.
 
 Candidate pairs are judged :data:`DEFAULT_BLOCK_PAIRS` at a time

@@ -42,6 +42,8 @@ from .local_features import (
     relative_key,
 )
 from .verification import (
+    DEFAULT_EXPANSION_PHOTOS,
+    DEFAULT_EXPANSION_SHORTLIST,
     DEFAULT_INSTANCE_SHORTLIST,
     DEFAULT_MIN_INLIERS,
     DEFAULT_SHORTLIST,
@@ -140,6 +142,13 @@ class ObjectMatcher:
         Candidates per query taken from the CNN shortlist and verified.
     k_instance : int, default=DEFAULT_INSTANCE_SHORTLIST
         Candidates per query taken from the instance index and verified (0: none).
+    k_expansion : int, default=DEFAULT_EXPANSION_SHORTLIST
+        Query expansion: once a query has verified matches, the instance index is searched
+        again with the descriptors of the object's region in its best ``expansion_photos``
+        matches (the object under other cameras and light), and this many new candidates
+        are verified (0: no expansion).
+    expansion_photos : int, default=DEFAULT_EXPANSION_PHOTOS
+        Verified matches (the most inliers first) whose object region the expansion searches with.
     instance_index : InstanceIndex or None
         The instance index of the table's photos; None: the CNN shortlist only.
     min_inliers : int, default=DEFAULT_MIN_INLIERS
@@ -168,6 +177,8 @@ class ObjectMatcher:
         *,
         k: int = DEFAULT_SHORTLIST,
         k_instance: int = DEFAULT_INSTANCE_SHORTLIST,
+        k_expansion: int = DEFAULT_EXPANSION_SHORTLIST,
+        expansion_photos: int = DEFAULT_EXPANSION_PHOTOS,
         instance_index: InstanceIndex | None = None,
         min_inliers: int = DEFAULT_MIN_INLIERS,
         hashes=None,
@@ -176,6 +187,8 @@ class ObjectMatcher:
         self.local_features = local_features
         self.k = k
         self.k_instance = k_instance
+        self.k_expansion = k_expansion
+        self.expansion_photos = expansion_photos
         self.instance_index = instance_index
         self.min_inliers = min_inliers
         self.hashes = hashes
@@ -266,27 +279,31 @@ class ObjectMatcher:
         query_features = {label: self._query_features(label) for label in dict.fromkeys(labels)}
         candidates = {label: dict(zip(group[key], group["distance"]))
                       for label, group in shortlist.groupby("query", sort=False)}
+        own_names = {}
         for label, vector, own in zip(labels, vectors, own_rows):
             found = candidates.setdefault(label, {})
-            own_name = None if own is None else self.index.names[own]
-            for name in self._instance_candidates(query_features[label], own_name):
-                if name not in found:
-                    found[name] = _cosine_distance(vector, self.index.vector(name))
+            own_names[label] = None if own is None else self.index.names[own]
+            descriptors = np.concatenate([features.descriptors for _, features in query_features[label]])
+            for name in self._instance_candidates(descriptors, query_features[label], own_names[label],
+                                                  self.k_instance, found):
+                found[name] = _cosine_distance(vector, self.index.vector(name))
         hashes: dict[str, np.ndarray | None] = {}
         rows = []
         self.unverified_ = []
+        vector_of = dict(zip(labels, vectors))
         for query in dict.fromkeys(labels):
-            for name, distance in candidates.get(query, {}).items():
-                try:
-                    photo, verification = self._best_photo(query_features[query], name)
-                except MissingLocalFeaturesError:
-                    self.unverified_.append(name)
-                    rows.append((query, name, name, float(distance), 0, UNVERIFIED))
-                    continue
-                copy = distance <= DEFAULT_CANDIDATE_DISTANCE and self._is_copy(
-                    query, query_features[query], photo, verification, hashes)
-                rows.append((query, name, photo, float(distance), verification.inliers,
-                             verdict(verification, copy=copy, min_inliers=self.min_inliers)))
+            found = candidates.get(query, {})
+            verified = self._verified(query, query_features[query], found, hashes)
+            # Query expansion (Chum et al., ICCV 2007): the object's region in the photos just verified shows it
+            # under other cameras and light; the instance index searched with it finds the photos of the object
+            # that the query's own descriptors (a small object in a cluttered photo) rank too low.
+            expansion = self._expansion_descriptors(verified)
+            if expansion is not None:
+                extra = {name: _cosine_distance(vector_of[query], self.index.vector(name))
+                         for name in self._instance_candidates(expansion, query_features[query], own_names[query],
+                                                               self.k_expansion, found)}
+                verified += self._verified(query, query_features[query], extra, hashes)
+            rows += [row[:6] for row in verified]
         table = pd.DataFrame(rows, columns=["query", key, "_photo", "feature_distance", "inliers", "verdict"])
         if key == ITEM_ID:
             table = table.rename(columns={"_photo": IMAGE_PATH})
@@ -347,19 +364,52 @@ class ObjectMatcher:
         matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, 0), np.float32)
         return matrix, rows
 
-    def _instance_candidates(self, query_features, own_name: str | None) -> list[str]:
-        """The index's names (photos, or their items) the instance index ranks highest for a query."""
-        if self.instance_index is None or not self.k_instance:
+    def _instance_candidates(self, descriptors: np.ndarray, query_features, own_name: str | None, k: int,
+                             known) -> list[str]:
+        """The ``k`` index names (photos, or their items) the instance index ranks highest for ``descriptors``,
+        leaving out the query's own photos and the names already in ``known``."""
+        if self.instance_index is None or not k:
             return []
-        descriptors = np.concatenate([features.descriptors for _, features in query_features])
         own_photos = {photo for photo, _ in query_features}
         found = []
-        for photo in self.instance_index.search(descriptors, self.k_instance + len(own_photos))[0]:
+        for photo in self.instance_index.search(descriptors, k + len(own_photos) + len(known))[0]:
             name = item_id_from_name(photo) if self.index.key == ITEM_ID else photo
-            if photo in own_photos or name == own_name or name not in self.index or name in found:
+            if photo in own_photos or name == own_name or name not in self.index or name in found or name in known:
                 continue
             found.append(name)
-        return found[:self.k_instance]
+        return found[:k]
+
+    def _verified(self, query: str, query_features, candidates: dict, hashes: dict) -> list[tuple]:
+        """Rows (query, name, photo, distance, inliers, verdict, photo's verification) of verified candidates."""
+        rows = []
+        for name, distance in candidates.items():
+            try:
+                photo, verification = self._best_photo(query_features, name)
+            except MissingLocalFeaturesError:
+                self.unverified_.append(name)
+                rows.append((query, name, name, float(distance), 0, UNVERIFIED, None))
+                continue
+            copy = distance <= DEFAULT_CANDIDATE_DISTANCE and self._is_copy(
+                query, query_features, photo, verification, hashes)
+            rows.append((query, name, photo, float(distance), verification.inliers,
+                         verdict(verification, copy=copy, min_inliers=self.min_inliers), verification))
+        return rows
+
+    def _expansion_descriptors(self, verified: list[tuple]) -> np.ndarray | None:
+        """The descriptors of the object's region (its inliers' bounding box) in the best verified photos, or
+        None when nothing was verified (or expansion is off)."""
+        if self.instance_index is None or not self.k_expansion or not self.expansion_photos:
+            return None
+        hits = sorted((row for row in verified if row[5] in (COPY, SAME_OBJECT)), key=lambda row: -row[4])
+        hits = hits[:self.expansion_photos]
+        if not hits:
+            return None
+        # The strongest of each region (the store keeps them strongest first), as many in all as one photo has: the
+        # second search costs no more than the first.
+        share = -(-self.local_features.settings["max_keypoints"] // len(hits))
+        blocks = [object_region(self.local_features[row[2]], (row[6].guided or row[6]).points_b).descriptors[:share]
+                  for row in hits]
+        return np.concatenate(blocks)
 
     def _query_features(self, query: str) -> list[tuple[str, LocalFeatures]]:
         if self.index.key == ITEM_ID and query in self.index:
@@ -421,6 +471,16 @@ class ObjectMatcher:
             return relative_key(name, self.index.image_dir)
         except ValueError:
             return None
+
+
+def object_region(features: LocalFeatures, inliers: np.ndarray) -> LocalFeatures:
+    """The keypoints of a photo inside the bounding box of its inliers (``inliers`` in the photo's own pixels, as
+    :attr:`~skimgfeat.matching.verification.PairVerification.points_b` holds them): the matched object's region."""
+    if not len(inliers) or not len(features):
+        return LocalFeatures.empty()
+    corners = np.asarray(inliers, dtype=np.float32) * features.scale
+    inside = np.all((features.points >= corners.min(axis=0)) & (features.points <= corners.max(axis=0)), axis=1)
+    return LocalFeatures(features.points[inside], features.descriptors[inside], features.image_size, features.scale)
 
 
 def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -114,7 +114,9 @@ def pixel_difference(pixels_a: np.ndarray, pixels_b: np.ndarray, transform: np.n
         with ``refine``).
     refine : bool, default=False
         Refine ``transform`` by maximising the correlation of the two grey pictures (an
-        affine :func:`cv2.findTransformECC`): for a transform read off matching hash windows.
+        affine :func:`cv2.findTransformECC`; kept as given when that fails): a transform
+        read off matching hash windows is right within a few percent, a keypoint similarity
+        within a few pixels of the detection frame, both more than a block's edge tolerates.
 
     Returns
     -------
