@@ -26,13 +26,13 @@ import pandas as pd
 
 from ..embedder import embedder_from_model_info
 from ..feature_tables import list_images
-from ..matching.copy_check import HASHES_FILE, PhotoHashes, hash_or_reason
+from ..matching.copy_check import HASHES_FILE, SAME_OBJECT, PhotoHashes, hash_or_reason
 from ..matching.duplicates import COPY, find_copies_against
 from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
 from ..matching.object_match import ObjectMatcher
-from ..schema import ITEM_ID
-from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
+from ..schema import IMAGE_NAME, IMAGE_PATH, ITEM_ID
+from ..search.similarity import SimilarityIndex
 from ..storage.generation_lock import WriterLock
 from ..storage.io import atomic_path
 from ..storage.kill_points import kill_point
@@ -56,8 +56,7 @@ from .folder import (
 # What happened to each photo of the intake folder.
 ADDED, REPLACED, ARCHIVED, IDENTICAL, UNREADABLE, REMOVED = "added", "replaced", "already archived", \
     "identical file", "unreadable", "removed earlier"
-SAME_OBJECT = "same_object"
-REPORT_COLUMNS = ("image_path", "source", "status", "match", "match_item_id", "verdict", "feature_distance",
+REPORT_COLUMNS = (IMAGE_PATH, "source", "status", "match", "match_item_id", "verdict", "feature_distance",
                   "copy_score", "inliers")
 DEFAULT_REPORT_K = 10
 REPORT_NPROBE = 8  # inverted lists a new photo's copy search visits
@@ -458,18 +457,18 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
             rows.append((pair.image_a, pair.image_b, COPY, pair.feature_distance, pair.copy_score, np.nan))
         if local_features is not None:
             rows += _same_object_rows(index, in_index, local_features, hashes, k)
-    found = pd.DataFrame(rows, columns=["image_path", "match", "verdict", "feature_distance", "copy_score",
+    found = pd.DataFrame(rows, columns=[IMAGE_PATH, "match", "verdict", "feature_distance", "copy_score",
                                         "inliers"])
     # One line per (photo, match): a copy found by both keeps the copy check's score and the inliers.
-    found = found.sort_values(["image_path", "match", "copy_score"], na_position="last")
-    found = found.groupby(["image_path", "match"], sort=False, as_index=False).agg(
+    found = found.sort_values([IMAGE_PATH, "match", "copy_score"], na_position="last")
+    found = found.groupby([IMAGE_PATH, "match"], sort=False, as_index=False).agg(
         verdict=("verdict", lambda values: COPY if COPY in set(values) else SAME_OBJECT),
         feature_distance=("feature_distance", "min"), copy_score=("copy_score", "min"),
         inliers=("inliers", "max"))
     lines = []
     matches_of: dict[str, list] = {}
     for match in found.itertuples(index=False):  # once: a DataFrame per photo costs a millisecond each
-        matches_of.setdefault(match.image_path, []).append(match)
+        matches_of.setdefault(getattr(match, IMAGE_PATH), []).append(match)
     for identity, source, digest in zip(identities, sources, digests):
         state = status[identity]
         name = identity
@@ -483,14 +482,13 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
         for match in matches:
             lines.append((identity, source, state, match.match, match.verdict, match.feature_distance,
                           match.copy_score, match.inliers))
-    table = pd.DataFrame(lines, columns=["image_path", "source", "status", "match", "verdict", "feature_distance",
-                                         "copy_score", "inliers"])
+    table = pd.DataFrame(lines, columns=[column for column in REPORT_COLUMNS if column != "match_item_id"])
     item_ids = None if index is None else index._identities.get(ITEM_ID)
     row_of = {} if item_ids is None else index._rows()  # the matches are live rows (the archive's own dict)
     table.insert(4, "match_item_id", [item_ids[row_of[match]] if match in row_of else "" for match in table["match"]])
     order = {COPY: 0, SAME_OBJECT: 1, "": 2}
     table = table.assign(_order=table["verdict"].map(order)).sort_values(
-        ["image_path", "_order", "feature_distance"], kind="stable").drop(columns="_order").reset_index(drop=True)
+        [IMAGE_PATH, "_order", "feature_distance"], kind="stable").drop(columns="_order").reset_index(drop=True)
     if lots is not None:
         lot_columns = lots.rename(columns={column: f"lot_{column}" for column in lots.columns if column != ITEM_ID})
         table = table.merge(lot_columns.rename(columns={ITEM_ID: "match_item_id"}), on="match_item_id", how="left")

@@ -117,8 +117,10 @@ def duplicate_pairs(
         read, or why the hashes alone decided; else empty). With ``local_features``
         also :data:`LOCAL_COLUMNS`: ``inliers``, and for the pairs whose hashes matched
         ``copy_coverage`` (the share of the overlapping keypoints matched under one
-        near-similarity transform, 0 when the transform is not one) and
-        ``copy_unmatched`` (the share of them in a patch where nothing matches), else NaN.
+        near-similarity transform, 0 when the transform is not one),
+        ``copy_unmatched`` (the share of them in a patch where nothing matches) and
+        ``copy_pixels`` (the worst block's colour difference once aligned, when the
+        pixels were compared), else NaN.
 
     Examples
     --------

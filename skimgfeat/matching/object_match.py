@@ -36,7 +36,7 @@ import pandas as pd
 from ..embedder import fitted_embedder_from_model_info
 from ..schema import IMAGE_PATH, ITEM_ID, item_id_from_name
 from ..search.similarity import SimilarityIndex, _indexed_row
-from .copy_check import COPY, DIFFERENT, UNREADABLE
+from .copy_check import COPY, DIFFERENT, SAME_OBJECT, UNREADABLE
 from .duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
 from .instance_index import InstanceIndex, available_instance_index
 from .local_features import (
@@ -58,7 +58,6 @@ from .verification import (
     verify_pair,
 )
 
-SAME_OBJECT = "same_object"
 # A candidate whose local features were never stored: reported, not verified (the other candidates are).
 UNVERIFIED = "unverified"
 VERDICTS = (COPY, SAME_OBJECT, DIFFERENT, UNVERIFIED)

@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..engine.image_loading import load_rgb_image
 from ..exceptions import ImageLoadError
-from ..matching.copy_check import COPY, DIFFERENT
-from ..matching.object_match import SAME_OBJECT, ObjectMatcher
+from ..matching.copy_check import COPY, DIFFERENT, SAME_OBJECT
+from ..matching.object_match import ObjectMatcher
 from ..schema import IMAGE_PATH
 from .contact_sheet import _label, _short
 

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ImageLoadError
-from ..matching.copy_check import COPY, copy_distance, hash_photo
+from ..matching.copy_check import COPY, SAME_OBJECT, copy_distance, hash_photo
 from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
 from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
-from ..matching.object_match import SAME_OBJECT
 from ..matching.verification import PairVerification, is_same_object, verify_pair
 from ..storage.decisions import NOT_SAME, pair_key
 from .source import ArchiveSource

@@ -146,7 +146,7 @@ class ArchiveSource:
             return None
         live = live_generation_number(self.path)
         # An intake writes its report after the switch to its generation: both are followed.
-        report_changed = self.follows_report and _report_stamp(self.path) != self.report_stamp
+        report_changed = self.follows_report and _stamp(_latest_report(self.path)) != self.report_stamp
         if live is None or (live == self.generation and not report_changed):
             return None
         source = self.reopen()
@@ -240,7 +240,7 @@ def _open_archive_folder(path: Path, *, image_dir, lots, report, weights) -> Arc
         item_rule=partial(item_of, rule=archive.settings.get("item_rule")),
         generation=archive.generation,
         follows_report=followed,
-        report_stamp=_report_stamp(path) if followed else None,
+        report_stamp=_stamp(report) if followed else None,
     )
 
 
@@ -250,8 +250,8 @@ def _latest_report(folder: Path) -> Path | None:
     return reports[-1] if reports else None
 
 
-def _report_stamp(folder: Path) -> tuple | None:
-    report = _latest_report(folder)
+def _stamp(report: Path | None) -> tuple | None:
+    """A report file's name and time: what tells a later one apart."""
     return (report.name, report.stat().st_mtime_ns) if report is not None else None
 
 
