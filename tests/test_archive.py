@@ -21,6 +21,7 @@ from PIL import Image
 from skimgfeat import IndexDirectoryError
 from skimgfeat.archive import Archive, ingest, read_name_list, remove
 from skimgfeat.matching.duplicates import find_copies_against
+from skimgfeat.matching.instance_index import instance_index_for
 from skimgfeat.matching.object_match import ObjectMatcher
 from skimgfeat.search.similarity import similar_items
 
@@ -119,8 +120,11 @@ def test_three_days_of_intake_replayed(tmp_path, objects, embedder):
 
     # Day 3: a takedown of day 1's dvd002, a resized copy of it arrives, and day 1's dvd003 is re-shot.
     (tmp_path / "takedowns.txt").write_text("# takedown requests\nday1/dvd002_canon.jpg\n")
+    before = Archive.open(archive)  # a reader of the generation before the takedown
     removed = remove(archive, read_name_list(tmp_path / "takedowns.txt"))
     assert removed.removed == ["day1/dvd002_canon.jpg"] and removed.n_rows == 5
+    with Archive.open(archive) as opened:  # out of the instance index the new generation names
+        assert "day1/dvd002_canon.jpg" not in opened.instance_index and len(opened.instance_index) == 5
     day3 = tmp_path / "day3"
     photo(day1 / "dvd002_canon.jpg", day3 / "dvd002_again.jpg", size=300, quality=70)
     result = ingest(day3, archive, embedder=embedder, intake="day3")
@@ -130,6 +134,10 @@ def test_three_days_of_intake_replayed(tmp_path, objects, embedder):
     status = dict(zip(result.report["image_path"], result.report["status"]))
     assert status["day1/dvd003_canon.jpg"] == "replaced" and status["day1/dvd001_canon.jpg"] == "already archived"
     assert status["day1/dvd002_canon.jpg"] == "removed earlier"  # a takedown is not undone by the next intake
+    # Two intakes later, the reader opened before the takedown still searches its own instance index.
+    assert before.instance_index.search(before.local_features["day1/dvd002_canon.jpg"], k=1)[0] == [
+        "day1/dvd002_canon.jpg"]
+    before.close()
     seen = answers(archive, [day1 / "dvd003_canon.jpg", day3 / "dvd002_again.jpg"], embedder)
     assert "day1/dvd002_canon.jpg" not in seen["similar"]
     assert ("dvd003_canon.jpg", "day1/dvd003_canon.jpg") in seen["copies"]  # the new version
@@ -145,6 +153,16 @@ def test_three_days_of_intake_replayed(tmp_path, objects, embedder):
         assert opened.photo_path("day1/dvd003_canon.jpg").is_file()  # the replacement keeps its file
         assert set(opened.hashes.names) == set(opened.rows["image_path"])
         assert opened.similar(["day1/dvd003_canon.jpg"], k=5)["image_path"].isin(opened.rows["image_path"]).all()
+        # The removed and the replaced photos' local features are gone (from the part files too), the instance
+        # index holds the archive's photos, and names the rewritten parts: brought up to date, it stays as it is.
+        assert sorted(opened.local_features.paths()) == sorted(opened.instance_index.names()) == sorted(
+            opened.rows["image_path"])
+        assert sum(len(np.load(part)["image_path"]) for part in (archive / "local_features").glob("part-*")) == 6
+        assert instance_index_for(opened.local_features).generation_ == opened.parts["instance_index"]
+        matcher = ObjectMatcher(opened.index, opened.local_features, hashes=opened.hashes,
+                                instance_index=opened.instance_index)
+        found = matcher.match(["day2/dvd001_palm.jpg"])
+        assert "day1/dvd001_canon.jpg" in set(found[found["verdict"] == "same_object"]["image_path"])
     assert ingest(day1, archive, embedder=embedder, intake="day1").statuses["removed earlier"] == 1
 
 

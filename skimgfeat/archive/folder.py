@@ -7,7 +7,9 @@ beside its generations)::
     ARCHIVE/LOCK                   the writer lock (one ingest or remove at a time) and its holder
     ARCHIVE/CURRENT                names the live generation
     ARCHIVE/gen-000007/            one generation, never changed once written:
-        index.json                 kind, parameters, model info, counts, what the last change did
+        index.json                 kind, parameters, model info, counts, what the last change did, and
+                                   its manifest ("parts"): the instance-index generation that goes
+                                   with it, and the local-features parts a compaction retired
         vectors.npy | vectors.faiss  the CNN features (exact, or an inverted file past 50,000 rows)
         rows.parquet               per row: image_path (the photo's identity), image_name, item_id,
                                    content_sha256, source (where it came from), intake
@@ -18,6 +20,8 @@ beside its generations)::
     ARCHIVE/photos/INTAKE/...      the photos themselves, copied in at intake
     ARCHIVE/image_hashes.parquet   the copy-check hashes of every photo (by image_path)
     ARCHIVE/local_features/        the local features of every photo (by image_path)
+    ARCHIVE/instance_index/        the same-object shortlist over them, with its own generations
+                                   (CURRENT, gen-000003/...): each archive generation names its own
     ARCHIVE/reports/INTAKE.csv     what each intake's photos are in the archive
 
 A photo's identity (``image_path``) is ``INTAKE/relative path``: the intake's name
@@ -29,7 +33,13 @@ folder staying where it was.
 A change (ingest, remove, compaction) holds ``LOCK`` from its first read to the switch
 of ``CURRENT``; the new generation is complete on disk before ``CURRENT`` names it.
 The hashes, local features and photos outside the generation only ever gain entries
-before the switch, so every generation finds what it needs there. A reader opens one
+before the switch, so every generation finds what it needs there (a compaction deletes
+what only removed photos used; the local-features parts it rewrote go after its switch).
+The instance index is brought up to date (ingest) or has the removed photos taken out
+(remove, compaction) as a new generation of its own before the switch, and the new
+archive generation names it: a reader of an archive generation searches exactly the
+instance index written with it. An instance-index generation stays on disk while an
+archive generation on disk names it or a reader holds it. A reader opens one
 generation (:meth:`Archive.open`) and keeps it until closed.
 """
 
@@ -47,11 +57,13 @@ import pandas as pd
 from ..aggregation import _regex_item_id
 from ..exceptions import IndexDirectoryError
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
-from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
+from ..matching.instance_index import INSTANCE_INDEX_DIR, InstanceIndex, available_instance_index
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, delete_parts
 from ..schema import ITEM_ID, item_id_from_name
 from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
+from ..storage.generation_lock import hold_generation, release
 from ..storage.io import atomic_path
-from ..storage.vector_index import CURRENT
+from ..storage.vector_index import CURRENT, INFO_FILE
 
 SETTINGS_FILE = "ARCHIVE.json"
 FORMAT = "skimgfeat-archive"
@@ -64,6 +76,11 @@ CONTENT_SHA256 = "content_sha256"
 SOURCE = "source"
 INTAKE = "intake"
 ROW_COLUMNS = (IMAGE_PATH, IMAGE_NAME, ITEM_ID, CONTENT_SHA256, SOURCE, INTAKE)
+# The manifest of a generation (the "parts" of its index.json): the instance-index generation that goes with it,
+# and the local-features part files its compaction rewrote (deleted once it is live).
+PARTS = "parts"
+INSTANCE_INDEX_PART = "instance_index"
+RETIRED_LOCAL_FEATURES = "retired_local_features"
 
 
 def today() -> str:
@@ -131,6 +148,45 @@ def carry_forward(previous: Path | None, folder: Path, names=(LOTS_FILE, REMOVED
             os.link(Path(previous) / name, folder / name)
 
 
+def manifest(info: dict | None) -> dict:
+    """The manifest (``parts``) of a generation's ``index.json``: empty for a generation written before it."""
+    parts = (info or {}).get(PARTS)
+    return dict(parts) if isinstance(parts, dict) else {}
+
+
+def instance_generations_named(folder: Path) -> set[int]:
+    """The instance-index generations that the archive generations on disk name: none is deleted while they are."""
+    numbers = set()
+    for generation in Path(folder).glob("gen-*"):
+        try:
+            name = manifest(json.loads((generation / INFO_FILE).read_text(encoding="utf-8"))).get(INSTANCE_INDEX_PART)
+        except (OSError, ValueError):
+            continue  # retired meanwhile
+        if isinstance(name, str) and name[4:].isdigit():
+            numbers.add(int(name[4:]))
+    return numbers
+
+
+def named_instance_index(folder: Path, parts: dict, store: LocalFeatureStore | None) -> InstanceIndex | None:
+    """The instance index an archive generation's manifest names; for a generation written before manifests
+    named one (or if it was deleted by hand), the one of the local features, brought up to date."""
+    name = parts.get(INSTANCE_INDEX_PART)
+    if name:
+        try:
+            return InstanceIndex.load(Path(folder) / INSTANCE_INDEX_DIR, generation=name)
+        except (ValueError, OSError):
+            pass
+    return available_instance_index(store) if store is not None else None
+
+
+def delete_retired_parts(folder: Path, parts: dict) -> None:
+    """Delete the local-features parts a live generation's compaction retired (a writer killed after the switch
+    left them)."""
+    retired = parts.get(RETIRED_LOCAL_FEATURES) or []
+    if retired:
+        delete_parts(Path(folder) / LOCAL_FEATURES_DIR, retired)
+
+
 def item_of(name: str, rule: str | None) -> str:
     """The item id of a photo's file name: by the regular expression ``rule`` (its group ``item``, else its
     first group, else the whole match), or without one the stem up to the last underscore."""
@@ -154,6 +210,9 @@ class Archive:
         The CNN features of every row (removed rows are never returned).
     settings : dict
         ``ARCHIVE.json``.
+    parts : dict
+        The generation's manifest: ``instance_index`` names the instance-index generation
+        written with it (:attr:`instance_index` reads that one).
 
     Examples
     --------
@@ -169,6 +228,15 @@ class Archive:
         self._hashes: PhotoHashes | None = None
         self._local_features: LocalFeatureStore | None = None
         self._lots: pd.DataFrame | None | bool = False
+        self._instance_index: InstanceIndex | None | bool = False
+        self.parts = manifest(index._info)
+        self._instance_lease = None  # keeps the instance-index generation named on disk while this is open
+        named = self.parts.get(INSTANCE_INDEX_PART)
+        if named:
+            try:
+                self._instance_lease = hold_generation(self.folder / INSTANCE_INDEX_DIR / named)
+            except OSError:
+                pass  # deleted by hand: instance_index falls back
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Archive:
@@ -193,7 +261,9 @@ class Archive:
         self.close()
 
     def close(self) -> None:
-        """Let the generation go."""
+        """Let the generation go (and the instance-index generation it names)."""
+        release(self._instance_lease)
+        self._instance_lease = None
         self.index.close()
 
     # -- rows -----------------------------------------------------------------------
@@ -260,6 +330,18 @@ class Archive:
         if self._local_features is None and (self.folder / LOCAL_FEATURES_DIR).is_dir():
             self._local_features = LocalFeatureStore(self.folder / LOCAL_FEATURES_DIR)
         return self._local_features
+
+    @property
+    def instance_index(self) -> InstanceIndex | None:
+        """The same-object shortlist of this generation: the instance-index generation its manifest names.
+
+        An archive written before generations named one uses the instance index of the
+        local features, brought up to date. None without local features (or with too few
+        descriptors for a vocabulary).
+        """
+        if self._instance_index is False:
+            self._instance_index = named_instance_index(self.folder, self.parts, self.local_features)
+        return self._instance_index
 
     @property
     def lots(self) -> pd.DataFrame | None:

@@ -28,7 +28,7 @@ from ..embedder import embedder_from_model_info
 from ..feature_tables import list_images
 from ..matching.copy_check import HASHES_FILE, SAME_OBJECT, PhotoHashes, hash_or_reason
 from ..matching.duplicates import COPY, find_copies_against
-from ..matching.instance_index import available_instance_index
+from ..matching.instance_index import InstanceIndex, available_instance_index
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, write_local_features
 from ..matching.object_match import ObjectMatcher
 from ..schema import IMAGE_NAME, IMAGE_PATH, ITEM_ID
@@ -39,15 +39,22 @@ from ..storage.kill_points import kill_point
 from ..storage.vector_index import CURRENT
 from .folder import (
     CONTENT_SHA256,
+    INSTANCE_INDEX_PART,
     INTAKE,
     LOTS_FILE,
+    PARTS,
     PHOTOS_DIR,
     REPORTS_DIR,
+    RETIRED_LOCAL_FEATURES,
     ROW_COLUMNS,
     SOURCE,
     carry_forward,
     check_archive_folder,
+    delete_retired_parts,
+    instance_generations_named,
     item_of,
+    manifest,
+    named_instance_index,
     removed_photos,
     today,
     write_settings,
@@ -181,6 +188,8 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
                                  "created_at": (settings or {}).get("created_at", today())})
         kill_point("settings-written")
     index = SimilarityIndex.load(archive) if (archive / CURRENT).is_file() else None
+    parts = manifest(None if index is None else index._info)
+    delete_retired_parts(archive, parts)  # a compaction killed after its switch left them
     if embedder is None:
         if index is None:
             raise ValueError(f"{os.fspath(archive)!r} is a new archive: say which network embeds its photos")
@@ -251,9 +260,20 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     if (archive / LOCAL_FEATURES_DIR).is_dir():
         store = LocalFeatureStore(archive / LOCAL_FEATURES_DIR)
 
-    # One new generation: the new rows, the replaced ones removed, the lot table.
+    # One new generation: the new rows, the replaced ones removed, the lot table, and the instance index brought
+    # up to date with the new local features before it (the generation names the one that goes with it).
     changed = bool(todo) or lot_table is not None
+    instance = None
+    if changed and store is not None:
+        # The instance index shortlists the same object across cameras and backdrops, where the CNN's
+        # nearest photos rarely hold the catalogue photo.
+        instance = available_instance_index(store, keep=instance_generations_named(archive))
+        if instance is not None:
+            parts[INSTANCE_INDEX_PART] = instance.generation_
+    elif store is not None:
+        instance = named_instance_index(archive, parts, store)
     if changed:
+        parts.pop(RETIRED_LOCAL_FEATURES, None)  # deleted above: this generation retires nothing
         if index is None:
             index = SimilarityIndex.empty(features.shape[1], columns=ROW_COLUMNS, model_info=model_info,
                                           image_dir=archive / PHOTOS_DIR)
@@ -277,7 +297,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
         if hasattr(os, "sync"):
             os.sync()  # the photos, hashes and local features on disk before a generation names them
         counts = {name: sum(1 for value in status.values() if value == name) for name in set(status.values())}
-        index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
+        index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, PARTS: parts, "last_change": {
             "action": "ingest", "intake": intake, **counts}}, write_more=write_lots)
         index.image_dir = archive / PHOTOS_DIR
         on_progress("indexed", len(keep))
@@ -286,7 +306,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     statuses = {name: sum(1 for value in status.values() if value == name) for name in
                 (ADDED, REPLACED, ARCHIVED, IDENTICAL, REMOVED, UNREADABLE)}
     table = intake_report(index, identities, [photo.as_posix() for photo in photos], status, digests,
-                          hashes=stored_hashes, local_features=store, k=report_k,
+                          hashes=stored_hashes, local_features=store, instance_index=instance, k=report_k,
                           lots=_lots_of(index, lot_table))
     report_path = Path(report) if report is not None else archive / REPORTS_DIR / f"{intake}.csv"
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -430,11 +450,13 @@ def _lots_of(index: SimilarityIndex | None, given: pd.DataFrame | None) -> pd.Da
 
 def intake_report(index: SimilarityIndex | None, identities: list[str], sources: list[str], status: dict,
                   digests: list[str], *, hashes: PhotoHashes | None, local_features: LocalFeatureStore | None,
-                  k: int = DEFAULT_REPORT_K, lots: pd.DataFrame | None = None) -> pd.DataFrame:
+                  instance_index: InstanceIndex | None = None, k: int = DEFAULT_REPORT_K,
+                  lots: pd.DataFrame | None = None) -> pd.DataFrame:
     """For each photo of an intake: its status, and the archived photos it is a ``copy`` of or shows the
     ``same_object`` as, with the feature distance, the copy score, the inliers and the match's lot columns.
 
-    A photo with neither appears once, without a match. Built with the functions of
+    ``instance_index`` shortlists the same object (default: the one of ``local_features``,
+    brought up to date). A photo with neither appears once, without a match. Built with the functions of
     ``duplicates --against`` (:func:`~skimgfeat.matching.duplicates.find_copies_against`) and
     ``match --against`` (:class:`~skimgfeat.matching.object_match.ObjectMatcher`).
     """
@@ -456,7 +478,9 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
         for pair in copies.itertuples(index=False):
             rows.append((pair.image_a, pair.image_b, COPY, pair.feature_distance, pair.copy_score, np.nan))
         if local_features is not None:
-            rows += _same_object_rows(index, in_index, local_features, hashes, k)
+            if instance_index is None:
+                instance_index = available_instance_index(local_features)
+            rows += _same_object_rows(index, in_index, local_features, hashes, k, instance_index)
     found = pd.DataFrame(rows, columns=[IMAGE_PATH, "match", "verdict", "feature_distance", "copy_score",
                                         "inliers"])
     # One line per (photo, match): a copy found by both keeps the copy check's score and the inliers.
@@ -495,12 +519,10 @@ def intake_report(index: SimilarityIndex | None, identities: list[str], sources:
     return table
 
 
-def _same_object_rows(index, names, local_features, hashes, k) -> list[tuple]:
+def _same_object_rows(index, names, local_features, hashes, k, instance_index) -> list[tuple]:
     """(photo, match, verdict, distance, copy score, inliers) of the verified matches of each photo."""
-    # The instance index shortlists the same object across cameras and backdrops, where the CNN's
-    # nearest photos rarely hold the catalogue photo; it is brought up to date with this intake's parts.
     matcher = ObjectMatcher(index, local_features, k=min(k, max(len(index) - 1, 1)), hashes=hashes,
-                            instance_index=available_instance_index(local_features))
+                            instance_index=instance_index)
     rows = []
     for name in names:
         if name not in local_features:

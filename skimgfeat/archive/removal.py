@@ -2,9 +2,12 @@
 
 A removal writes a new generation in which the rows are marked removed: they are never
 returned again by any search, ``duplicates`` or ``match`` on it, and the vectors file is
-shared with the previous generation (a hard link), so removing is quick at any size. A
-compaction writes a generation without the removed rows at all, and deletes their
-photos and hashes: it reclaims the space.
+shared with the previous generation (a hard link), so removing is quick at any size; the
+instance index loses the photos in a new generation of its own, which the new archive
+generation names. A compaction writes a generation without the removed rows at all,
+deletes their photos and hashes, and rewrites the local-features parts that held them
+(the old parts are deleted once the new generation is live); the instance index keeps its
+vocabulary and names the rewritten parts as its source: it reclaims the space.
 """
 
 from __future__ import annotations
@@ -19,11 +22,27 @@ import numpy as np
 import pandas as pd
 
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.instance_index import INSTANCE_INDEX_DIR, instance_index_for, local_features_source
+from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, compact_local_features
 from ..schema import ITEM_ID
 from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
 from ..storage.generation_lock import WriterLock
 from ..storage.kill_points import kill_point
-from .folder import CONTENT_SHA256, PHOTOS_DIR, REMOVED_PHOTOS_FILE, carry_forward, read_settings, removed_photos
+from ..storage.vector_index import CURRENT
+from .folder import (
+    CONTENT_SHA256,
+    INSTANCE_INDEX_PART,
+    PARTS,
+    PHOTOS_DIR,
+    REMOVED_PHOTOS_FILE,
+    RETIRED_LOCAL_FEATURES,
+    carry_forward,
+    delete_retired_parts,
+    instance_generations_named,
+    manifest,
+    read_settings,
+    removed_photos,
+)
 
 
 @dataclass
@@ -82,8 +101,9 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
            compact: bool = False, wait: float | None = None) -> RemoveResult:
     """Remove photos from ``archive``: by identity or file name (``names``) and by item id (``items``).
 
-    Removed photos are never returned again. ``compact=True`` also rewrites the archive
-    without any removed row (this one's and earlier ones'), deleting their photos and hashes.
+    Removed photos are never returned again, and leave the instance index. ``compact=True``
+    also rewrites the archive without any removed row (this one's and earlier ones'),
+    deleting their photos, hashes and local features.
     A name that matches nothing is reported, not an error; nothing is written when
     nothing changes.
     """
@@ -92,6 +112,8 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         SimilarityIndex.load(archive).close()  # a missing or broken folder says so
     with WriterLock(archive, wait):
         index = SimilarityIndex.load(archive)
+        parts = manifest(index._info)
+        delete_retired_parts(archive, parts)  # a compaction killed after its switch left them
         rows, missing = rows_to_remove(index, names, items)
         names_removed = [str(index.names[row]) for row in rows]
         index.remove_rows(rows)
@@ -110,10 +132,28 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         removed_now = pd.DataFrame({IMAGE_PATH: names_removed,
                                     CONTENT_SHA256: ["" if digests is None else str(digests[row]) for row in rows],
                                     "removed_at": now})
+        # The instance index, up to date with the local features before any is rewritten.
+        instance = _instance_index(archive)
+        retired: list[str] = []
         if compact:
             index = index.compacted()
+            live = set(index.names.tolist())
             # Removed rows are never returned by the live generation either: their files can go first.
-            _forget(archive, set(index.names.tolist()))
+            _forget(archive, live)
+            _, retired = compact_local_features(archive / LOCAL_FEATURES_DIR, live)
+            kill_point("local-features-rewritten")
+        parts.pop(RETIRED_LOCAL_FEATURES, None)
+        if instance is not None:
+            if compact:  # what the rewritten parts hold: no photo outside the archive's rows, same vocabulary
+                instance.remove([name for name in instance.names() if name not in live])
+                source = local_features_source(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), without=retired)
+            else:
+                instance.remove(names_removed)
+                source = instance.source_
+            instance.save(archive / INSTANCE_INDEX_DIR, source=source, keep=instance_generations_named(archive))
+            parts[INSTANCE_INDEX_PART] = instance.generation_
+        if retired:
+            parts[RETIRED_LOCAL_FEATURES] = retired
 
         def write_lots(folder: Path) -> None:
             if len(removed_now):
@@ -121,10 +161,21 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
                     folder / REMOVED_PHOTOS_FILE, index=False)
             carry_forward(previous, folder)
 
-        index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, "last_change": {
+        index.save(archive, extra_info={"relative_image_dir": PHOTOS_DIR, PARTS: parts, "last_change": {
             "action": "compact" if compact else "remove", "removed": len(rows), "compacted": n_compacted}},
             write_more=write_lots)
+        delete_retired_parts(archive, parts)  # no generation from now on reads them
         return RemoveResult(names_removed, missing, len(index), index.generation, n_compacted)
+
+
+def _instance_index(archive: Path):
+    """The archive's instance index brought up to date with its local features (None if it has none yet: a
+    removal does not train a vocabulary; the next intake does)."""
+    if not (archive / INSTANCE_INDEX_DIR / CURRENT).is_file() or not (archive / LOCAL_FEATURES_DIR).is_dir():
+        return None
+    instance = instance_index_for(LocalFeatureStore(archive / LOCAL_FEATURES_DIR),
+                                  keep=instance_generations_named(archive))
+    return instance
 
 
 def _forget(archive: Path, live: set[str]) -> None:

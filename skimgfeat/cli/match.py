@@ -68,16 +68,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run_match(args: argparse.Namespace) -> int:
     """Print the verified matches of each query as CSV; draw the sheet if asked."""
-    from ..matching.object_match import ObjectMatcher
     from ..schema import IMAGE_PATH
     from ..storage.decisions import DecisionStore, honour_decisions
     from ..storage.io import atomic_path, printable
 
     with usage_errors():  # a missing table or sidecar, an unknown query, a query file that is no image
-        matcher = ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
-                                     image_dir=args.image_dir, k=args.k, k_instance=max(0, args.k_instance),
-                                     k_expansion=max(0, args.k_expansion),
-                                     min_inliers=args.min_inliers)
+        matcher = _matcher(args)
         results = matcher.match(args.queries, weights=weights_from_env(args.weights))
         results = honour_decisions(results, DecisionStore.of(args.against), columns=("query", IMAGE_PATH))
         results["rank"] = results.groupby("query").cumcount() + 1  # reviewed-away pairs leave no gap
@@ -94,3 +90,25 @@ def run_match(args: argparse.Namespace) -> int:
         with atomic_path(args.sheet) as temporary:
             match_sheet(results, matcher).save(temporary, format="PNG")
     return EXIT_OK
+
+
+def _matcher(args: argparse.Namespace):
+    """The matcher over ``--against``: an archive folder's live generation with the instance index written with
+    it (never a newer one), else a table or index folder with the instance index of its local features."""
+    from ..archive.folder import Archive, read_settings
+    from ..matching.object_match import ObjectMatcher
+
+    options = {"k": args.k, "k_instance": max(0, args.k_instance), "k_expansion": max(0, args.k_expansion),
+               "min_inliers": args.min_inliers}
+    if args.against.is_dir() and not args.by_item and args.local_features is None and \
+            read_settings(args.against) is not None:
+        archive = Archive.open(args.against)  # held until the command ends
+        if archive.local_features is not None:
+            if args.image_dir is not None:
+                archive.index.image_dir = Path(args.image_dir)
+            instance = archive.instance_index if options["k_instance"] else None
+            return ObjectMatcher(archive.index, archive.local_features, hashes=archive.hashes,
+                                 instance_index=instance, **options)
+        archive.close()  # no local features: the error of a folder without them
+    return ObjectMatcher.read(args.against, by_item=args.by_item, local_features=args.local_features,
+                              image_dir=args.image_dir, **options)

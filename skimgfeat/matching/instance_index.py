@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..storage.file_lock import holding
-from ..storage.vector_index import read_generation, write_generation
+from ..storage.generation_lock import release
+from ..storage.vector_index import open_named_generation, read_generation, write_generation
 from .local_features import DESCRIPTOR_BYTES, LocalFeatures, LocalFeatureStore, import_cv2
 
 INSTANCE_INDEX_DIR = "instance_index"
@@ -95,6 +96,10 @@ class InstanceIndex:
         The photos added, in order (``removed_`` marks the ones taken out again).
     n_words_ : int
         Words of the vocabulary.
+    source_ : dict
+        The local-features part files it holds (name: size and time), as saved.
+    generation_ : str or None
+        The generation it was loaded from or saved as (``gen-000003``); None before a save.
 
     Examples
     --------
@@ -313,10 +318,12 @@ class InstanceIndex:
 
     # -- saving -------------------------------------------------------------------------------------------------
 
-    def save(self, folder: str | os.PathLike, *, source: dict | None = None) -> Path:
+    def save(self, folder: str | os.PathLike, *, source: dict | None = None, keep: Collection[int] = ()) -> Path:
         """Write the index as a new generation of ``folder``, atomically (removed photos are dropped now).
 
         ``source`` (JSON-able) is kept in the description, e.g. which local-features parts it holds.
+        ``keep``: numbers of older generations not to delete (those an archive's generations name).
+        Sets ``generation_`` to the new generation's name.
         """
         self._check_fitted()
         self._compact()
@@ -335,14 +342,23 @@ class InstanceIndex:
                     "n_photos": len(self), "n_words": self.n_words_, "n_postings": int(len(self.postings_photo_)),
                     "source": source or {}}
 
-        generation = write_generation(folder, write_files)
+        generation = write_generation(folder, write_files, keep=keep, kill_prefix="instance-index-")
         self.source_ = source or {}
+        self.generation_ = generation.name
         return generation
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, *, mmap: bool = True) -> InstanceIndex:
-        """Read an index saved by :meth:`save`; its inverted lists are memory-mapped by default (read on use)."""
-        generation, info = read_generation(folder)
+    def load(cls, folder: str | os.PathLike, *, mmap: bool = True, generation: str | None = None) -> InstanceIndex:
+        """Read an index saved by :meth:`save`; its inverted lists are memory-mapped by default (read on use).
+
+        ``generation`` (a name such as ``gen-000003``, what ``generation_`` holds) reads that
+        generation rather than the live one (IndexDirectoryError when it is gone).
+        """
+        if generation is None:
+            generation, info = read_generation(folder)
+        else:
+            generation, info, lease = open_named_generation(folder, generation)
+            release(lease)  # a reader that must keep it holds its own lease (skimgfeat.archive.Archive)
         if info.get("kind") != "instance" or info.get("instance_format_version") != FORMAT_VERSION:
             raise ValueError(f"{os.fspath(folder)!r} is not an instance index of format {FORMAT_VERSION} "
                              f"(delete it: it is made again from the local features)")
@@ -361,6 +377,7 @@ class InstanceIndex:
         index._idf = np.asarray(arrays["idf"])
         index._norms = np.asarray(arrays["norms"])
         index.source_ = info.get("source", {})
+        index.generation_ = generation.name
         return index
 
     def get_params(self) -> dict:
@@ -385,6 +402,7 @@ class InstanceIndex:
         self.postings_signature_ = np.empty(0, np.uint64)
         self._norms = None
         self.source_ = {}
+        self.generation_ = None
 
     def _merge(self, words: np.ndarray, photos: np.ndarray, signatures: np.ndarray) -> None:
         """Merge new photos' postings into the word-sorted lists (new photos have the largest numbers)."""
@@ -482,14 +500,17 @@ def _k_majority(descriptors: np.ndarray, n_centres: int, iterations: int, rng: n
     return centres
 
 
-def local_features_source(store: LocalFeatureStore) -> dict:
-    """What an instance index built from ``store`` holds: its part files with their sizes and times."""
+def local_features_source(store: LocalFeatureStore, *, without: Collection[str] = ()) -> dict:
+    """What an instance index built from ``store`` holds: its part files with their sizes and times.
+
+    ``without``: part files left out (a compaction's parts that are deleted once the archive moved on).
+    """
     return {part.name: [part.stat().st_size, part.stat().st_mtime_ns]
-            for part in sorted(Path(store.folder).glob("part-*.npz"))}
+            for part in sorted(Path(store.folder).glob("part-*.npz")) if part.name not in without}
 
 
-def instance_index_for(store: LocalFeatureStore, folder: str | os.PathLike | None = None,
-                       **parameters) -> InstanceIndex:
+def instance_index_for(store: LocalFeatureStore, folder: str | os.PathLike | None = None, *,
+                       keep: Collection[int] = (), **parameters) -> InstanceIndex:
     """The instance index of a local-features folder, made or brought up to date and saved in ``folder``.
 
     ``folder`` defaults to ``instance_index`` beside the local-features folder. A saved
@@ -497,18 +518,19 @@ def instance_index_for(store: LocalFeatureStore, folder: str | os.PathLike | Non
     is used as it is, or extended with the photos of new parts (its vocabulary kept);
     otherwise it is made again, the vocabulary trained on the store's descriptors.
     Parameters that only change a search (``query_words``, ``max_hamming``) are applied
-    to a saved index. Two processes do not make it at once (a lock beside it).
+    to a saved index. Two processes do not make it at once (a lock beside it). ``keep``:
+    generations not to delete when a new one is saved (see :meth:`InstanceIndex.save`).
     """
     folder = Path(folder) if folder is not None else Path(store.folder).parent / INSTANCE_INDEX_DIR
     wanted = InstanceIndex(**parameters).get_params()
     with holding(folder.parent / f".{folder.name}.lock", timeout=LOCK_SECONDS):
-        index = _brought_up_to_date(store, folder, wanted)
+        index = _brought_up_to_date(store, folder, wanted, keep)
     for name in SEARCH_PARAMETERS:
         setattr(index, name, wanted[name])
     return index
 
 
-def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict) -> InstanceIndex:
+def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict, keep: Collection[int]) -> InstanceIndex:
     source = local_features_source(store)
     index = None
     if (folder / "CURRENT").is_file():
@@ -532,11 +554,11 @@ def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict) ->
     for start in range(0, len(names), 1024):
         chunk = names[start:start + 1024]
         index.add(chunk, [store[name] for name in chunk])
-    index.save(folder, source=source)
+    index.save(folder, source=source, keep=keep)
     return index
 
 
-def available_instance_index(store: LocalFeatureStore) -> InstanceIndex | None:
+def available_instance_index(store: LocalFeatureStore, *, keep: Collection[int] = ()) -> InstanceIndex | None:
     """:func:`instance_index_for` the store, or None while it cannot have one.
 
     None for a store without photos, one whose photos have too few descriptors for a
@@ -546,6 +568,6 @@ def available_instance_index(store: LocalFeatureStore) -> InstanceIndex | None:
     if not len(store):
         return None
     try:
-        return instance_index_for(store)
+        return instance_index_for(store, keep=keep)
     except (ValueError, OSError):
         return None

@@ -31,7 +31,7 @@ import os
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,12 +263,20 @@ class LocalFeatureStore:
                 f"of skimgfeat reads {FORMAT_VERSION}: delete that folder and make them again with "
                 f"`{EXTRACT_COMMAND}`"
             )
-        self._where: dict[str, tuple[Path, int]] = {}
         self._parts: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()
+        self._scan()
+
+    def _scan(self) -> None:
+        """Where each photo's current entry is: its part file and row."""
+        where: dict[str, tuple[Path, int]] = {}
         for part in sorted(self.folder.glob("part-*.npz")):
-            with np.load(part, allow_pickle=False) as npz:
-                for row, path in enumerate(npz["image_path"].tolist()):
-                    self._where[path] = (part, row)  # a later part (the file changed) wins
+            try:
+                with np.load(part, allow_pickle=False) as npz:
+                    for row, path in enumerate(npz["image_path"].tolist()):
+                        where[path] = (part, row)  # a later part (the file changed) wins
+            except FileNotFoundError:
+                continue  # deleted by a compaction since it was listed: its photos are in a newer part
+        self._where = where
 
     def __len__(self) -> int:
         return len(self._where)
@@ -288,11 +296,16 @@ class LocalFeatureStore:
                 f"no local features for {image_path!r} in {os.fspath(self.folder)!r}: add them with "
                 f"`{EXTRACT_COMMAND}` on its folder"
             ) from None
-        arrays = self._part(part)
-        start, stop = arrays["offsets"][row], arrays["offsets"][row + 1]
-        width, height = arrays["image_size"][row]
-        return LocalFeatures(np.array(arrays["points"][start:stop]), np.array(arrays["descriptors"][start:stop]),
-                             (int(width), int(height)), float(arrays["scale"][row]), str(arrays["error"][row]))
+        try:
+            arrays = self._part(part)
+        except FileNotFoundError:  # a compaction (skimgfeat.archive) rewrote that part: the entry is in a newer one
+            self._scan()
+            if str(image_path) not in self._where:
+                raise MissingLocalFeaturesError(f"no local features for {image_path!r} in "
+                                                f"{os.fspath(self.folder)!r} any more (compacted away)") from None
+            part, row = self._where[str(image_path)]
+            arrays = self._part(part)
+        return _entry(arrays, row)
 
     @property
     def cached_parts(self) -> int:
@@ -433,6 +446,60 @@ def write_local_features(
                     features)
         next_part += 1
     return len(todo)
+
+
+def compact_local_features(folder: str | os.PathLike, live: Collection[str]) -> tuple[list[str], list[str]]:
+    """Rewrite the part files of ``folder`` that hold more than the current entries of ``live`` photos.
+
+    A part holding a photo not in ``live`` (removed from an archive), or an entry a later
+    part replaced, has its current entries of ``live`` photos written to a new part
+    (atomically, numbered after every other part, so that it wins over the old one
+    while both are there). The old parts are left in place for the caller to delete
+    (:func:`delete_parts`) once no reader needs them. Idempotent: run again after an
+    interruption, an old part whose entries were rewritten holds only entries that a
+    newer part replaced or that are not live, and is listed again with nothing to write.
+
+    Returns
+    -------
+    written, retired : list of str
+        The names of the parts written and of the old parts to delete.
+    """
+    folder = Path(folder)
+    if not (folder / SETTINGS_FILE).is_file():
+        return [], []
+    store = LocalFeatureStore(folder)
+    live = set(live)
+    written, retired = [], []
+    next_part = _next_part_number(folder)
+    for part in sorted(folder.glob("part-*.npz")):
+        with np.load(part, allow_pickle=False) as npz:
+            names = npz["image_path"].tolist()
+        kept = [row for row, name in enumerate(names) if name in live and store._where.get(name) == (part, row)]
+        if len(kept) == len(names):
+            continue
+        if kept:
+            arrays = _read_part(part)
+            target = folder / f"part-{next_part:06d}.npz"
+            _write_part(target, [names[row] for row in kept], [str(arrays["stamp"][row]) for row in kept],
+                        [_entry(arrays, row) for row in kept])
+            written.append(target.name)
+            next_part += 1
+        retired.append(part.name)
+    return written, retired
+
+
+def delete_parts(folder: str | os.PathLike, parts: Sequence[str]) -> None:
+    """Delete the part files named ``parts`` (those already gone are skipped): a compaction's old parts."""
+    for name in parts:
+        if name.startswith("part-") and name.endswith(".npz"):
+            (Path(folder) / name).unlink(missing_ok=True)
+
+
+def _entry(arrays: dict[str, np.ndarray], row: int) -> LocalFeatures:
+    start, stop = arrays["offsets"][row], arrays["offsets"][row + 1]
+    width, height = arrays["image_size"][row]
+    return LocalFeatures(np.array(arrays["points"][start:stop]), np.array(arrays["descriptors"][start:stop]),
+                         (int(width), int(height)), float(arrays["scale"][row]), str(arrays["error"][row]))
 
 
 def _key(path, image_dir) -> str:

@@ -28,7 +28,6 @@ import numpy as np
 from ..exceptions import ImageLoadError
 from ..matching.copy_check import COPY, SAME_OBJECT, copy_distance, hash_photo
 from ..matching.duplicates import DEFAULT_CANDIDATE_DISTANCE, is_confirmed_copy
-from ..matching.instance_index import available_instance_index
 from ..matching.local_features import LocalFeatures, MissingLocalFeaturesError, detect_local_features
 from ..matching.verification import PairVerification, is_same_object, verify_pair
 from ..storage.decisions import NOT_SAME, pair_key
@@ -153,11 +152,10 @@ class Searcher:
         return hits
 
     def _instance_index(self):
-        """The instance index of the archive's local features, made or brought up to date once."""
+        """The instance index of the archive (the one its generation names), read once."""
         with self._lock:
             if self._instance is None:
-                store = self.source.local_features
-                self._instance = (available_instance_index(store) if store is not None else None) or False
+                self._instance = self.source.instance_index() or False
             return self._instance or None
 
     def _vector(self, query: Query) -> np.ndarray:

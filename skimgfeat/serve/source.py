@@ -25,6 +25,7 @@ import pandas as pd
 from ..archive.folder import PHOTOS_DIR, REPORTS_DIR, Archive, item_of, read_settings
 from ..embedder import fitted_embedder_from_model_info
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
+from ..matching.instance_index import InstanceIndex, available_instance_index
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore
 from ..matching.object_match import ObjectMatcher
 from ..schema import IMAGE_PATH, ITEM_ID, image_number, item_id_from_name
@@ -68,6 +69,9 @@ class ArchiveSource:
         index folder, which the server does not follow.
     reopen : callable or None
         Opens the archive again with the same options (its newest generation).
+    archive : Archive or None
+        The generation of an archive folder that was opened (its instance index is the one
+        written with it).
     """
 
     path: Path
@@ -82,6 +86,7 @@ class ArchiveSource:
     item_rule: Callable[[str], str] = item_id_from_name
     generation: int | None = None
     reopen: Callable[[], ArchiveSource] | None = field(default=None, repr=False)
+    archive: Archive | None = field(default=None, repr=False)
     # The archive's latest report is shown unless one was named: a later intake writes a newer one.
     follows_report: bool = False
     report_stamp: tuple | None = None  # the latest report's name and time when it was read
@@ -157,7 +162,16 @@ class ArchiveSource:
 
     def close(self) -> None:
         """Let the opened generation go (a later writer may then delete it)."""
+        if self.archive is not None:
+            self.archive.close()
         self.index.close()
+
+    def instance_index(self) -> InstanceIndex | None:
+        """The same-object shortlist: an archive generation's own, else the one of the local features (made or
+        brought up to date); None without local features."""
+        if self.archive is not None:
+            return self.archive.instance_index
+        return available_instance_index(self.local_features) if self.local_features is not None else None
 
     def embedder(self):
         """The fitted network that made the archive's features, built once (thread-safe)."""
@@ -239,6 +253,7 @@ def _open_archive_folder(path: Path, *, image_dir, lots, report, weights) -> Arc
         weights=weights,
         item_rule=partial(item_of, rule=archive.settings.get("item_rule")),
         generation=archive.generation,
+        archive=archive,
         follows_report=followed,
         report_stamp=_stamp(report) if followed else None,
     )

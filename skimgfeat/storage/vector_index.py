@@ -28,7 +28,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +47,8 @@ INFO_FILE = "index.json"
 ROWS_FILE = "rows.parquet"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
 # What an archive keeps beside the generations (skimgfeat.archive): the folder is still an index.
-_ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features", "image_hashes.parquet", "reports",
-                              "features", "pending"})
+_ARCHIVE_ENTRIES = frozenset({"LOCK", "ARCHIVE.json", "photos", "local_features", "instance_index",
+                              "image_hashes.parquet", "reports", "features", "pending"})
 # Parts each row visits when all pairs are sought: a near-duplicate lies in its original's part or a next one.
 PAIR_NPROBE = 2
 # Scores of one query block against all rows are held at once: at most this many floats (64 MB).
@@ -643,15 +643,18 @@ def _pq_subquantizers(n_features: int) -> int:
 # -- index directories ----------------------------------------------------------------
 
 
-def write_generation(directory: str | os.PathLike, write_files: Callable[[Path], dict]) -> Path:
+def write_generation(directory: str | os.PathLike, write_files: Callable[[Path], dict], *,
+                     keep: Collection[int] = (), kill_prefix: str = "") -> Path:
     """Write a new generation of the index in ``directory`` and make it the live one.
 
     ``write_files(folder)`` writes the generation's files into an empty folder and
     returns the ``index.json`` content (without the format keys and file sizes, added
     here). The folder is flushed and renamed into place, then ``CURRENT`` is replaced
     atomically. Older generations but the previous one are removed afterwards, except
-    those a reader still holds (:func:`open_generation`); leftovers of writers that were
-    killed are removed too.
+    those a reader still holds (:func:`open_generation`) and the numbers in ``keep``
+    (generations another folder's generations name: an archive's instance index);
+    leftovers of writers that were killed are removed too. ``kill_prefix`` starts the
+    names of its kill points (a writer of two folders tells them apart).
 
     The writer lock of ``directory`` (:class:`~skimgfeat.storage.generation_lock.WriterLock`)
     is taken here unless this process holds it already: a writer that reads the live
@@ -667,7 +670,7 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
         raise IndexDirectoryError(directory, "is a file, not a folder")
     if not holds_writer_lock(directory):
         with WriterLock(directory):
-            return write_generation(directory, write_files)
+            return write_generation(directory, write_files, keep=keep, kill_prefix=kill_prefix)
     if not (directory / CURRENT).is_file() and any(
         not entry.name.startswith(".") and entry.name not in _ARCHIVE_ENTRIES and not _GENERATION.match(entry.name)
         for entry in directory.iterdir()
@@ -693,17 +696,17 @@ def write_generation(directory: str | os.PathLike, write_files: Callable[[Path],
         for entry in staging.iterdir():
             _fsync(entry)
         _fsync_folder(staging)
-        kill_point("generation-staged")
+        kill_point(f"{kill_prefix}generation-staged")
         os.rename(staging, directory / name)
         _fsync_folder(directory)
-        kill_point("generation-renamed")
+        kill_point(f"{kill_prefix}generation-renamed")
         with atomic_path(directory / CURRENT) as temporary:
             temporary.write_text(name + "\n", encoding="utf-8")
-        kill_point("current-written")
+        kill_point(f"{kill_prefix}current-written")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in generations:
-        if old < number - 1:
+        if old < number - 1 and old not in keep:
             trash = directory / f".retired-{old:06d}.{os.getpid()}.tmp"
             if retire(directory / f"gen-{old:06d}", trash):
                 shutil.rmtree(trash, ignore_errors=True)
@@ -768,6 +771,26 @@ def open_generation(directory: str | os.PathLike) -> tuple[Path, dict, int | Non
             release(lease)
             raise
     raise IndexDirectoryError(directory, "changes faster than it can be read (100 generations in a row)")
+
+
+def open_named_generation(directory: str | os.PathLike, name: str) -> tuple[Path, dict, int | None]:
+    """As :func:`open_generation`, for the generation ``name`` (``gen-000007``) whether live or not.
+
+    IndexDirectoryError when it is no longer (or never was) on disk, or is unusable.
+    """
+    directory = Path(directory)
+    if not _GENERATION.match(str(name)):
+        raise IndexDirectoryError(directory, f"{str(name)[:40]!r} is not a generation name")
+    folder = directory / name
+    try:
+        lease = hold_generation(folder)
+    except FileNotFoundError:
+        raise IndexDirectoryError(folder, "is no longer on disk") from None
+    try:
+        return folder, _checked_info(directory, folder), lease
+    except BaseException:
+        release(lease)
+        raise
 
 
 def _checked_info(directory: Path, folder: Path) -> dict:
