@@ -72,8 +72,10 @@ def opens_and_answers(archive) -> None:
         if len(opened):
             first = opened.rows["image_path"][0]
             assert len(opened.similar([first], k=1)) == min(1, len(opened) - 1)
-            if opened.instance_index is not None:  # the instance index its generation names: there, and searched
-                assert opened.instance_index.search(opened.local_features[first], k=1)[0] == [first]
+            # The instance index its generation names: there, holding exactly its photos (whatever a killed writer
+            # left in a newer one), and searched.
+            assert sorted(opened.instance_index.names()) == sorted(opened.rows["image_path"])
+            assert opened.instance_index.search(opened.local_features[first], k=1)[0] == [first]
 
 
 def run_with_kills(arguments, check, points: list[str]) -> None:

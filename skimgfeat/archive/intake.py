@@ -267,7 +267,8 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     if changed and store is not None:
         # The instance index shortlists the same object across cameras and backdrops, where the CNN's
         # nearest photos rarely hold the catalogue photo.
-        instance = available_instance_index(store, keep=instance_generations_named(archive))
+        instance = available_instance_index(store, keep=instance_generations_named(archive),
+                                            start=parts.get(INSTANCE_INDEX_PART))
         if instance is not None:
             parts[INSTANCE_INDEX_PART] = instance.generation_
     elif store is not None:

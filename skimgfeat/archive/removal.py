@@ -133,7 +133,7 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
                                     CONTENT_SHA256: ["" if digests is None else str(digests[row]) for row in rows],
                                     "removed_at": now})
         # The instance index, up to date with the local features before any is rewritten.
-        instance = _instance_index(archive)
+        instance = _instance_index(archive, parts.get(INSTANCE_INDEX_PART))
         retired: list[str] = []
         if compact:
             index = index.compacted()
@@ -168,14 +168,14 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         return RemoveResult(names_removed, missing, len(index), index.generation, n_compacted)
 
 
-def _instance_index(archive: Path):
-    """The archive's instance index brought up to date with its local features (None if it has none yet: a
-    removal does not train a vocabulary; the next intake does)."""
+def _instance_index(archive: Path, start: str | None):
+    """The archive's instance index (from the generation ``start`` its live generation names), brought up to date
+    with its local features; None if it has none yet (a removal does not train a vocabulary; the next intake does).
+    """
     if not (archive / INSTANCE_INDEX_DIR / CURRENT).is_file() or not (archive / LOCAL_FEATURES_DIR).is_dir():
         return None
-    instance = instance_index_for(LocalFeatureStore(archive / LOCAL_FEATURES_DIR),
-                                  keep=instance_generations_named(archive))
-    return instance
+    return instance_index_for(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), keep=instance_generations_named(archive),
+                              start=start)
 
 
 def _forget(archive: Path, live: set[str]) -> None:

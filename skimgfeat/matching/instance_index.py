@@ -510,7 +510,7 @@ def local_features_source(store: LocalFeatureStore, *, without: Collection[str] 
 
 
 def instance_index_for(store: LocalFeatureStore, folder: str | os.PathLike | None = None, *,
-                       keep: Collection[int] = (), **parameters) -> InstanceIndex:
+                       keep: Collection[int] = (), start: str | None = None, **parameters) -> InstanceIndex:
     """The instance index of a local-features folder, made or brought up to date and saved in ``folder``.
 
     ``folder`` defaults to ``instance_index`` beside the local-features folder. A saved
@@ -520,31 +520,36 @@ def instance_index_for(store: LocalFeatureStore, folder: str | os.PathLike | Non
     Parameters that only change a search (``query_words``, ``max_hamming``) are applied
     to a saved index. Two processes do not make it at once (a lock beside it). ``keep``:
     generations not to delete when a new one is saved (see :meth:`InstanceIndex.save`).
+    ``start``: the saved generation to begin from rather than the live one (an archive's
+    writer begins from the one its live generation names: what a writer killed since left
+    is not taken over).
     """
     folder = Path(folder) if folder is not None else Path(store.folder).parent / INSTANCE_INDEX_DIR
     wanted = InstanceIndex(**parameters).get_params()
     with holding(folder.parent / f".{folder.name}.lock", timeout=LOCK_SECONDS):
-        index = _brought_up_to_date(store, folder, wanted, keep)
+        index = _brought_up_to_date(store, folder, wanted, keep, start)
     for name in SEARCH_PARAMETERS:
         setattr(index, name, wanted[name])
     return index
 
 
-def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict, keep: Collection[int]) -> InstanceIndex:
+def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict, keep: Collection[int],
+                        start: str | None) -> InstanceIndex:
     source = local_features_source(store)
     index = None
-    if (folder / "CURRENT").is_file():
-        try:
-            index = InstanceIndex.load(folder)
-        except (ValueError, OSError):
-            index = None
+    for generation in ([start] if start else []) + [None]:
+        if index is None and (folder / "CURRENT").is_file():
+            try:
+                index = InstanceIndex.load(folder, generation=generation)
+            except (ValueError, OSError):
+                index = None
     built_alike = index is not None and all(index.get_params()[name] == value for name, value in wanted.items()
                                             if name not in SEARCH_PARAMETERS)
     if built_alike and index.source_ == source:
         return index
     if built_alike and all(source.get(part) == stamp for part, stamp in index.source_.items()):
         new_parts = [part for part in source if part not in index.source_]
-        index = InstanceIndex.load(folder, mmap=False)
+        index = InstanceIndex.load(folder, mmap=False, generation=index.generation_)
         names = store.paths_in_parts(new_parts)
     else:
         index = InstanceIndex(**wanted)
@@ -558,7 +563,8 @@ def _brought_up_to_date(store: LocalFeatureStore, folder: Path, wanted: dict, ke
     return index
 
 
-def available_instance_index(store: LocalFeatureStore, *, keep: Collection[int] = ()) -> InstanceIndex | None:
+def available_instance_index(store: LocalFeatureStore, *, keep: Collection[int] = (),
+                             start: str | None = None) -> InstanceIndex | None:
     """:func:`instance_index_for` the store, or None while it cannot have one.
 
     None for a store without photos, one whose photos have too few descriptors for a
@@ -568,6 +574,6 @@ def available_instance_index(store: LocalFeatureStore, *, keep: Collection[int] 
     if not len(store):
         return None
     try:
-        return instance_index_for(store, keep=keep)
+        return instance_index_for(store, keep=keep, start=start)
     except (ValueError, OSError):
         return None
