@@ -13,8 +13,10 @@ from _launcher import run_python, start_cli, start_python
 from test_cli import skimgfeat
 
 from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
+from skimgfeat.storage.balanced_partition import PARTITION_FILE
 from skimgfeat.storage.io import FeatureTableReader, write_table
-from skimgfeat.storage.vector_index import pair_partition, write_generation
+from skimgfeat.storage.unit_vectors import normalise
+from skimgfeat.storage.vector_index import pair_partition, read_generation, write_generation
 
 pytest.importorskip("faiss", reason="the inverted-file kinds need faiss-cpu (the [index] extra)")
 
@@ -106,6 +108,7 @@ def test_a_range_search_of_many_queries_list_by_list_finds_what_faiss_finds_quer
 
     table = feature_table(1500)
     store = SimilarityIndex.build(table, kind=kind, nlist=12, pq_m=8)._store
+    store.partition = None  # an index written before it kept a balanced partition
     rng = np.random.default_rng(4)
     queries = features(table.iloc[:200]) * np.exp(0.05 * rng.standard_normal((200, N_FEATURES)))
     removed = np.zeros(len(table), dtype=bool)
@@ -122,6 +125,49 @@ def test_a_range_search_of_many_queries_list_by_list_finds_what_faiss_finds_quer
         assert set(rows[ours].tolist()) == set(faiss_rows[theirs].tolist())
         np.testing.assert_allclose(np.sort(distances[ours]), np.sort(faiss_distances[theirs]), atol=2e-5)
         assert np.all(np.diff(distances[ours]) >= 0)
+
+
+def test_a_range_search_visits_parts_of_about_equal_size_and_finds_every_near_copy():
+    # Wide non-negative rows in 300 clusters: the inverted file's own lists are uneven, the balanced parts
+    # are not. Visiting every part finds what brute force finds; the default parts find every near-copy.
+    rng = np.random.default_rng(0)
+    n_features = 128
+    centres = rng.exponential(1.0, (300, n_features)) * (rng.random((300, n_features)) < 0.35)
+    rows = np.maximum(centres[rng.integers(0, 300, 3000)] + rng.normal(0, 1.0, (3000, n_features)), 0)
+    table = pd.DataFrame(rows.astype(np.float32), columns=[f"img_feature_{i}" for i in range(n_features)])
+    table.insert(0, "image_path", [f"lots/{i}_1.jpg" for i in range(len(rows))])
+    store = SimilarityIndex.build(table, kind="ivf-sq8", nlist=32)._store
+    part_sizes = np.bincount(store.partition.part_of_row, minlength=32)
+    list_sizes = np.asarray([store._faiss.invlists.list_size(number) for number in range(32)])
+    assert part_sizes.max() < list_sizes.max() and part_sizes.max() <= 2.5 * len(rows) / 32
+
+    copies = rows[:100] * np.exp(0.1 * rng.standard_normal((100, n_features)))
+    removed = np.zeros(len(rows), dtype=bool)
+    removed[100:400] = True
+    distance = 1.0 - normalise(copies) @ store.reconstruct(0, len(rows)).T  # to the rows as stored (8-bit)
+    exact = distance <= 0.25
+    exact[:, removed] = False
+    at_threshold = np.abs(distance - 0.25) < 1e-5  # float rounding may fall either side there
+    for parts, expected in ((32, exact), (None, None)):  # every part, then the default few
+        lims, distances, found = store.range_search(copies, 0.25, nprobe=parts, exclude=removed)
+        got = np.zeros_like(exact)
+        got[np.repeat(np.arange(len(copies)), np.diff(lims)), found] = True
+        if expected is not None:
+            np.testing.assert_array_equal(got[~at_threshold], expected[~at_threshold])
+        assert got[np.arange(100), np.arange(100)].all()  # each copy finds its original
+        assert all(np.all(np.diff(distances[lims[q]:lims[q + 1]]) >= 0) for q in range(len(copies)))
+
+
+def test_an_inverted_file_written_without_a_partition_gets_one_at_its_next_add(tmp_path):
+    table = feature_table(900)
+    old = SimilarityIndex.build(table.iloc[:800], kind="ivf", nlist=8)
+    old._store.partition = None  # written as an earlier release wrote it
+    old.save(tmp_path / "index")
+    assert not (read_generation(tmp_path / "index")[0] / PARTITION_FILE).exists()
+    assert SimilarityIndex.load(tmp_path / "index")._store.partition is None
+    SimilarityIndex.load(tmp_path / "index").add(table.iloc[800:]).save(tmp_path / "index")
+    grown = SimilarityIndex.load(tmp_path / "index")
+    assert len(grown._store.partition) == 900 and grown._store.partition.n_parts == 8
 
 
 def test_near_copies_among_more_clusters_than_lists_are_paired_as_exact_search_pairs_them():
@@ -322,7 +368,7 @@ while True:
         answers += 1
     if __import__("os").path.exists(stop_file):
         break
-    time.sleep(0.05)  # two cores for four readers and a writer
+    time.sleep(0.5)  # two cores for four readers and a writer: the writer must get its share
 print(answers, len(kept), len(SimilarityIndex.load(folder)))
 """
 

@@ -468,6 +468,8 @@ class SimilarityIndex:
             store._faiss = faiss.clone_index(source)
             store._faiss.reset()
             store._faiss.make_direct_map()
+            if self._store.partition is not None:
+                store.partition = self._store.partition.emptied()
         for start in range(0, len(keep), BATCH_ROWS):
             store.add(self._store.reconstruct_rows(keep[start:start + BATCH_ROWS]))
         index = SimilarityIndex.__new__(SimilarityIndex)
@@ -758,6 +760,8 @@ class SimilarityIndex:
             # The generation it was loaded from, never the live one: another writer may
             # have switched since, and its rows would not match these names.
             self._store = VectorIndex.read(self._folder, self._info["index"], writable=True)
+        # An inverted file written before it kept its balanced partition gets one now, once.
+        self._store.add_partition()
 
     def _grow_into_inverted_file(self, reader: FeatureTableReader) -> None:
         """An ``auto`` index passing the exact limit: train an ``ivf-sq8`` one and move every row into it."""
