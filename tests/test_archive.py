@@ -22,6 +22,7 @@ from skimgfeat import IndexDirectoryError
 from skimgfeat.archive import Archive, ingest, read_name_list, remove
 from skimgfeat.matching.duplicates import find_copies_against
 from skimgfeat.matching.instance_index import instance_index_for
+from skimgfeat.matching.local_features import LocalFeatureStore
 from skimgfeat.matching.object_match import ObjectMatcher
 from skimgfeat.search.similarity import similar_items
 
@@ -146,7 +147,9 @@ def test_three_days_of_intake_replayed(tmp_path, objects, embedder):
         new_vector = opened.vectors(["day1/dvd003_canon.jpg"])[0]
         old_vector = embedder.transform([objects / "dvd003_canon.jpg"])[0]
         assert 1 - new_vector @ old_vector / np.linalg.norm(new_vector) / np.linalg.norm(old_vector) > 0.1
+    reader = LocalFeatureStore(archive / "local_features")  # opened before the compaction rewrites its parts
     compacted = remove(archive, compact=True)
+    assert len(reader["day1/dvd001_canon.jpg"]) > 100  # it reads the rewritten part
     assert compacted.compacted == 2 and compacted.n_rows == 6
     with Archive.open(archive) as opened:
         assert len(opened.index.names) == 6 and not (archive / "photos" / "day1" / "dvd002_canon.jpg").exists()

@@ -176,7 +176,9 @@ def named_instance_index(folder: Path, parts: dict, store: LocalFeatureStore | N
             return InstanceIndex.load(Path(folder) / INSTANCE_INDEX_DIR, generation=name)
         except (ValueError, OSError):
             pass
-    return available_instance_index(store) if store is not None else None
+    if store is None:
+        return None
+    return available_instance_index(store, keep=instance_generations_named(folder))  # (it may save a generation)
 
 
 def delete_retired_parts(folder: Path, parts: dict) -> None:
