@@ -229,6 +229,7 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     # The archive's own copy of each new photo, and its copy-check hashes in the same pass (threads: both
     # wait on the disk or run in C). The kill points stay in this thread, one per photo, in order.
     copies = [archive / PHOTOS_DIR / identities[number] for number in todo]
+    _remove_half_copies({copy.parent for copy in copies})
     hashed = []
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         for result in pool.map(_copied_and_hashed, [photos[number] for number in todo], copies,
@@ -316,6 +317,17 @@ def _ingest_locked(new_dir: Path, photos: list[Path], archive: Path, *, embedder
     kill_point("report-written")
     return IngestResult(intake, statuses, table, report_path, None if index is None else index.generation,
                         0 if index is None else len(index), failures)
+
+
+def _remove_half_copies(folders) -> None:
+    """Delete the half-written copies (temporary files) that an intake killed while copying left in ``folders``.
+
+    The copies run in threads: a kill stops one mid-file while another reaches its kill point. Under the writer
+    lock no other intake is copying.
+    """
+    for folder in folders:
+        for leftover in folder.glob(".*.tmp") if folder.is_dir() else []:
+            leftover.unlink(missing_ok=True)
 
 
 def _copied_and_hashed(source: Path, target: Path, digest: str, hash_it: bool):
