@@ -351,25 +351,40 @@ def test_a_second_writer_that_gives_up_names_the_holder(table_file, tmp_path):
     assert len(SimilarityIndex.load(tmp_path / "index")) == 1200
 
 
-READER = r"""
-import sys, time
+READERS = r"""
+import os, sys, time, traceback
 import numpy as np
 from skimgfeat import SimilarityIndex
 folder, stop_file = sys.argv[1], sys.argv[2]
-kept = SimilarityIndex.load(folder)  # one generation held for the whole run, as a server would
-queries = np.random.default_rng(0).random((5, 32)).astype("float32")
-answers = 0
-while True:
-    for index in (kept, SimilarityIndex.load(folder)):
-        distances, rows = index.search_vectors(queries, 10)
-        assert (rows < len(index.names)).all() and (rows >= 0).all(), rows
-        names = set(index.names[rows.ravel()])
-        assert len(index.similar([index.names[0]], k=3)) == 3
-        answers += 1
-    if __import__("os").path.exists(stop_file):
-        break
-    time.sleep(0.5)  # two cores for four readers and a writer: the writer must get its share
-print(answers, len(kept), len(SimilarityIndex.load(folder)))
+
+def read_until_stopped():
+    kept = SimilarityIndex.load(folder)  # one generation held for the whole run, as a server would
+    queries = np.random.default_rng(0).random((5, 32)).astype("float32")
+    answers = 0
+    while True:
+        for index in (kept, SimilarityIndex.load(folder)):
+            distances, rows = index.search_vectors(queries, 10)
+            assert (rows < len(index.names)).all() and (rows >= 0).all(), rows
+            names = set(index.names[rows.ravel()])
+            assert len(index.similar([index.names[0]], k=3)) == 3
+            answers += 1
+        if os.path.exists(stop_file):
+            return answers, len(kept), len(SimilarityIndex.load(folder))
+        time.sleep(0.2)
+
+# Four reader processes, forked once the modules are imported (four cold interpreters cost more than the writer).
+readers = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            print(*read_until_stopped(), flush=True)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    readers.append(pid)
+sys.exit(max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in readers))
 """
 
 
@@ -380,16 +395,16 @@ def test_readers_searching_while_a_writer_adds_generations_are_never_broken(tabl
         write_table(feature_table(50, seed=20 + day, prefix=f"d{day}"), tmp_path / f"d{day}.parquet",
                     model_info=MODEL)
     stop = tmp_path / "stop"
-    readers = [start_python(READER, tmp_path / "index", stop) for _ in range(4)]
+    readers = start_python(READERS, tmp_path / "index", stop)
     for day in range(2):  # each add writes a generation; the second would retire the first, which readers hold
         added = skimgfeat("index", "add", tmp_path / "index", tmp_path / f"d{day}.parquet")
         assert added.returncode == 0, added.stderr
     stop.touch()
-    for reader in readers:
-        code = reader.wait(120)
-        out, err = reader.output()
-        assert code == 0, err
-        answers, held, live = map(int, out.split())
+    assert readers.wait(120) == 0, readers.output()[1]
+    lines = readers.output()[0].split("\n")[:-1]
+    assert len(lines) == 4, readers.output()
+    for line in lines:
+        answers, held, live = map(int, line.split())
         assert answers > 0 and held == 1200 and live == 1300
     # Generations no reader holds any more are retired by the next writer.
     write_table(feature_table(5, seed=40, prefix="last"), tmp_path / "last.parquet", model_info=MODEL)
