@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..matching.copy_check import HASHES_FILE, PhotoHashes
-from ..matching.instance_index import INSTANCE_INDEX_DIR, instance_index_for, local_features_source
+from ..matching.instance_index import INSTANCE_INDEX_DIR, InstanceIndex, instance_index_for, local_features_source
 from ..matching.local_features import LOCAL_FEATURES_DIR, LocalFeatureStore, compact_local_features
 from ..schema import ITEM_ID
 from ..search.similarity import IMAGE_NAME, IMAGE_PATH, SimilarityIndex
@@ -135,6 +135,7 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
         # The instance index, up to date with the local features before any is rewritten.
         instance = _instance_index(archive, parts.get(INSTANCE_INDEX_PART))
         retired: list[str] = []
+        live: set[str] | None = None  # a compaction's: the photos that stay
         if compact:
             index = index.compacted()
             live = set(index.names.tolist())
@@ -144,14 +145,7 @@ def remove(archive: str | os.PathLike, names: Sequence[str] = (), *, items: Sequ
             kill_point("local-features-rewritten")
         parts.pop(RETIRED_LOCAL_FEATURES, None)
         if instance is not None:
-            if compact:  # what the rewritten parts hold: no photo outside the archive's rows, same vocabulary
-                instance.remove([name for name in instance.names() if name not in live])
-                source = local_features_source(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), without=retired)
-            else:
-                instance.remove(names_removed)
-                source = instance.source_
-            instance.save(archive / INSTANCE_INDEX_DIR, source=source, keep=instance_generations_named(archive))
-            parts[INSTANCE_INDEX_PART] = instance.generation_
+            parts[INSTANCE_INDEX_PART] = _saved_without(archive, instance, names_removed, live, retired)
         if retired:
             parts[RETIRED_LOCAL_FEATURES] = retired
 
@@ -176,6 +170,26 @@ def _instance_index(archive: Path, start: str | None):
         return None
     return instance_index_for(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), keep=instance_generations_named(archive),
                               start=start)
+
+
+def _saved_without(archive: Path, instance: InstanceIndex, removed: list[str], live: set[str] | None,
+                   retired: list[str]) -> str:
+    """Take photos out of the archive's instance index and save it as a new generation (before the archive's
+    switch); its name.
+
+    A removal takes out the photos ``removed``. A compaction (``live`` given) takes out every photo not
+    ``live`` and names the local-features parts that stay (the rewritten ones, not the ``retired``) as its
+    source: the vocabulary and the other photos' entries are kept, and a later intake extends it rather than
+    making it again.
+    """
+    if live is None:
+        instance.remove(removed)
+        source = instance.source_
+    else:
+        instance.remove([name for name in instance.names() if name not in live])
+        source = local_features_source(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), without=retired)
+    instance.save(archive / INSTANCE_INDEX_DIR, source=source, keep=instance_generations_named(archive))
+    return instance.generation_
 
 
 def _forget(archive: Path, live: set[str]) -> None:
