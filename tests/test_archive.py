@@ -125,7 +125,12 @@ def test_three_days_of_intake_replayed(tmp_path, objects, embedder):
     removed = remove(archive, read_name_list(tmp_path / "takedowns.txt"))
     assert removed.removed == ["day1/dvd002_canon.jpg"] and removed.n_rows == 5
     with Archive.open(archive) as opened:  # out of the instance index the new generation names
-        assert "day1/dvd002_canon.jpg" not in opened.instance_index and len(opened.instance_index) == 5
+        instance = opened.instance_index
+        assert "day1/dvd002_canon.jpg" not in instance and len(instance) == 5
+        assert "day1/dvd002_canon.jpg" not in instance.search(opened.local_features["day1/dvd002_canon.jpg"])[0]
+        # Its inverted lists are the generation's before (hard links), as the vectors are: quick at any size.
+        assert (archive / "instance_index" / opened.parts["instance_index"] / "postings_signature.npy").stat(
+            ).st_nlink > 1
     day3 = tmp_path / "day3"
     photo(day1 / "dvd002_canon.jpg", day3 / "dvd002_again.jpg", size=300, quality=70)
     result = ingest(day3, archive, embedder=embedder, intake="day3")

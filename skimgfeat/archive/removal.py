@@ -177,7 +177,9 @@ def _saved_without(archive: Path, instance: InstanceIndex, removed: list[str], l
     """Take photos out of the archive's instance index and save it as a new generation (before the archive's
     switch); its name.
 
-    A removal takes out the photos ``removed``. A compaction (``live`` given) takes out every photo not
+    A removal takes out the photos ``removed`` and shares the inverted lists with the generation before (hard
+    links: quick at any size, the entries dropped at the next save that compacts). A compaction (``live`` given)
+    takes out every photo not
     ``live`` and names the local-features parts that stay (the rewritten ones, not the ``retired``) as its
     source: the vocabulary and the other photos' entries are kept, and a later intake extends it rather than
     making it again.
@@ -188,7 +190,8 @@ def _saved_without(archive: Path, instance: InstanceIndex, removed: list[str], l
     else:
         instance.remove([name for name in instance.names() if name not in live])
         source = local_features_source(LocalFeatureStore(archive / LOCAL_FEATURES_DIR), without=retired)
-    instance.save(archive / INSTANCE_INDEX_DIR, source=source, keep=instance_generations_named(archive))
+    instance.save(archive / INSTANCE_INDEX_DIR, source=source, keep=instance_generations_named(archive),
+                  compact=live is not None)
     return instance.generation_
 
 

@@ -318,25 +318,44 @@ class InstanceIndex:
 
     # -- saving -------------------------------------------------------------------------------------------------
 
-    def save(self, folder: str | os.PathLike, *, source: dict | None = None, keep: Collection[int] = ()) -> Path:
+    def save(self, folder: str | os.PathLike, *, source: dict | None = None, keep: Collection[int] = (),
+             compact: bool = True) -> Path:
         """Write the index as a new generation of ``folder``, atomically (removed photos are dropped now).
 
         ``source`` (JSON-able) is kept in the description, e.g. which local-features parts it holds.
         ``keep``: numbers of older generations not to delete (those an archive's generations name).
-        Sets ``generation_`` to the new generation's name.
+        ``compact=False``, when the inverted lists are those of the generation it was loaded
+        from (photos only removed since), keeps the removed photos' entries (never returned:
+        ``removed_`` marks them) and shares the lists' files with that generation (hard links),
+        as an archive's removal shares its vectors: saving a removal is then quick at any size,
+        and the next save that compacts drops them. Sets ``generation_`` to the new generation's name.
         """
         self._check_fitted()
-        self._compact()
-        idf, norms = self._idf_and_norms()
-        arrays = {"top": self.top_, "children": self.children_, "child_start": self.child_start_,
-                  "child_count": self.child_count_, "signature_bits": self.signature_bits_,
-                  "offsets": self.offsets_, "postings_photo": self.postings_photo_,
-                  "postings_signature": self.postings_signature_, "removed": self.removed_, "idf": idf,
-                  "norms": norms}
+        if not compact and self._lists_from is not None:
+            try:
+                return self._save(folder, source, keep, shared=self._lists_from)
+            except FileNotFoundError:  # that generation was deleted meanwhile: written whole
+                pass
+        return self._save(folder, source, keep, shared=None)
+
+    def _save(self, folder, source: dict | None, keep: Collection[int], shared: Path | None) -> Path:
+        if shared is None:
+            self._compact()
+            idf, norms = self._idf_and_norms()
+            arrays = {"top": self.top_, "children": self.children_, "child_start": self.child_start_,
+                      "child_count": self.child_count_, "signature_bits": self.signature_bits_,
+                      "offsets": self.offsets_, "postings_photo": self.postings_photo_,
+                      "postings_signature": self.postings_signature_, "removed": self.removed_, "idf": idf,
+                      "norms": norms}
+        else:  # the removed marks only; the lists (and the idf weights, as they were) are the shared generation's
+            arrays = {"removed": self.removed_}
 
         def write_files(staging: Path) -> dict:
-            for name, values in arrays.items():
-                np.save(staging / f"{name}.npy", np.asarray(values), allow_pickle=False)
+            for name in _ARRAYS:
+                if name in arrays:
+                    np.save(staging / f"{name}.npy", np.asarray(arrays[name]), allow_pickle=False)
+                else:
+                    os.link(shared / f"{name}.npy", staging / f"{name}.npy")
             (staging / "names.json").write_text(json.dumps(self.names_), encoding="utf-8")
             return {"kind": "instance", "instance_format_version": FORMAT_VERSION, "params": self.get_params(),
                     "n_photos": len(self), "n_words": self.n_words_, "n_postings": int(len(self.postings_photo_)),
@@ -345,6 +364,7 @@ class InstanceIndex:
         generation = write_generation(folder, write_files, keep=keep, kill_prefix="instance-index-")
         self.source_ = source or {}
         self.generation_ = generation.name
+        self._lists_from = generation  # the lists in memory are those written (or linked) there
         return generation
 
     @classmethod
@@ -378,6 +398,7 @@ class InstanceIndex:
         index._norms = np.asarray(arrays["norms"])
         index.source_ = info.get("source", {})
         index.generation_ = generation.name
+        index._lists_from = generation
         return index
 
     def get_params(self) -> dict:
@@ -403,6 +424,7 @@ class InstanceIndex:
         self._norms = None
         self.source_ = {}
         self.generation_ = None
+        self._lists_from: Path | None = None  # the saved generation whose inverted lists these are
 
     def _merge(self, words: np.ndarray, photos: np.ndarray, signatures: np.ndarray) -> None:
         """Merge new photos' postings into the word-sorted lists (new photos have the largest numbers)."""
@@ -415,6 +437,7 @@ class InstanceIndex:
         self.offsets_ = self.offsets_ + np.concatenate([[0], np.cumsum(np.bincount(words,
                                                                                    minlength=self.n_words_))])
         self._norms = None
+        self._lists_from = None
 
     def _compact(self) -> None:
         """Drop the postings of removed photos (their numbers stay taken, so names_ keeps its order)."""
@@ -429,6 +452,7 @@ class InstanceIndex:
         self.postings_signature_ = np.asarray(self.postings_signature_)[keep]
         self.offsets_ = np.concatenate([[0], np.cumsum(np.bincount(word_of[keep], minlength=self.n_words_))])
         self._norms = None
+        self._lists_from = None
 
     def _idf_and_norms(self) -> tuple[np.ndarray, np.ndarray]:
         """Each word's idf and each photo's idf norm, computed again after the index changed."""
