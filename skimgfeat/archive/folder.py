@@ -11,6 +11,7 @@ beside its generations)::
                                    its manifest ("parts"): the instance-index generation that goes
                                    with it, and the local-features parts a compaction retired
         vectors.npy | vectors.faiss  the CNN features (exact, or an inverted file past 50,000 rows)
+        partition.npz              with an inverted file: the balanced parts a copy search visits
         rows.parquet               per row: image_path (the photo's identity), image_name, item_id,
                                    content_sha256, source (where it came from), intake
         removed.npy                rows removed since the last compaction (never returned)

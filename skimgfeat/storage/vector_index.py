@@ -13,6 +13,7 @@ An *index directory* keeps generations side by side::
     INDEX_DIR/CURRENT             names the live generation ("gen-000002")
     INDEX_DIR/gen-000002/index.json    kind, parameters, model info, row count, file sizes
     INDEX_DIR/gen-000002/vectors.npy   (exact) or vectors.faiss (inverted file)
+    INDEX_DIR/gen-000002/partition.npz with an inverted file: its balanced parts (range searches)
     INDEX_DIR/gen-000002/rows.parquet  the identity of each row (image_path, image_name, item_id)
 
 A new generation is written beside the live one, flushed, renamed into place and only
