@@ -212,6 +212,31 @@ def start_python(code: str, *args, env: dict | None = None, cwd: str | Path | No
     return ChildProcess(list(args), env, cwd, None, code=code)
 
 
+# Appended to a script by start_forked_python: its function run in processes forked from it.
+_FORKED = r"""
+import os as _os, sys as _sys, traceback as _traceback
+_children = []
+for _ in range({n}):
+    _pid = _os.fork()
+    if _pid == 0:
+        try:
+            print(*{function}(), flush=True)
+            _os._exit(0)
+        except BaseException:
+            _traceback.print_exc()
+            _os._exit(1)
+    _children.append(_pid)
+_sys.exit(max(_os.waitstatus_to_exitcode(_os.waitpid(_pid, 0)[1]) != 0 for _pid in _children))
+"""
+
+
+def start_forked_python(code: str, function: str, processes: int, *args, env: dict | None = None) -> ChildProcess:
+    """Run ``code``, then its ``function`` in ``processes`` processes forked from it (the modules imported once:
+    the launcher runs one child at a time, so separate children would each start a cold interpreter). Each
+    process prints what the function returns on a line of its own; the exit code is 1 if any failed."""
+    return start_python(code + _FORKED.format(n=int(processes), function=function), *args, env=env)
+
+
 def run_cli(*args, env: dict | None = None, cwd: str | Path | None = None, input: str | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """``subprocess.run(["skimgfeat", *ARGS], capture_output=True, text=True)``, through the launcher."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from _launcher import run_cli, start_cli, start_python
+from _launcher import run_cli, start_cli, start_forked_python
 from PIL import Image
 
-# Four reader processes, forked once the modules are imported (four cold interpreters would cost more than the
-# intake). Each holds the archive it opened first for the whole run (as serve does) and opens the live one
-# again and again: the rows, the vectors and a search of each opened archive must agree with each other.
-READERS = r"""
-import os, sys, time, traceback
+# Each reader holds the archive it opened first for the whole run (as serve does) and opens the live one again
+# and again: the rows, the vectors and a search of each opened archive must agree with each other.
+READER = r"""
+import os, sys, time
 from skimgfeat.archive import Archive
 folder, stop_file = sys.argv[1], sys.argv[2]
 
@@ -30,22 +29,9 @@ def read_until_stopped():
             if archive is not held:
                 archive.close()
         if stopping:
-            return sizes, len(held)
+            return " ".join(map(str, sorted(sizes))), len(held)
         time.sleep(0.2)
 
-readers = []
-for _ in range(4):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            sizes, held = read_until_stopped()
-            print(" ".join(map(str, sorted(sizes))), held, flush=True)
-            os._exit(0)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-    readers.append(pid)
-sys.exit(max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in readers))
 """
 
 
@@ -62,7 +48,7 @@ def test_four_readers_searching_while_an_intake_runs_are_never_broken(tmp_path):
     first = run_cli("ingest", make_photos(tmp_path / "d1", 6, seed=1), "--archive", archive, "--intake", "d1",
                     "--weights", "none", "--no-local-features", "-q", timeout=300)
     assert first.returncode == 0, first.stderr
-    readers = start_python(READERS, archive, stop)
+    readers = start_forked_python(READER, "read_until_stopped", 4, archive, stop)
     second = start_cli("ingest", make_photos(tmp_path / "d2", 4, seed=2), "--archive", archive, "--intake", "d2",
                        "--no-local-features", "-q")
     assert second.wait(300) == 0, second.output()[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _launcher import run_python, start_cli, start_python
+from _launcher import run_python, start_cli, start_forked_python
 from test_cli import skimgfeat
 
 from skimgfeat import IndexDirectoryError, ModelMismatchError, SimilarityIndex, similar_items
@@ -351,8 +351,8 @@ def test_a_second_writer_that_gives_up_names_the_holder(table_file, tmp_path):
     assert len(SimilarityIndex.load(tmp_path / "index")) == 1200
 
 
-READERS = r"""
-import os, sys, time, traceback
+READER = r"""
+import os, sys, time
 import numpy as np
 from skimgfeat import SimilarityIndex
 folder, stop_file = sys.argv[1], sys.argv[2]
@@ -372,19 +372,6 @@ def read_until_stopped():
             return answers, len(kept), len(SimilarityIndex.load(folder))
         time.sleep(0.2)
 
-# Four reader processes, forked once the modules are imported (four cold interpreters cost more than the writer).
-readers = []
-for _ in range(4):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            print(*read_until_stopped(), flush=True)
-            os._exit(0)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-    readers.append(pid)
-sys.exit(max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in readers))
 """
 
 
@@ -395,7 +382,7 @@ def test_readers_searching_while_a_writer_adds_generations_are_never_broken(tabl
         write_table(feature_table(50, seed=20 + day, prefix=f"d{day}"), tmp_path / f"d{day}.parquet",
                     model_info=MODEL)
     stop = tmp_path / "stop"
-    readers = start_python(READERS, tmp_path / "index", stop)
+    readers = start_forked_python(READER, "read_until_stopped", 4, tmp_path / "index", stop)
     for day in range(2):  # each add writes a generation; the second would retire the first, which readers hold
         added = skimgfeat("index", "add", tmp_path / "index", tmp_path / f"d{day}.parquet")
         assert added.returncode == 0, added.stderr
