@@ -387,40 +387,23 @@ class VectorIndex:
             wanted &= ~_padded(exclude, len(self))
         # The list of each row from FAISS's direct map (list number in the high 32 bits).
         list_of_row = faiss.vector_to_array(ivf.direct_map.array) >> 32
-        threshold = np.float32(1.0 - max_distance)
-        found_queries, found_rows, found_scores = [], [], []
+        found = _RangeMatches(queries, np.float32(1.0 - max_distance))
         # One BLAS thread: the products are small (a part's rows against its visitors), and threads that
         # wait for each other spin on a busy machine (10,000 queries at a million rows, two other processes
         # busy: 17-22 s with two threads, 5-9 s with one).
         with threadpool_limits(1, user_api="blas"):
-            self._score_parts(queries, threshold, ivf, list_of_row, wanted, part_of_row, asked, visitor_bounds,
-                              (found_queries, found_rows, found_scores))
-        return _range_results(len(queries), found_queries, found_rows, found_scores)
-
-    def _score_parts(self, queries, threshold, ivf, list_of_row, wanted, part_of_row, asked, visitor_bounds,
-                     found) -> None:
-        """The scoring loop of :meth:`_range_search_by_part`: list by list, part by part."""
-        found_queries, found_rows, found_scores = found
-        for list_number in np.unique(list_of_row[wanted]):
-            ids, matrix, scale, offset = _list_for_scores(ivf, int(list_number), ivf.invlists.list_size(
-                int(list_number)), keep=lambda ids: wanted[ids])
-            row_parts = part_of_row[ids]
-            by_part = np.argsort(row_parts, kind="stable")
-            starts = np.flatnonzero(np.r_[True, row_parts[by_part][1:] != row_parts[by_part][:-1]])
-            for start, stop in zip(starts, np.r_[starts[1:], len(by_part)]):
-                rows = by_part[start:stop]
-                part = row_parts[rows[0]]
-                members = asked[visitor_bounds[part]:visitor_bounds[part + 1]]
-                block_rows = matrix[rows]
-                for begin, end in _blocks(len(members), max(1, _BLOCK_FLOATS // len(rows))):
-                    block = queries[members[begin:end]]
-                    scores = (block if scale is None else block * scale) @ block_rows.T
-                    if offset is not None:
-                        scores += (block @ offset)[:, None]
-                    query, row = np.nonzero(scores >= threshold)
-                    found_queries.append(members[begin:end][query])
-                    found_rows.append(ids[rows[row]])
-                    found_scores.append(scores[query, row])
+            for list_number in np.unique(list_of_row[wanted]):
+                ids, matrix, scale, offset = _list_for_scores(ivf, int(list_number), ivf.invlists.list_size(
+                    int(list_number)), keep=lambda ids: wanted[ids])
+                row_parts = part_of_row[ids]
+                by_part = np.argsort(row_parts, kind="stable")
+                starts = np.flatnonzero(np.r_[True, row_parts[by_part][1:] != row_parts[by_part][:-1]])
+                for start, stop in zip(starts, np.r_[starts[1:], len(by_part)]):
+                    rows = by_part[start:stop]
+                    part = row_parts[rows[0]]
+                    found.add(asked[visitor_bounds[part]:visitor_bounds[part + 1]], ids[rows], matrix[rows], scale,
+                              offset)
+        return found.results()
 
     def _range_search_by_list(self, queries: np.ndarray, max_distance: float, nprobe: int | None,
                               exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -444,32 +427,17 @@ class VectorIndex:
         visits, asked = visits[order], asked[order]
         starts = np.flatnonzero(np.r_[True, visits[1:] != visits[:-1]])
         excluded = None if exclude is None or not exclude.any() else _padded(exclude, len(self))
-        threshold = np.float32(1.0 - max_distance)
-        found_queries, found_rows, found_scores = [], [], []
+        found = _RangeMatches(queries, np.float32(1.0 - max_distance))
         for start, stop in zip(starts, np.r_[starts[1:], len(visits)]):
             list_number = int(visits[start])
             size = ivf.invlists.list_size(list_number)
             if not size:
                 continue
-            ids, matrix, scale, offset = _list_for_scores(ivf, list_number, size)
-            if excluded is not None:
-                kept = ~excluded[ids]
-                ids, matrix = ids[kept], matrix[kept]
-            if not len(ids):
-                continue
-            members = asked[start:stop]
-            for begin, end in _blocks(len(members), max(1, _BLOCK_FLOATS // len(ids))):
-                block = queries[members[begin:end]]
-                if scale is None:
-                    scores = block @ matrix.T
-                else:
-                    scores = (block * scale) @ matrix.T
-                    scores += (block @ offset)[:, None]
-                query, row = np.nonzero(scores >= threshold)
-                found_queries.append(members[begin:end][query])
-                found_rows.append(ids[row])
-                found_scores.append(scores[query, row])
-        return _range_results(len(queries), found_queries, found_rows, found_scores)
+            ids, matrix, scale, offset = _list_for_scores(
+                ivf, list_number, size, keep=None if excluded is None else lambda ids: ~excluded[ids])
+            if len(ids):
+                found.add(asked[start:stop], ids, matrix, scale, offset)
+        return found.results()
 
     def neighbour_pairs(
         self, max_distance: float, *, nprobe: int | None = None, block_rows: int | None = None
@@ -689,15 +657,33 @@ def _list_for_scores(ivf, list_number: int, size: int, keep: Callable[[np.ndarra
     return ids, ivf.reconstruct_batch(ids), None, None
 
 
-def _range_results(n_queries: int, found_queries: list, found_rows: list, found_scores: list) -> \
-        tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Matches collected block by block as :meth:`VectorIndex.range_search` returns them: ``(lims, distances,
-    rows)``, each query's nearest first."""
-    query, rows = _join(found_queries, np.int64), _join(found_rows, np.int64)
-    distances = _distance(_join(found_scores, np.float32))
-    order = np.lexsort((distances, query))
-    limits = np.r_[0, np.cumsum(np.bincount(query, minlength=n_queries))].astype(np.int64)
-    return limits, distances[order], rows[order]
+class _RangeMatches:
+    """The matches of a range search, collected block by block from products of queries with rows."""
+
+    def __init__(self, queries: np.ndarray, threshold: np.float32) -> None:
+        self.queries, self.threshold = queries, threshold
+        self.query, self.row, self.score = [], [], []
+
+    def add(self, members: np.ndarray, ids: np.ndarray, matrix: np.ndarray, scale: np.ndarray | None,
+            offset: np.ndarray | None) -> None:
+        """Score queries ``members`` against rows ``ids`` (stored as ``matrix``, see :func:`_list_for_scores`)."""
+        for begin, end in _blocks(len(members), max(1, _BLOCK_FLOATS // len(ids))):
+            block = self.queries[members[begin:end]]
+            scores = (block if scale is None else block * scale) @ matrix.T
+            if offset is not None:
+                scores += (block @ offset)[:, None]
+            query, row = np.nonzero(scores >= self.threshold)
+            self.query.append(members[begin:end][query])
+            self.row.append(ids[row])
+            self.score.append(scores[query, row])
+
+    def results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lims, distances, rows)`` as :meth:`VectorIndex.range_search` returns them, each query's nearest first."""
+        query, rows = _join(self.query, np.int64), _join(self.row, np.int64)
+        distances = _distance(_join(self.score, np.float32))
+        order = np.lexsort((distances, query))
+        limits = np.r_[0, np.cumsum(np.bincount(query, minlength=len(self.queries)))].astype(np.int64)
+        return limits, distances[order], rows[order]
 
 
 def _distance(scores: np.ndarray) -> np.ndarray:
