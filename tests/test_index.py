@@ -170,6 +170,21 @@ def test_an_inverted_file_written_without_a_partition_gets_one_at_its_next_add(t
     assert len(grown._store.partition) == 900 and grown._store.partition.n_parts == 8
 
 
+def test_a_compacted_inverted_file_keeps_the_parts_of_the_rows_it_keeps(tmp_path):
+    table = feature_table(900)
+    index = SimilarityIndex.build(table, kind="ivf-sq8", nlist=8)
+    parts_before = index._store.partition.part_of_row.copy()
+    index.remove_rows(range(0, 900, 9))  # every ninth row
+    index.compacted().save(tmp_path / "index")
+    compacted = SimilarityIndex.load(tmp_path / "index")
+    kept = np.setdiff1d(np.arange(900), np.arange(0, 900, 9))
+    assert compacted.names.tolist() == table["image_path"].iloc[kept].tolist()
+    np.testing.assert_array_equal(compacted._store.partition.part_of_row, parts_before[kept])
+    lims, _, rows = compacted.range_search(features(table.iloc[:20]), 0.01)
+    assert [compacted.names[found].tolist() for found in np.split(rows, lims[1:-1])] == \
+        [[] if number % 9 == 0 else [path] for number, path in enumerate(table["image_path"].iloc[:20])]
+
+
 def test_near_copies_among_more_clusters_than_lists_are_paired_as_exact_search_pairs_them():
     """Duplicates on an inverted file: 300 clusters of wide non-negative rows in 16 lists, 40 planted copies."""
     rng = np.random.default_rng(0)

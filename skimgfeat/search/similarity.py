@@ -468,10 +468,10 @@ class SimilarityIndex:
             store._faiss = faiss.clone_index(source)
             store._faiss.reset()
             store._faiss.make_direct_map()
-            if self._store.partition is not None:
-                store.partition = self._store.partition.emptied()
         for start in range(0, len(keep), BATCH_ROWS):
             store.add(self._store.reconstruct_rows(keep[start:start + BATCH_ROWS]))
+        if self._store.partition is not None:  # the kept rows' parts as they were (not of their decoded vectors)
+            store.partition = self._store.partition.taken(keep)
         index = SimilarityIndex.__new__(SimilarityIndex)
         index._setup(store, {name: values[keep] for name, values in self._identities.items()}, key=self.key,
                      model_info=self.model_info, image_dir=self.image_dir, n_skipped=self.n_skipped,

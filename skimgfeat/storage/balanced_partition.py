@@ -105,10 +105,6 @@ class BalancedPartition:
         """The same parts for the given rows only, in that order (what a compaction keeps)."""
         return BalancedPartition(self.mean, self.centres, self.part_of_row[np.asarray(rows, dtype=np.int64)])
 
-    def emptied(self) -> BalancedPartition:
-        """The same centres without rows."""
-        return BalancedPartition(self.mean, self.centres)
-
     def write(self, folder: Path) -> None:
         with open(Path(folder) / PARTITION_FILE, "wb") as handle:
             np.savez(handle, mean=self.mean, centres=self.centres, part_of_row=self.part_of_row)
