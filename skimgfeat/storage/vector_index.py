@@ -217,7 +217,7 @@ class VectorIndex:
 
     def add_partition(self) -> bool:
         """Give an inverted file written before partitions were kept its :attr:`partition` (every row read
-        once: about 30 s at a million rows); False where it has one already or needs none."""
+        once: about 70 s at a million rows); False where it has one already or needs none."""
         if self.kind == "flat" or self._faiss is None or self.partition is not None:
             return False
         partition = _trained_partition(self, self.nlist or default_nlist(len(self)))
