@@ -362,6 +362,7 @@ def copy_search_recall(index, queries: np.ndarray) -> dict:
     """Of every archived row within the report's copy radius of each query (exact, over the rows as stored),
     the share the report's range search returns, and the rows it compares per query."""
     from skimgfeat.matching.duplicates import DEFAULT_CANDIDATE_DISTANCE
+    from skimgfeat.storage.balanced_partition import RANGE_SEARCH_PARTS
     from skimgfeat.storage.unit_vectors import normalise
 
     store = index._store
@@ -374,11 +375,14 @@ def copy_search_recall(index, queries: np.ndarray) -> dict:
                 within[query].append(start + row)
     lims, _, rows = index.range_search(queries, DEFAULT_CANDIDATE_DISTANCE)
     found = sum(len(set(expected) & set(rows[lims[q]:lims[q + 1]].tolist())) for q, expected in enumerate(within))
-    parts = store.partition.nearest(queries, 8)
+    measured = {"copy_search_pairs": int(sum(map(len, within))),
+                "copy_search_recall": round(found / max(sum(map(len, within)), 1), 4)}
+    if store.partition is None:  # an exact index (below 50,000 rows) compares every row
+        return {**measured, "copy_search_rows_per_query": len(store)}
+    parts = store.partition.nearest(queries, RANGE_SEARCH_PARTS)
     sizes = np.bincount(store.partition.part_of_row, minlength=store.partition.n_parts)
-    return {"copy_search_pairs": int(sum(map(len, within))), "copy_search_recall": round(found / max(
-        sum(map(len, within)), 1), 4), "copy_search_rows_per_query": int(sizes[parts].sum(axis=1).mean()),
-        "largest_part": int(sizes.max()), "median_part": int(np.median(sizes))}
+    return {**measured, "copy_search_rows_per_query": int(sizes[parts].sum(axis=1).mean()),
+            "largest_part": int(sizes.max()), "median_part": int(np.median(sizes))}
 
 
 def _rows(reader, rows: np.ndarray) -> np.ndarray:
