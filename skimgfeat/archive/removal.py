@@ -179,10 +179,9 @@ def _saved_without(archive: Path, instance: InstanceIndex, removed: list[str], l
 
     A removal takes out the photos ``removed`` and shares the inverted lists with the generation before (hard
     links: quick at any size, the entries dropped at the next save that compacts). A compaction (``live`` given)
-    takes out every photo not
-    ``live`` and names the local-features parts that stay (the rewritten ones, not the ``retired``) as its
-    source: the vocabulary and the other photos' entries are kept, and a later intake extends it rather than
-    making it again.
+    takes out every photo not ``live`` and names the local-features parts that stay (the rewritten ones, not the
+    ``retired``) as its source: the vocabulary and the other photos' entries are kept, and a later intake
+    extends it rather than making it again.
     """
     if live is None:
         instance.remove(removed)

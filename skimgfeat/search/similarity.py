@@ -593,7 +593,9 @@ class SimilarityIndex:
         """Every row within ``max_distance`` of each vector: ``(lims, distances, rows)``.
 
         The rows found for query ``i`` are ``rows[lims[i]:lims[i + 1]]``, nearest first,
-        with their cosine distances likewise.
+        with their cosine distances likewise. ``nprobe``: the balanced parts (inverted lists,
+        for an index written before it kept parts) each query visits; see
+        :meth:`VectorIndex.range_search <skimgfeat.storage.vector_index.VectorIndex.range_search>`.
         """
         _check_distance(max_distance)
         n_rows, removed = len(self.names), self.removed

@@ -322,7 +322,10 @@ class VectorIndex:
 
         Returns ``(lims, distances, rows)``: the results of query ``i`` are
         ``distances[lims[i]:lims[i+1]]`` and ``rows[lims[i]:lims[i+1]]``, nearest first.
-        ``exclude``: as for :meth:`search`.
+        ``exclude``: as for :meth:`search`. ``nprobe``: on an inverted file with a
+        :attr:`partition`, the balanced parts visited per query (default
+        :data:`~skimgfeat.storage.balanced_partition.RANGE_SEARCH_PARTS`); on one written
+        before partitions were kept, the inverted lists visited (default :attr:`nprobe`).
         """
         queries = normalise(queries)
         limits, distance_parts, row_parts = [np.zeros(1, dtype=np.int64)], [], []
